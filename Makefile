@@ -1,0 +1,29 @@
+# Two commands: `make demo` runs the embedded default, `make test` runs the tests.
+# Each builds .venv from the pinned lock first (once; again when the lock changes).
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: demo test venv benchmarks clean
+
+$(STAMP): requirements/lock.txt setup.py
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m swirl_jax.demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
+
+benchmarks: $(STAMP)
+	$(VENV)/bin/python benchmarks/forward_flops.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

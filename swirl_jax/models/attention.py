@@ -1,0 +1,101 @@
+"""Grouped-query attention with Gemma's options, and the attention masks.
+
+Shapes: B batch, L queries, S keys, D embed_dim, N query heads, K kv heads,
+G = N / K query heads per kv head, H head_dim.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from swirl_jax import partitioning
+from swirl_jax.models.layers import RMSNorm, apply_rope, param
+
+_MASKED = -1e30  # finite, so a row with no visible key gives no NaN
+
+
+def attention_mask(q_positions_BxL, q_segments_BxL, k_positions_BxS, k_segments_BxS,
+                   window: int | None = None):
+  """Which keys each query sees: same segment (0 = padding), causal, in window.
+
+  Positions, not indices, decide causality and the window, so packed rows,
+  left padding and (later) KV-cache slots all use the same rule.
+  """
+  q_pos = q_positions_BxL[:, :, None]
+  k_pos = k_positions_BxS[:, None, :]
+  mask_BxLxS = (q_segments_BxL[:, :, None] == k_segments_BxS[:, None, :])
+  mask_BxLxS &= (k_segments_BxS[:, None, :] != 0) & (k_pos <= q_pos)
+  if window is not None:
+    mask_BxLxS &= (q_pos - k_pos) < window
+  return mask_BxLxS
+
+
+def dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS,
+                          softcap: float | None = None):
+  """Softmax attention with GQA; logits and softmax in fp32."""
+  b, l, n, h = q_BxLxNxH.shape
+  k = k_BxSxKxH.shape[2]
+  q_BxLxKxGxH = q_BxLxNxH.reshape(b, l, k, n // k, h)
+  logits = jnp.einsum("blkgh,bskh->bkgls", q_BxLxKxGxH, k_BxSxKxH,
+                      preferred_element_type=jnp.float32)
+  if softcap is not None:
+    logits = jnp.tanh(logits / softcap) * softcap
+  logits = jnp.where(mask_BxLxS[:, None, None, :, :], logits, _MASKED)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v_BxSxKxH.dtype)
+  out_BxLxKxGxH = jnp.einsum("bkgls,bskh->blkgh", probs, v_BxSxKxH)
+  return out_BxLxKxGxH.reshape(b, l, n, h)
+
+
+class Attention(nnx.Module):
+  """Gemma attention: projections, optional QK-norm, RoPE, softcap, output proj."""
+
+  def __init__(self, *, embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
+               query_pre_attn_scalar: float, use_qk_norm: bool, softcap: float | None,
+               rope_base: float, rope_scale: float, eps: float, param_dtype, dtype,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.softcap = softcap
+    self.rope_base = rope_base
+    self.rope_scale = rope_scale
+    self.query_scale = query_pre_attn_scalar**-0.5
+    self.q = param(rngs, (embed_dim, num_heads, head_dim), ("embed", "q_heads", "head_dim"), param_dtype)
+    self.k = param(rngs, (embed_dim, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), param_dtype)
+    self.v = param(rngs, (embed_dim, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), param_dtype)
+    self.o = param(rngs, (num_heads, head_dim, embed_dim), ("q_heads", "head_dim", "embed"), param_dtype,
+                   scale=(1.0 / (num_heads * head_dim)) ** 0.5)
+    if use_qk_norm:
+      self.q_norm = RMSNorm(head_dim, eps=eps, param_dtype=param_dtype)
+      self.k_norm = RMSNorm(head_dim, eps=eps, param_dtype=param_dtype)
+    else:
+      self.q_norm = self.k_norm = None
+
+  def project_kv(self, x_BxSxD, positions_BxS):
+    """Keys (normed, rotated) and values of new tokens: what a KV cache stores."""
+    x = x_BxSxD.astype(self.dtype)
+    k_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x, self.k[...].astype(self.dtype))
+    v_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x, self.v[...].astype(self.dtype))
+    if self.k_norm is not None:
+      k_BxSxKxH = self.k_norm(k_BxSxKxH)
+    k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxS, self.rope_base, self.rope_scale)
+    return k_BxSxKxH, v_BxSxKxH
+
+  def project_q(self, x_BxLxD, positions_BxL):
+    q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x_BxLxD.astype(self.dtype), self.q[...].astype(self.dtype))
+    q_BxLxNxH = partitioning.constrain(
+        q_BxLxNxH, ("activation_batch", "activation_length", "activation_heads", None))
+    if self.q_norm is not None:
+      q_BxLxNxH = self.q_norm(q_BxLxNxH)
+    q_BxLxNxH = apply_rope(q_BxLxNxH, positions_BxL, self.rope_base, self.rope_scale)
+    return q_BxLxNxH * jnp.asarray(self.query_scale, self.dtype)
+
+  def attend(self, q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS):
+    """Attention over given keys/values, then the output projection."""
+    out_BxLxNxH = dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, self.softcap)
+    return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o[...].astype(self.dtype))
+
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxL):
+    q_BxLxNxH = self.project_q(x_BxLxD, positions_BxL)
+    k_BxLxKxH, v_BxLxKxH = self.project_kv(x_BxLxD, positions_BxL)
+    return self.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_BxLxL)

@@ -1,0 +1,117 @@
+"""The Gemma 2 / Gemma 3 text decoder in Flax NNX.
+
+`hidden_states` and `logits_at` are separate so that training can gather the
+loss positions first and never build a [B, L, V] tensor (V is 262k for Gemma).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from swirl_jax import partitioning
+from swirl_jax.models.attention import Attention, attention_mask
+from swirl_jax.models.config import GemmaConfig
+from swirl_jax.models.layers import Embedder, FeedForward, RMSNorm
+
+_ACT = ("activation_batch", "activation_length", "activation_embed")
+
+
+class Block(nnx.Module):
+  """Pre-norm attention and MLP, each with a post-norm, both residual."""
+
+  def __init__(self, config: GemmaConfig, layer_type: str, *, rngs: nnx.Rngs):
+    dtypes = dict(param_dtype=jnp.dtype(config.param_dtype), dtype=jnp.dtype(config.dtype))
+    norm = lambda dim: RMSNorm(dim, eps=config.rms_norm_eps, param_dtype=dtypes["param_dtype"])
+    is_global = layer_type == "global"
+    self.is_global = is_global
+    self.pre_attn_norm = norm(config.embed_dim)
+    self.attn = Attention(
+        embed_dim=config.embed_dim, num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads, head_dim=config.head_dim,
+        query_pre_attn_scalar=config.query_pre_attn_scalar,
+        use_qk_norm=config.use_qk_norm, softcap=config.attn_logit_softcap,
+        rope_base=config.global_rope_base if is_global else config.local_rope_base,
+        rope_scale=config.global_rope_scale if is_global else 1.0,
+        eps=config.rms_norm_eps, rngs=rngs, **dtypes)
+    self.post_attn_norm = norm(config.embed_dim)
+    self.pre_ffw_norm = norm(config.embed_dim)
+    self.mlp = FeedForward(config.embed_dim, config.mlp_dim, rngs=rngs, **dtypes)
+    self.post_ffw_norm = norm(config.embed_dim)
+
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxL):
+    h = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxL)
+    x_BxLxD = x_BxLxD + self.post_attn_norm(h)
+    h = self.mlp(self.pre_ffw_norm(x_BxLxD))
+    return partitioning.constrain(x_BxLxD + self.post_ffw_norm(h), _ACT)
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nnx.Module):
+  """Gemma decoder. Tokens in, final hidden states or logits out."""
+
+  def __init__(self, config: GemmaConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embedder = Embedder(
+        config.vocab_size, config.embed_dim, param_dtype=jnp.dtype(config.param_dtype),
+        dtype=jnp.dtype(config.dtype), rngs=rngs)
+    self.blocks = nnx.List([Block(config, t, rngs=rngs) for t in config.layer_types])
+    self.final_norm = RMSNorm(config.embed_dim, eps=config.rms_norm_eps,
+                              param_dtype=jnp.dtype(config.param_dtype))
+
+  def hidden_states(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
+    """Final-normed hidden states [B, L, D].
+
+    positions default to 0..L-1; segment_ids default to one segment per row.
+    Tokens attend only within their segment; segment 0 marks padding.
+    """
+    b, l = tokens_BxL.shape
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    if segment_ids_BxL is None:
+      segment_ids_BxL = jnp.ones((b, l), jnp.int32)
+    global_mask = attention_mask(positions_BxL, segment_ids_BxL, positions_BxL, segment_ids_BxL)
+    local_mask = attention_mask(positions_BxL, segment_ids_BxL, positions_BxL, segment_ids_BxL,
+                                window=self.config.sliding_window)
+    x_BxLxD = partitioning.constrain(self.embedder.encode(tokens_BxL), _ACT)
+
+    def run_block(block, x, pos, mask):
+      return block(x, pos, mask)
+
+    if self.config.remat != "none":
+      run_block = nnx.remat(run_block, policy=_REMAT_POLICIES[self.config.remat])
+    for block in self.blocks:
+      x_BxLxD = run_block(block, x_BxLxD, positions_BxL,
+                          global_mask if block.is_global else local_mask)
+    return self.final_norm(x_BxLxD)
+
+  def logits_at(self, hidden_NxD):
+    """Logits [..., V] of hidden states of any leading shape, soft-capped, fp32."""
+    logits = self.embedder.decode(hidden_NxD).astype(jnp.float32)
+    if self.config.final_logit_softcap is not None:
+      cap = self.config.final_logit_softcap
+      logits = jnp.tanh(logits / cap) * cap
+    return logits
+
+  def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
+    """Logits [B, L, V]. For inference and tests; training uses `logits_at`."""
+    hidden_BxLxD = self.hidden_states(tokens_BxL, positions_BxL, segment_ids_BxL)
+    logits_BxLxV = self.logits_at(hidden_BxLxD)
+    return partitioning.constrain(
+        logits_BxLxV, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def init_model(config: GemmaConfig, seed: int = 0) -> Transformer:
+  """A randomly initialized model on the default device."""
+  return Transformer(config, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: GemmaConfig) -> Transformer:
+  """The model's structure with ShapeDtypeStructs in place of arrays (no memory)."""
+  return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(params=0)))

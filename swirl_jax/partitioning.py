@@ -1,0 +1,194 @@
+"""Every sharding decision of swirl_jax, in one place.
+
+Modules name their parameter and activation axes logically ("embed", "mlp",
+"activation_batch", ...). This file owns the device mesh (axes `data`, `fsdp`,
+`tensor`) and the one table that maps logical names to mesh axes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Iterator, Sequence
+
+import gin
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+# Parameters: fsdp shards the model dimension, tensor shards heads / mlp / vocab.
+# Activations: the batch is split over data and fsdp, heads / mlp / vocab over tensor.
+DEFAULT_RULES: LogicalRules = (
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Mesh shape over (data, fsdp, tensor); one entry may be -1 (the rest)."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+  def shape(self, num_devices: int) -> tuple[int, int, int]:
+    dims = [self.data, self.fsdp, self.tensor]
+    if dims.count(-1) > 1:
+      raise ValueError(f"MeshConfig {dims}: at most one axis may be -1")
+    known = math.prod(d for d in dims if d != -1)
+    if -1 in dims:
+      if num_devices % known:
+        raise ValueError(f"MeshConfig {dims}: {num_devices} devices do not divide by {known}")
+      dims[dims.index(-1)] = num_devices // known
+    if math.prod(dims) != num_devices:
+      raise ValueError(
+          f"MeshConfig (data, fsdp, tensor)={tuple(dims)} needs {math.prod(dims)} "
+          f"devices; {num_devices} are available")
+    return tuple(dims)
+
+
+def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = config.shape(len(devices))
+  if devices == list(jax.devices()):
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+              axis_types=(AxisType.Auto,) * 3)
+
+
+@gin.configurable
+def logical_rules(overrides: LogicalRules = ()) -> LogicalRules:
+  """The default table with `overrides` replacing entries of the same name."""
+  table = dict(DEFAULT_RULES)
+  table.update(dict(overrides))
+  return tuple(table.items())
+
+
+_active_rules: list[LogicalRules] = [DEFAULT_RULES]
+
+
+@contextlib.contextmanager
+def use_rules(rules: LogicalRules) -> Iterator[None]:
+  """Makes `rules` the table that `constrain` reads inside the block."""
+  _active_rules.append(tuple(rules))
+  try:
+    yield
+  finally:
+    _active_rules.pop()
+
+
+def active_rules() -> LogicalRules:
+  return _active_rules[-1]
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], rules: LogicalRules,
+                    shape: Sequence[int] | None = None,
+                    mesh: Mesh | jax.sharding.AbstractMesh | None = None) -> PartitionSpec:
+  """Maps logical axis names to a PartitionSpec.
+
+  A mesh axis is used at most once (first come first served). Given `shape` and
+  `mesh`, a mesh axis that does not divide its dimension is dropped for that
+  dimension, so a 1-kv-head model still runs on a tensor-parallel mesh.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(logical_axes):
+    if name is not None and name not in table:
+      raise ValueError(f"logical axis {name!r} has no rule; rules name {sorted(table)}")
+    target = table.get(name) if name is not None else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    kept = []
+    for axis in axes:
+      if axis in used:
+        continue
+      if shape is not None and mesh is not None:
+        size = mesh.shape[axis] * math.prod(mesh.shape[a] for a in kept)
+        if shape[i] % size:
+          continue
+      kept.append(axis)
+      used.add(axis)
+    spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  return PartitionSpec(*spec)
+
+
+def _logical_axes_of(variable: nnx.Variable) -> tuple[str | None, ...]:
+  axes = variable.get_metadata().get("logical_axes")
+  if axes is None:
+    raise ValueError(f"variable of shape {variable.shape} carries no logical_axes")
+  return tuple(axes)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: LogicalRules) -> nnx.State:
+  """NamedShardings for every variable of an nnx.State (params, cache, ...)."""
+  def one(variable):
+    spec = logical_to_spec(_logical_axes_of(variable), rules, variable.shape, mesh)
+    return variable.replace(NamedSharding(mesh, spec))
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules) -> nnx.Module:
+  """Places the model's variables on `mesh` as the rules say (in place)."""
+  state = nnx.state(model)
+  shardings = state_shardings(state, mesh, rules)
+  nnx.update(model, jax.device_put(state, shardings))
+  return model
+
+
+def optimizer_state_shardings(tx: optax.GradientTransformation, opt_state_shapes: Any,
+                              param_shardings: Any, mesh: Mesh) -> Any:
+  """Shardings of an optax state: param-shaped leaves follow their params.
+
+  `opt_state_shapes` is `jax.eval_shape(tx.init, params)`; leaves that are not
+  per-parameter (step counts) are replicated.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return optax.tree_map_params(
+      tx, lambda _, sharding: sharding, opt_state_shapes, param_shardings,
+      transform_non_params=lambda _: replicated)
+
+
+def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedSharding:
+  """Sharding of a [batch, length, ...] input array: batch split, the rest whole."""
+  names = ("activation_batch",) + (None,) * (ndim - 1)
+  return NamedSharding(mesh, logical_to_spec(names, rules))
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation, under the active mesh and rules.
+
+  Without a mesh (`jax.set_mesh`) this is the identity, so models run unchanged
+  on one device.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return x
+  spec = logical_to_spec(logical_axes, active_rules(), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def describe(mesh: Mesh) -> str:
+  return ", ".join(f"{n}={s}" for n, s in mesh.shape.items())
+

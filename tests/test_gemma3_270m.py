@@ -1,0 +1,100 @@
+"""The embedded Gemma 3 270M: tokenizer, perplexity, greedy continuations, reference parity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swirl_jax.models import init_model
+
+SENTENCES = [
+    "The cat sat on the mat and looked out of the window.",
+    "Paris is the capital and most populous city of France.",
+    "She opened the door, took off her coat and sat down to read the newspaper.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+]
+
+ROUND_TRIP = [
+    "plain ascii text.",
+    "Hello  world\n\n  two spaces, two newlines",
+    "   leading spaces\t\ttabs and trailing   ",
+    "digits 0123456789 3.14159 -42 1,000,000 x**2",
+    "unicode: ünïcödé, 日本語, emoji 🙂, € and Ωμέγα",
+    "\n\n\n",
+    "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
+    "",
+]
+
+
+def _bos(vocab, text):
+  return [vocab.tokenizer.bos_id()] + list(vocab.encode(text))
+
+
+def test_tokenizer_round_trips_and_specials(gemma3_270m):
+  _, vocab = gemma3_270m
+  for text in ROUND_TRIP:
+    assert vocab.decode(vocab.encode(text)) == text, repr(text)
+  assert (vocab.pad_id, vocab.eos_id, vocab.unk_id, vocab.tokenizer.bos_id()) == (0, 1, 3, 2)
+  assert vocab.vocab_size == 262_144
+  assert vocab.encode("<start_of_turn>") == [105]
+  assert vocab.encode("<end_of_turn>") == [106]
+  # No dummy prefix: a word at the start has no leading-space piece.
+  assert vocab.decode(vocab.encode("Hello")[:1]) == "Hello"
+  # The TF path of seqio (used by seqio tasks) agrees with the Python path.
+  text = ROUND_TRIP[4]
+  assert list(vocab.encode_tf(text).numpy()) == vocab.encode(text)
+
+
+def _mean_perplexity(model, vocab):
+  perplexities = []
+  for sentence in SENTENCES:
+    ids = np.array([_bos(vocab, sentence)])
+    logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(ids))[0, :-1]))
+    nll = -logp[np.arange(len(ids[0]) - 1), ids[0, 1:]].mean()
+    perplexities.append(np.exp(nll))
+  return float(np.mean(perplexities))
+
+
+def test_perplexity_real_vs_random(gemma3_270m):
+  model, vocab = gemma3_270m
+  real = _mean_perplexity(model, vocab)
+  random = _mean_perplexity(init_model(model.config, seed=0), vocab)
+  assert real < 100, real
+  assert random > 10_000, random
+
+
+def _greedy(model, vocab, prompt, steps):
+  ids = _bos(vocab, prompt)
+  for _ in range(steps):
+    logits = model(jnp.asarray([ids]))
+    ids.append(int(jnp.argmax(logits[0, -1])))
+  return vocab.decode(ids[len(_bos(vocab, prompt)):])
+
+
+@pytest.mark.parametrize("prompt,expected", [
+    ("The Eiffel Tower is located in the city of", " Paris"),
+    ("One, two, three, four,", " five"),
+])
+def test_greedy_continuations(gemma3_270m, prompt, expected):
+  model, vocab = gemma3_270m
+  assert _greedy(model, vocab, prompt, 3).startswith(expected)
+
+
+def test_logits_and_tokens_match_transformers_gguf(gemma3_270m):
+  """transformers reads the same GGUF file: same token ids, same logits."""
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  from swirl_jax.checkpoints import embedded
+  import os
+  path = embedded.gemma3_270m_gguf_path()
+  model, vocab = gemma3_270m
+  directory, name = os.path.split(path)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+  for text in ROUND_TRIP + SENTENCES:
+    assert tokenizer.encode(text, add_special_tokens=False) == vocab.encode(text), repr(text)
+  reference = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+  ids = _bos(vocab, " ".join(SENTENCES))
+  with torch.no_grad():
+    expected = reference(torch.tensor([ids])).logits[0].numpy()
+  ours = np.asarray(model(jnp.asarray([ids])))[0]
+  np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=1e-4)
