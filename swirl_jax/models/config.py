@@ -67,21 +67,22 @@ class GemmaConfig:
     norms = 4 * d + (2 * h if self.use_qk_norm else 0)
     return self.vocab_size * d + self.num_layers * (attn + mlp + norms) + d
 
-  def forward_flops_per_token(self, context_length: int) -> float:
-    """Matmul FLOPs of one forward pass per token, attention included.
+  def forward_flops(self, seq_len: int, logits_positions: int | None = None) -> float:
+    """Useful matmul FLOPs of one causal forward pass over `seq_len` tokens.
 
-    `context_length` is the mean number of keys a query attends to before the
-    window is applied (for a full causal pass of length L, about L / 2).
+    Attention counts only the keys each query may see (causal, windowed), not
+    the masked work. Logits are counted at `logits_positions` (default: all).
     """
-    d, h = self.embed_dim, self.head_dim
+    d, h, l = self.embed_dim, self.head_dim, seq_len
     proj = 2 * d * h * (self.num_heads * 2 + self.num_kv_heads * 2)
     mlp = 2 * 3 * d * self.mlp_dim
-    attn = 0.0
-    for t in self.layer_types:
-      keys = min(context_length, self.sliding_window) if t == "local" else context_length
-      attn += 2 * 2 * self.num_heads * h * keys  # q.k and p.v
-    unembed = 2 * d * self.vocab_size
-    return self.num_layers * (proj + mlp) + attn + unembed
+    keys_global = l * (l + 1) / 2
+    w = min(self.sliding_window, l)
+    keys_local = w * (w + 1) / 2 + (l - w) * w
+    attn = sum(4 * self.num_heads * h * (keys_global if t == "global" else keys_local)
+               for t in self.layer_types)
+    positions = l if logits_positions is None else logits_positions
+    return l * self.num_layers * (proj + mlp) + attn + positions * 2 * d * self.vocab_size
 
 
 def gemma3_layer_types(num_layers: int) -> tuple[LayerType, ...]:
