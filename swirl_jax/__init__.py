@@ -1,20 +1,41 @@
 """swirl_jax: SWiRL (step-wise RL for multi-step tool use) in JAX and Flax NNX.
 
-The public API; everything else is reachable through the submodules.
+The public API. Names are imported on first use, so `import swirl_jax.models`
+does not pull in TensorFlow (which seqio's vocabulary needs).
 """
 
-from swirl_jax import partitioning
-from swirl_jax.checkpoints.embedded import load_gemma3_270m
-from swirl_jax.checkpoints.gguf_import import load_gguf
-from swirl_jax.checkpoints.orbax_io import restore_params, save_params
-from swirl_jax.checkpoints.safetensors_import import load_hf_checkpoint
-from swirl_jax.checkpoints.tokenizer import vocabulary_from_gguf
-from swirl_jax.models import NAMED_CONFIGS, GemmaConfig, Transformer, init_model, model_config
-from swirl_jax.partitioning import MeshConfig, make_mesh
-from swirl_jax.sampling import greedy_decode_uncached
+import importlib
 
-__all__ = [
-    "GemmaConfig", "MeshConfig", "NAMED_CONFIGS", "Transformer", "greedy_decode_uncached",
-    "init_model", "load_gemma3_270m", "load_gguf", "load_hf_checkpoint", "make_mesh",
-    "model_config", "partitioning", "restore_params", "save_params", "vocabulary_from_gguf",
-]
+_EXPORTS = {
+    "partitioning": ("swirl_jax.partitioning", None),
+    "MeshConfig": ("swirl_jax.partitioning", "MeshConfig"),
+    "make_mesh": ("swirl_jax.partitioning", "make_mesh"),
+    "GemmaConfig": ("swirl_jax.models", "GemmaConfig"),
+    "NAMED_CONFIGS": ("swirl_jax.models", "NAMED_CONFIGS"),
+    "KVCache": ("swirl_jax.models", "KVCache"),
+    "Transformer": ("swirl_jax.models", "Transformer"),
+    "init_model": ("swirl_jax.models", "init_model"),
+    "model_config": ("swirl_jax.models", "model_config"),
+    "load_gemma3_270m": ("swirl_jax.checkpoints.embedded", "load_gemma3_270m"),
+    "load_gguf": ("swirl_jax.checkpoints.gguf_import", "load_gguf"),
+    "load_hf_checkpoint": ("swirl_jax.checkpoints.safetensors_import", "load_hf_checkpoint"),
+    "vocabulary_from_gguf": ("swirl_jax.checkpoints.tokenizer", "vocabulary_from_gguf"),
+    "save_params": ("swirl_jax.checkpoints.orbax_io", "save_params"),
+    "restore_params": ("swirl_jax.checkpoints.orbax_io", "restore_params"),
+    "greedy_decode_uncached": ("swirl_jax.sampling.uncached", "greedy_decode_uncached"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'swirl_jax' has no attribute {name!r}")
+  module_name, attr = _EXPORTS[name]
+  module = importlib.import_module(module_name)
+  value = module if attr is None else getattr(module, attr)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return __all__

@@ -11,7 +11,7 @@ import time
 from absl import app, flags
 
 from swirl_jax.checkpoints import embedded
-from swirl_jax.sampling import greedy_decode_uncached
+from swirl_jax.sampling.uncached import greedy_decode_uncached
 
 PROMPTS = (
     "The Eiffel Tower is located in the city of",

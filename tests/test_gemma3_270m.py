@@ -51,7 +51,8 @@ def _mean_perplexity(model, vocab):
     ids = np.array([_bos(vocab, sentence)])
     logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(ids))[0, :-1]))
     nll = -logp[np.arange(len(ids[0]) - 1), ids[0, 1:]].mean()
-    perplexities.append(np.exp(nll))
+    with np.errstate(over="ignore"):  # a random model's perplexity may be inf
+      perplexities.append(np.exp(np.float64(nll)))
   return float(np.mean(perplexities))
 
 

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from swirl_jax.models import init_model, model_config
-from swirl_jax.sampling import greedy_decode_uncached
+from swirl_jax.sampling.uncached import greedy_decode_uncached
 
 
 @nnx.jit

@@ -95,7 +95,23 @@ class Attention(nnx.Module):
     out_BxLxNxH = dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, self.softcap)
     return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o[...].astype(self.dtype))
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxL):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_start_B=None):
+    """Self-attention over the new tokens, or over a KV cache they are written into.
+
+    Without `cache`, keys are the new tokens (mask [B, L, L]); returns (out, None).
+    With `cache` = (k_BxSxKxH, v_BxSxKxH), row b's new keys go to slots
+    write_start_B[b] + 0..L-1 and queries see the whole cache through the mask
+    [B, L, S]; returns (out, updated cache).
+    """
     q_BxLxNxH = self.project_q(x_BxLxD, positions_BxL)
     k_BxLxKxH, v_BxLxKxH = self.project_kv(x_BxLxD, positions_BxL)
-    return self.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_BxLxL)
+    if cache is None:
+      return self.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_BxLxS), None
+    write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (start, 0, 0)))
+    k_BxSxKxH = write(cache[0], k_BxLxKxH, write_start_B)
+    v_BxSxKxH = write(cache[1], v_BxLxKxH, write_start_B)
+    kv_axes = ("activation_batch", "activation_length", "activation_kv_heads", None)
+    k_BxSxKxH = partitioning.constrain(k_BxSxKxH, kv_axes)
+    v_BxSxKxH = partitioning.constrain(v_BxSxKxH, kv_axes)
+    out = self.attend(q_BxLxNxH, k_BxSxKxH.astype(self.dtype), v_BxSxKxH.astype(self.dtype), mask_BxLxS)
+    return out, (k_BxSxKxH, v_BxSxKxH)

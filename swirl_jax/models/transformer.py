@@ -6,6 +6,7 @@ loss positions first and never build a [B, L, V] tensor (V is 262k for Gemma).
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -40,17 +41,41 @@ class Block(nnx.Module):
     self.mlp = FeedForward(config.embed_dim, config.mlp_dim, rngs=rngs, **dtypes)
     self.post_ffw_norm = norm(config.embed_dim)
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxL):
-    h = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxL)
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_start_B=None):
+    h, cache = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, cache, write_start_B)
     x_BxLxD = x_BxLxD + self.post_attn_norm(h)
     h = self.mlp(self.pre_ffw_norm(x_BxLxD))
-    return partitioning.constrain(x_BxLxD + self.post_ffw_norm(h), _ACT)
+    return partitioning.constrain(x_BxLxD + self.post_ffw_norm(h), _ACT), cache
 
 
 _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer, one context per row, slot index = position.
+
+  layers[i] = (k_BxSxKxH, v_BxSxKxH); slots at or past length_B[b] are empty.
+  Local layers keep all slots too and apply their window through the mask, so
+  a row stays exact however far it runs past the window.
+  """
+
+  layers: tuple
+  length_B: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    return self.layers[0][0].shape[1]
+
+  @classmethod
+  def zeros(cls, config: GemmaConfig, batch: int, capacity: int, dtype=None) -> "KVCache":
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (batch, capacity, config.num_kv_heads, config.head_dim)
+    layers = tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in config.layer_types)
+    return cls(layers=layers, length_B=jnp.zeros((batch,), jnp.int32))
 
 
 class Transformer(nnx.Module):
@@ -82,7 +107,7 @@ class Transformer(nnx.Module):
     x_BxLxD = partitioning.constrain(self.embedder.encode(tokens_BxL), _ACT)
 
     def run_block(block, x, pos, mask):
-      return block(x, pos, mask)
+      return block(x, pos, mask)[0]
 
     if self.config.remat != "none":
       run_block = nnx.remat(run_block, policy=_REMAT_POLICIES[self.config.remat])
@@ -90,6 +115,32 @@ class Transformer(nnx.Module):
       x_BxLxD = run_block(block, x_BxLxD, positions_BxL,
                           global_mask if block.is_global else local_mask)
     return self.final_norm(x_BxLxD)
+
+  def extend(self, tokens_BxC, cache: "KVCache", num_new_B):
+    """Appends row b's first num_new_B[b] tokens to its cached context.
+
+    Returns the hidden states [B, C, D] of the chunk (rows past num_new_B are
+    padding) and the cache with lengths advanced by num_new_B. The caller keeps
+    length + C within the cache capacity.
+    """
+    b, c = tokens_BxC.shape
+    start_B = cache.length_B
+    positions_BxC = start_B[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+    end_B = start_B + num_new_B
+    slots_S = jnp.arange(cache.capacity, dtype=jnp.int32)
+    slot_positions_BxS = jnp.broadcast_to(slots_S, (b, cache.capacity))
+    slot_valid_BxS = (slots_S[None, :] < end_B[:, None]).astype(jnp.int32)
+    ones_BxC = jnp.ones((b, c), jnp.int32)
+    global_mask = attention_mask(positions_BxC, ones_BxC, slot_positions_BxS, slot_valid_BxS)
+    local_mask = attention_mask(positions_BxC, ones_BxC, slot_positions_BxS, slot_valid_BxS,
+                                window=self.config.sliding_window)
+    x_BxCxD = partitioning.constrain(self.embedder.encode(tokens_BxC), _ACT)
+    new_layers = []
+    for block, layer in zip(self.blocks, cache.layers):
+      x_BxCxD, layer = block(x_BxCxD, positions_BxC, global_mask if block.is_global else local_mask,
+                             layer, start_B)
+      new_layers.append(layer)
+    return self.final_norm(x_BxCxD), KVCache(layers=tuple(new_layers), length_B=end_B)
 
   def logits_at(self, hidden_NxD):
     """Logits [..., V] of hidden states of any leading shape, soft-capped, fp32."""

@@ -1,3 +1,1 @@
-"""Decoding: the uncached greedy reference (the KV-cache sampler builds on it)."""
-
-from swirl_jax.sampling.uncached import greedy_decode_uncached
+"""Decoding: the KV-cache sampler and the uncached greedy reference."""
