@@ -95,21 +95,22 @@ class Attention(nnx.Module):
     out_BxLxNxH = dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, self.softcap)
     return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o[...].astype(self.dtype))
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_start_B=None):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None):
     """Self-attention over the new tokens, or over a KV cache they are written into.
 
     Without `cache`, keys are the new tokens (mask [B, L, L]); returns (out, None).
-    With `cache` = (k_BxSxKxH, v_BxSxKxH), row b's new keys go to slots
-    write_start_B[b] + 0..L-1 and queries see the whole cache through the mask
-    [B, L, S]; returns (out, updated cache).
+    With `cache` = (k_BxSxKxH, v_BxSxKxH), new token (b, l) is stored at slot
+    write_slots_BxL[b, l] (an index >= S drops it: padding writes nothing) and
+    queries see the whole cache through the mask [B, L, S]; returns (out, cache).
     """
     q_BxLxNxH = self.project_q(x_BxLxD, positions_BxL)
     k_BxLxKxH, v_BxLxKxH = self.project_kv(x_BxLxD, positions_BxL)
     if cache is None:
       return self.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_BxLxS), None
-    write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (start, 0, 0)))
-    k_BxSxKxH = write(cache[0], k_BxLxKxH, write_start_B)
-    v_BxSxKxH = write(cache[1], v_BxLxKxH, write_start_B)
+    rows_Bx1 = jnp.arange(x_BxLxD.shape[0])[:, None]
+    write = lambda c, new: c.at[rows_Bx1, write_slots_BxL].set(new.astype(c.dtype), mode="drop")
+    k_BxSxKxH = write(cache[0], k_BxLxKxH)
+    v_BxSxKxH = write(cache[1], v_BxLxKxH)
     kv_axes = ("activation_batch", "activation_length", "activation_kv_heads", None)
     k_BxSxKxH = partitioning.constrain(k_BxSxKxH, kv_axes)
     v_BxSxKxH = partitioning.constrain(v_BxSxKxH, kv_axes)

@@ -41,8 +41,8 @@ class Block(nnx.Module):
     self.mlp = FeedForward(config.embed_dim, config.mlp_dim, rngs=rngs, **dtypes)
     self.post_ffw_norm = norm(config.embed_dim)
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_start_B=None):
-    h, cache = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, cache, write_start_B)
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None):
+    h, cache = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, cache, write_slots_BxL)
     x_BxLxD = x_BxLxD + self.post_attn_norm(h)
     h = self.mlp(self.pre_ffw_norm(x_BxLxD))
     return partitioning.constrain(x_BxLxD + self.post_ffw_norm(h), _ACT), cache
@@ -119,14 +119,16 @@ class Transformer(nnx.Module):
   def extend(self, tokens_BxC, cache: "KVCache", num_new_B):
     """Appends row b's first num_new_B[b] tokens to its cached context.
 
-    Returns the hidden states [B, C, D] of the chunk (rows past num_new_B are
-    padding) and the cache with lengths advanced by num_new_B. The caller keeps
-    length + C within the cache capacity.
+    Returns the hidden states [B, C, D] of the chunk (positions past
+    num_new_B are padding and are not stored) and the cache with lengths
+    advanced by num_new_B. The caller keeps length + num_new within capacity.
     """
     b, c = tokens_BxC.shape
     start_B = cache.length_B
     positions_BxC = start_B[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
     end_B = start_B + num_new_B
+    is_new_BxC = jnp.arange(c, dtype=jnp.int32)[None, :] < num_new_B[:, None]
+    write_slots_BxC = jnp.where(is_new_BxC, positions_BxC, cache.capacity)
     slots_S = jnp.arange(cache.capacity, dtype=jnp.int32)
     slot_positions_BxS = jnp.broadcast_to(slots_S, (b, cache.capacity))
     slot_valid_BxS = (slots_S[None, :] < end_B[:, None]).astype(jnp.int32)
@@ -138,7 +140,7 @@ class Transformer(nnx.Module):
     new_layers = []
     for block, layer in zip(self.blocks, cache.layers):
       x_BxCxD, layer = block(x_BxCxD, positions_BxC, global_mask if block.is_global else local_mask,
-                             layer, start_B)
+                             layer, write_slots_BxC)
       new_layers.append(layer)
     return self.final_norm(x_BxCxD), KVCache(layers=tuple(new_layers), length_B=end_B)
 

@@ -1,0 +1,159 @@
+"""KV-cache sampler: exact against full recomputation, across turns, on a mesh."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from swirl_jax import partitioning
+from swirl_jax.models import init_model, model_config
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig, choose_tokens
+from swirl_jax.sampling.uncached import greedy_decode_uncached
+
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12, stop_ids=(1,))
+
+
+class IdVocab:
+  """Decodes id i as '<i>' so stop strings are easy to plant."""
+
+  def decode(self, ids):
+    return "".join(f"<{i}>" for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return init_model(model_config("tiny"), seed=11)
+
+
+@nnx.jit
+def _log_softmax_last(model, tokens, lengths):
+  logits = model(tokens)
+  return jax.nn.log_softmax(logits[jnp.arange(tokens.shape[0]), lengths - 1], axis=-1)
+
+
+def _full_logprobs(model, context, new):
+  """Log-probs of `new` after `context`, recomputing the whole prefix each step."""
+  out = []
+  for i, token in enumerate(new):
+    ids = list(context) + list(new[:i])
+    row = np.zeros((1, 64), np.int32)
+    row[0, :len(ids)] = ids
+    out.append(float(_log_softmax_last(model, jnp.asarray(row), jnp.asarray([len(ids)]))[0, token]))
+  return out
+
+
+def _prompts():
+  rng = np.random.default_rng(3)
+  return [rng.integers(2, 512, n).tolist() for n in (5, 13, 2)]
+
+
+def test_greedy_equals_full_recomputation_across_turns(model):
+  prompts = _prompts()
+  sampler = Sampler(model, rows=3, capacity=64, buckets=(8, 16))
+  sampler.append(dict(enumerate(prompts)))
+  turn1 = sampler.generate([0, 1, 2], GREEDY)
+  expected1 = greedy_decode_uncached(model, prompts, 12, stop_ids=(1,))
+  contexts = []
+  for row in range(3):
+    assert turn1[row].tokens == expected1[row]
+    np.testing.assert_allclose(turn1[row].logprobs, _full_logprobs(model, prompts[row], expected1[row]),
+                               atol=1e-5)
+    contexts.append(prompts[row] + turn1[row].tokens)
+  # A "tool result" of different lengths per row, then the next turn from the cache.
+  tool = {0: [7, 8, 9], 1: [10] * 11, 2: [12]}
+  sampler.append(tool)
+  turn2 = sampler.generate([0, 1, 2], GREEDY)
+  contexts = [contexts[r] + tool[r] for r in range(3)]
+  expected2 = greedy_decode_uncached(model, contexts, 12, stop_ids=(1,))
+  for row in range(3):
+    assert len(contexts[row]) + len(expected2[row]) > model.config.sliding_window * 3
+    assert turn2[row].tokens == expected2[row]
+    assert sampler.lengths()[row] == len(contexts[row]) + len(expected2[row])
+
+  # The same turn from a fresh sampler that prefills the whole context at once.
+  fresh = Sampler(model, rows=3, capacity=64, buckets=(8, 16))
+  fresh.append(dict(enumerate(contexts)))
+  again = fresh.generate([0, 1, 2], GREEDY)
+  for row in range(3):
+    assert again[row].tokens == turn2[row].tokens
+    np.testing.assert_allclose(again[row].logprobs, turn2[row].logprobs, atol=1e-5)
+  # Turns of one episode compile nothing new: one decode, one prefill per bucket.
+  assert set(sampler.compile_seconds) <= {"decode", "prefill[8]", "prefill[16]"}
+  assert sampler._decode._cache_size() == 1
+
+
+def test_stop_strings_cut_and_continue_exactly(model):
+  prompts = _prompts()
+  free = Sampler(model, rows=3, capacity=64, vocab=IdVocab())
+  free.append({0: prompts[0]})
+  tokens = free.generate([0], GREEDY)[0].tokens
+  stop = f"<{tokens[4]}>"  # plant a stop string at the fifth token
+  stop_at = next(i for i, t in enumerate(tokens) if f"<{t}>" == stop) + 1
+
+  sampler = Sampler(model, rows=3, capacity=64, vocab=IdVocab(), decode_steps=16)
+  sampler.append({0: prompts[0]})
+  out = sampler.generate([0], SamplingConfig(max_new_tokens=12, stop_strings=(stop,)))[0]
+  assert out.finish_reason == "stop_string"
+  assert out.tokens == tokens[:stop_at] and out.text.endswith(stop)
+  assert sampler.lengths()[0] == len(prompts[0]) + stop_at
+  # The cache was rolled back: the next turn equals recomputation from the cut.
+  sampler.append({0: [5, 6]})
+  context = prompts[0] + tokens[:stop_at] + [5, 6]
+  nxt = sampler.generate([0], GREEDY)[0]
+  assert nxt.tokens == greedy_decode_uncached(model, [context], 12, stop_ids=(1,))[0]
+
+
+def test_finish_reasons(model):
+  sampler = Sampler(model, rows=2, capacity=24, buckets=(16,))
+  sampler.append({0: [2, 3, 4], 1: list(range(2, 22))})
+  first = sampler.generate([0], SamplingConfig(max_new_tokens=1))[0].tokens[0]
+  sampler.reset([0])
+  sampler.append({0: [2, 3, 4]})
+  out = sampler.generate([0, 1], SamplingConfig(max_new_tokens=6, stop_ids=(first,)))
+  assert out[0].finish_reason == "stop_id" and out[0].tokens == [first]
+  assert out[1].finish_reason == "capacity" and len(out[1].tokens) == 24 - 20
+  sampler.reset([0])
+  sampler.append({0: [2, 3, 4]})
+  assert sampler.generate([0], SamplingConfig(max_new_tokens=5))[0].finish_reason == "max_new_tokens"
+  with pytest.raises(ValueError, match="row 1 would hold 26 tokens; capacity is 24"):
+    sampler.append({1: [5, 6]})
+  sampler.reset([1])
+  with pytest.raises(ValueError, match="row 1 is empty"):
+    sampler.generate([1], GREEDY)
+
+
+def test_choose_tokens_options():
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50)) * 3, jnp.float32)
+  greedy, logp = choose_tokens(logits, jax.random.key(0), 0.0, 0, 1.0)
+  np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1))
+  np.testing.assert_allclose(logp, jax.nn.log_softmax(logits)[jnp.arange(4), greedy], atol=1e-6)
+  for top_k, top_p in ((1, 1.0), (0, 1e-6)):
+    token, _ = choose_tokens(logits, jax.random.key(1), 1.0, top_k, top_p)
+    np.testing.assert_array_equal(token, greedy)
+  # top_k=3 only ever picks among the 3 best; sampling follows the softmax.
+  keys = jax.random.split(jax.random.key(2), 2000)
+  picks = jax.vmap(lambda k: choose_tokens(logits[:1], k, 1.0, 3, 1.0)[0][0])(keys)
+  allowed = set(np.argsort(-np.asarray(logits[0]))[:3].tolist())
+  assert set(np.asarray(picks).tolist()) <= allowed
+  probs = np.asarray(jax.nn.softmax(logits[0]))
+  best = int(np.argmax(probs))
+  expected = probs[best] / probs[list(allowed)].sum()
+  assert abs(np.mean(np.asarray(picks) == best) - expected) < 0.05
+
+
+def test_greedy_tokens_on_a_2x2x2_mesh_equal_single_device(model):
+  prompts = [p * 3 for p in _prompts()] + [[2, 9, 4]]  # 4 rows; 2 per data x fsdp shard
+  single = Sampler(model, rows=4, capacity=64)
+  single.append(dict(enumerate(prompts)))
+  expected = single.generate(range(4), GREEDY)
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(2, 2, 2))
+  sharded_model = partitioning.shard_model(init_model(model_config("tiny"), seed=11), mesh,
+                                           partitioning.DEFAULT_RULES)
+  sampler = Sampler(sharded_model, rows=4, capacity=64, mesh=mesh)
+  sampler.append(dict(enumerate(prompts)))
+  got = sampler.generate(range(4), GREEDY)
+  assert sampler._cache.layers[0][0].sharding.spec[0] in (("data", "fsdp"), "data")
+  for row in range(4):
+    assert got[row].tokens == expected[row].tokens
+    np.testing.assert_allclose(got[row].logprobs, expected[row].logprobs, atol=1e-4)
