@@ -54,7 +54,7 @@ class TurnOutput:
 
 def choose_tokens(logits_BxV, rng, temperature: float, top_k: int, top_p: float):
   """Picks a token per row; returns it and its log-prob under the untempered model."""
-  logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+  logits_BxV = logits_BxV.astype(jnp.float32)
   if temperature == 0.0:
     token_B = jnp.argmax(logits_BxV, axis=-1)
   else:
@@ -72,7 +72,9 @@ def choose_tokens(logits_BxV, rng, temperature: float, top_k: int, top_p: float)
       scaled_BxV = jnp.where(scaled_BxV < threshold_Bx1, -jnp.inf, scaled_BxV)
     token_B = jax.random.categorical(rng, scaled_BxV, axis=-1)
   token_B = token_B.astype(jnp.int32)
-  return token_B, jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
+  # logit - logsumexp: one fused pass over the vocabulary, no [B, V] log-softmax.
+  chosen_B = jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0]
+  return token_B, chosen_B - jax.nn.logsumexp(logits_BxV, axis=-1)
 
 
 def _last_hidden(hidden_BxCxD, num_new_B, previous_BxD):
@@ -158,6 +160,10 @@ class Sampler:
       return
     self._lengths[list(rows)] = 0
     self._cache = self._cache.replace(length_B=self._place(jnp.asarray(self._lengths, jnp.int32)))
+
+  def set_rng(self, key: jax.Array) -> None:
+    """Seeds the sampling of later `generate` calls (made without an explicit rng)."""
+    self._rng = key
 
   def lengths(self) -> np.ndarray:
     """Tokens held by each row."""

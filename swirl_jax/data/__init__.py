@@ -1,0 +1,1 @@
+"""Questions, benchmark loaders, built-in tasks, trajectory records and their files."""

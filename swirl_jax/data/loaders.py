@@ -1,0 +1,171 @@
+"""Loaders for the benchmarks' released file formats (see PAPER.md), and TFDS gsm8k.
+
+Each returns questions and, for QA sets, the passages its search corpus is built
+from. A malformed record raises ValueError naming the file, the line (JSONL) or
+record index (JSON), and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any, Iterator
+
+from swirl_jax.data.question import Question
+from swirl_jax.environment.search import Passage
+
+
+@dataclasses.dataclass
+class Dataset:
+  questions: list[Question]
+  passages: list[Passage]
+
+
+def _jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{path}:{number}: expected a JSON object")
+      yield f"{path}:{number}", record
+
+
+def _json(path: str) -> Any:
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+
+
+def _field(record: dict, name: str, where: str, kind=str):
+  value = record.get(name) if isinstance(record, dict) else None
+  if not isinstance(value, kind):
+    kind_name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+    raise ValueError(f"{where}: field {name!r} is missing or not a {kind_name}")
+  return value
+
+
+def gsm8k_answer(solution: str, where: str) -> str:
+  """The number after `#### ` on the solution's last line, without thousands commas."""
+  match = re.search(r"####\s*(.+?)\s*$", solution.strip())
+  if not match:
+    raise ValueError(f"{where}: field 'answer' has no '#### ' final answer")
+  return match.group(1).replace(",", "")
+
+
+def load_gsm8k(path: str) -> Dataset:
+  """GSM8K JSONL: {"question", "answer"}; the gold answer follows `#### `."""
+  questions = []
+  for i, (where, r) in enumerate(_jsonl(path)):
+    questions.append(Question(f"gsm8k-{i}", _field(r, "question", where),
+                              (gsm8k_answer(_field(r, "answer", where), where),), "gsm8k"))
+  return Dataset(questions, [])
+
+
+def load_gsm8k_tfds(split: str = "test", data_dir: str | None = None) -> Dataset:
+  """TFDS `gsm8k`, when the user has prepared it (nothing is downloaded)."""
+  import tensorflow_datasets as tfds
+  dataset = tfds.load("gsm8k", split=split, data_dir=data_dir, download=False)
+  questions = []
+  for i, example in enumerate(tfds.as_numpy(dataset)):
+    where = f"tfds:gsm8k/{split}[{i}]"
+    question, solution = example["question"].decode(), example["answer"].decode()
+    questions.append(Question(f"gsm8k-{split}-{i}", question, (gsm8k_answer(solution, where),), "gsm8k"))
+  return Dataset(questions, [])
+
+
+def _dedup(passages: list[Passage]) -> list[Passage]:
+  return list(dict.fromkeys(passages))
+
+
+def load_hotpotqa(path: str) -> Dataset:
+  """HotPotQA JSON list of {_id, question, answer, context: [[title, [sentences]]], ...}."""
+  data = _json(path)
+  if not isinstance(data, list):
+    raise ValueError(f"{path}: expected a JSON list of questions")
+  questions, passages = [], []
+  for i, r in enumerate(data):
+    where = f"{path}[{i}]"
+    for title_and_sentences in _field(r, "context", where, list):
+      if not (isinstance(title_and_sentences, list) and len(title_and_sentences) == 2
+              and isinstance(title_and_sentences[1], list)):
+        raise ValueError(f"{where}: field 'context' entries must be [title, [sentences]]")
+      title, sentences = title_and_sentences
+      passages.append(Passage(str(title), "".join(map(str, sentences)).strip()))
+    questions.append(Question(_field(r, "_id", where), _field(r, "question", where),
+                              (_field(r, "answer", where),), "hotpotqa"))
+  return Dataset(questions, _dedup(passages))
+
+
+def load_musique(path: str) -> Dataset:
+  """MuSiQue JSONL: {id, paragraphs: [{title, paragraph_text}], question, answer, answer_aliases}."""
+  questions, passages = [], []
+  for where, r in _jsonl(path):
+    for j, p in enumerate(_field(r, "paragraphs", where, list)):
+      passages.append(Passage(_field(p, "title", f"{where}: paragraphs[{j}]"),
+                              _field(p, "paragraph_text", f"{where}: paragraphs[{j}]")))
+    aliases = r.get("answer_aliases") or []
+    if not isinstance(aliases, list):
+      raise ValueError(f"{where}: field 'answer_aliases' is not a list")
+    questions.append(Question(_field(r, "id", where), _field(r, "question", where),
+                              (_field(r, "answer", where), *map(str, aliases)), "musique"))
+  return Dataset(questions, _dedup(passages))
+
+
+def load_beerqa(path: str) -> Dataset:
+  """BeerQA JSON {"version", "split", "data": [{id, question, answers: [...], context: [[title, text]]}]}."""
+  data = _json(path)
+  records = _field(data, "data", path, list) if isinstance(data, dict) else None
+  if records is None:
+    raise ValueError(f"{path}: expected an object with a 'data' list")
+  questions, passages = [], []
+  for i, r in enumerate(records):
+    where = f"{path}: data[{i}]"
+    for entry in _field(r, "context", where, list):
+      if not (isinstance(entry, list) and len(entry) == 2):
+        raise ValueError(f"{where}: field 'context' entries must be [title, text]")
+      passages.append(Passage(str(entry[0]), str(entry[1])))
+    answers = _field(r, "answers", where, list)
+    if not answers:
+      raise ValueError(f"{where}: field 'answers' is empty")
+    questions.append(Question(_field(r, "id", where), _field(r, "question", where),
+                              tuple(map(str, answers)), "beerqa"))
+  return Dataset(questions, _dedup(passages))
+
+
+def load_cofca(path: str) -> Dataset:
+  """CofCA (format varies): JSON list or JSONL of {question, answer, paragraphs}.
+
+  `paragraphs` entries are {"title", "text"} objects or plain strings; an `id`
+  is used when present.
+  """
+  if path.endswith(".jsonl"):
+    records = list(_jsonl(path))
+  else:
+    data = _json(path)
+    if not isinstance(data, list):
+      raise ValueError(f"{path}: expected a JSON list (or a .jsonl file)")
+    records = [(f"{path}[{i}]", r) for i, r in enumerate(data)]
+  questions, passages = [], []
+  for i, (where, r) in enumerate(records):
+    for j, p in enumerate(_field(r, "paragraphs", where, list)):
+      if isinstance(p, str):
+        passages.append(Passage(f"paragraph {i}.{j}", p))
+      else:
+        passages.append(Passage(_field(p, "title", f"{where}: paragraphs[{j}]"),
+                                _field(p, "text", f"{where}: paragraphs[{j}]")))
+    answer = _field(r, "answer", where, (str, int, float))
+    questions.append(Question(str(r.get("id", f"cofca-{i}")), _field(r, "question", where),
+                              (str(answer),), "cofca"))
+  return Dataset(questions, _dedup(passages))
+
+
+LOADERS = {"gsm8k": load_gsm8k, "hotpotqa": load_hotpotqa, "musique": load_musique,
+           "beerqa": load_beerqa, "cofca": load_cofca}

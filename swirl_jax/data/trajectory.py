@@ -1,0 +1,62 @@
+"""The trajectory record: what Stage 1 writes and every later stage reads.
+
+Token ids are the source of truth: each step keeps the ids the model consumed
+(`context_tokens`, the delta since the previous action) and produced
+(`action_tokens`); the texts are for people. Records are JSON lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass
+class Step:
+  index: int
+  context_tokens: list[int]  # new context before this action (prompt, or tool result turn)
+  context_text: str
+  action_tokens: list[int]
+  action_text: str
+  behaviour_logprobs: list[float]  # of action_tokens, under the sampling model
+  kind: str  # "tool" | "answer" | "malformed"
+  finish_reason: str  # the sampler's: stop_string | stop_id | max_new_tokens | capacity
+  tool: str = ""  # tag of the tool called
+  tool_query: str = ""
+  tool_output: str = ""
+  tool_error: bool = False
+  malformed_reason: str = ""
+  forced_answer: bool = False  # this step followed the step-cap prompt
+
+
+@dataclasses.dataclass
+class Trajectory:
+  id: str
+  question_id: str
+  sample_index: int
+  source: str
+  question: str
+  gold_answers: list[str]
+  steps: list[Step]
+  final_answer: str | None
+  finish: str  # "answered" | "step_cap" | "malformed" | "capacity"
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+  @classmethod
+  def from_dict(cls, record: dict[str, Any], where: str = "") -> "Trajectory":
+    try:
+      steps = [Step(**s) for s in record["steps"]]
+      return cls(**{**record, "steps": steps})
+    except (KeyError, TypeError) as e:
+      raise ValueError(f"{where}: not a trajectory record ({e})") from None
+
+  @property
+  def num_tokens(self) -> int:
+    return sum(len(s.context_tokens) + len(s.action_tokens) for s in self.steps)
+
+
+def trajectory_id(question_id: str, sample_index: int) -> str:
+  return f"{question_id}#{sample_index}"

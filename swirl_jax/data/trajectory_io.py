@@ -1,0 +1,43 @@
+"""Sharded trajectory files: JSON lines, written whole and atomically, read with checks."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Iterable, Iterator
+
+from swirl_jax import atomic_io
+from swirl_jax.data.trajectory import Trajectory
+
+SHARD_PATTERN = "trajectories-s{shard:05d}.jsonl"
+
+
+def shard_path(directory: str, shard: int) -> str:
+  return os.path.join(directory, SHARD_PATTERN.format(shard=shard))
+
+
+def write_shard(path: str, trajectories: Iterable[Trajectory]) -> None:
+  """All or nothing: the file appears complete, or not at all."""
+  with atomic_io.atomic_open(path, "w") as f:
+    for t in trajectories:
+      f.write(t.to_json() + "\n")
+
+
+def read_shard(path: str) -> Iterator[Trajectory]:
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+      yield Trajectory.from_dict(record, f"{path}:{number}")
+
+
+def shard_files(directory: str) -> list[str]:
+  return sorted(glob.glob(os.path.join(directory, "trajectories-s*.jsonl")))
+
+
+def read_all(directory: str) -> Iterator[Trajectory]:
+  for path in shard_files(directory):
+    yield from read_shard(path)

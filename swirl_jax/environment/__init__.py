@@ -1,0 +1,1 @@
+"""Tools (calculator, search), the multi-step protocol and the episode loop."""

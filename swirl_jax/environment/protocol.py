@@ -1,0 +1,112 @@
+"""The multi-step protocol: Gemma chat turns, the three tags, and action parsing.
+
+Each model turn is one *action*: optional reasoning, then exactly one of
+`<search_query>…</search_query>`, `<math_exp>…</math_exp>` or
+`<answer>…</answer>`. A tool's result comes back as a user turn
+`QUERY -> RESULT`. The instructions below are our own wording of the paper's
+protocol; few-shot examples are part of the template (a small base model
+needs them to follow the format at all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Sequence
+
+import gin
+
+START_USER = "<start_of_turn>user\n"
+START_MODEL = "<start_of_turn>model\n"
+END_TURN = "<end_of_turn>"
+ANSWER_TAG = "answer"
+
+_TAG_RE = re.compile(r"<(search_query|math_exp|answer)>(.*?)</\1>", re.DOTALL)
+_OPEN_RE = re.compile(r"<(search_query|math_exp|answer)>")
+
+SEARCH_INSTRUCTIONS = (
+    "Answer the question by working in steps. In each step, think briefly, then either look "
+    "something up by writing a query between <search_query> and </search_query>, or give the "
+    "final answer between <answer> and </answer>. Write exactly one of these per step. After a "
+    "query you will see the query, an arrow and the best matching document. Keep the final answer "
+    "short: a name, a number or a few words.")
+
+MATH_INSTRUCTIONS = (
+    "Solve the problem by working in steps. In each step, think briefly, then either compute "
+    "something by writing an arithmetic expression between <math_exp> and </math_exp>, or give "
+    "the final answer between <answer> and </answer>. Write exactly one of these per step. After "
+    "an expression you will see the expression, an arrow and its value. The final answer is a "
+    "number only.")
+
+FORCE_ANSWER = "You have used all your steps. Give your final answer now, between <answer> and </answer>."
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+  """A parsed model turn."""
+
+  kind: str  # "tool" | "answer" | "malformed"
+  tag: str = ""
+  query: str = ""  # the tool query, or the answer text
+  reasoning: str = ""
+  malformed_reason: str = ""
+
+
+def parse_action(text: str, allowed_tags: Sequence[str]) -> Action:
+  """Exactly one complete tool call or answer; anything else is malformed, with its reason."""
+  body = text.replace(END_TURN, "")
+  found = list(_TAG_RE.finditer(body))
+  if not found:
+    opened = _OPEN_RE.search(body)
+    reason = f"unclosed <{opened.group(1)}>" if opened else "no <search_query>, <math_exp> or <answer> tag"
+    return Action("malformed", malformed_reason=reason)
+  if len(found) > 1:
+    return Action("malformed", malformed_reason=f"{len(found)} tags in one step; write exactly one")
+  match = found[0]
+  tag, content = match.group(1), match.group(2).strip()
+  reasoning = body[:match.start()].strip()
+  if tag != ANSWER_TAG and tag not in allowed_tags:
+    return Action("malformed", tag=tag, malformed_reason=f"the <{tag}> tool is not available here")
+  if not content:
+    return Action("malformed", tag=tag, malformed_reason=f"empty <{tag}>")
+  return Action(ANSWER_TAG if tag == ANSWER_TAG else "tool", tag, content, reasoning)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+  """How a question becomes the first user turn. `examples` are complete worked turns."""
+
+  instructions: str = MATH_INSTRUCTIONS
+  examples: tuple[str, ...] = ()
+
+  def prompt(self, question: str) -> str:
+    parts = [self.instructions]
+    if self.examples:
+      parts.append("Examples:\n\n" + "\n\n".join(self.examples))
+    parts.append(f"Question: {question.strip()}")
+    return START_USER + "\n\n".join(parts) + END_TURN + "\n" + START_MODEL
+
+
+def user_turn(text: str, model_turn_closed: bool) -> str:
+  """What follows a model action: close its turn, a user turn (a tool result `QUERY -> RESULT`,
+  or feedback), then reopen the model's turn."""
+  close = "" if model_turn_closed else END_TURN
+  return f"{close}\n{START_USER}{text}{END_TURN}\n{START_MODEL}"
+
+
+def stop_strings(tags: Sequence[str]) -> tuple[str, ...]:
+  """Closing tags end a model turn (the answer's always does)."""
+  return tuple(f"</{t}>" for t in (*tags, ANSWER_TAG))
+
+
+def format_example(question: str, steps: Sequence[tuple[str, str, str]], answer_reasoning: str,
+                   answer: str) -> str:
+  """One worked example in transcript form: (reasoning, tag, query -> result) steps, then the answer."""
+  lines = [f"Question: {question}"]
+  for reasoning, tag, (query_and_result) in steps:
+    query, result = query_and_result.split(" -> ", 1)
+    lines.append(f"Step: {reasoning} <{tag}>{query}</{tag}>")
+    lines.append(f"Result: {query} -> {result}")
+  lines.append(f"Step: {answer_reasoning} <answer>{answer}</answer>")
+  return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""The `<search_query>` tool: BM25 over a local corpus, or a user's HTTP retriever.
+
+The paper retrieves the top-1 article of a per-dataset corpus; we build that
+corpus from the dataset's own paragraphs and rank with BM25 (`bm25s`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Sequence
+
+import bm25s
+import gin
+
+from swirl_jax.environment.tool import ToolResult
+
+
+@dataclasses.dataclass(frozen=True)
+class Passage:
+  title: str
+  text: str
+
+
+def load_passages_jsonl(path: str) -> list[Passage]:
+  """A corpus from JSONL lines `{"title": ..., "text": ...}`; errors name file and line."""
+  passages = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+      for field in ("title", "text"):
+        if not isinstance(record.get(field) if isinstance(record, dict) else None, str):
+          raise ValueError(f"{path}:{number}: field {field!r} is missing or not a string")
+      passages.append(Passage(record["title"], record["text"]))
+  if not passages:
+    raise ValueError(f"{path}: the corpus is empty")
+  return passages
+
+
+def _truncate(text: str, max_tokens: int, vocab) -> str:
+  if vocab is not None:
+    ids = vocab.encode(text)
+    return text if len(ids) <= max_tokens else vocab.decode(ids[:max_tokens]) + " ..."
+  words = text.split(" ")
+  return text if len(words) <= max_tokens else " ".join(words[:max_tokens]) + " ..."
+
+
+def format_passages(passages: Sequence[Passage], max_tokens: int, vocab=None) -> str:
+  if not passages:
+    return "No results."
+  text = "\n\n".join(f"{p.title}: {p.text}" for p in passages)
+  return _truncate(text, max_tokens, vocab)
+
+
+@gin.configurable
+class BM25Search:
+  """Top-k BM25 over passages (title and text indexed together)."""
+
+  name = "search"
+  tag = "search_query"
+
+  def __init__(self, passages: Sequence[Passage], top_k: int = 1, max_result_tokens: int = 256,
+               vocab=None):
+    if not passages:
+      raise ValueError("BM25Search: the corpus is empty")
+    self.passages = list(passages)
+    self.top_k = top_k
+    self.max_result_tokens = max_result_tokens
+    self.vocab = vocab
+    self._index = bm25s.BM25()
+    corpus_tokens = bm25s.tokenize([f"{p.title} {p.text}" for p in self.passages],
+                                   stopwords="en", show_progress=False)
+    self._index.index(corpus_tokens, show_progress=False)
+
+  def search(self, query: str, k: int | None = None) -> list[tuple[Passage, float]]:
+    """The best k passages with their scores; passages that share no term are left out."""
+    k = min(k or self.top_k, len(self.passages))
+    tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
+    if not tokens.vocab:
+      return []
+    ids, scores = self._index.retrieve(tokens, k=k, show_progress=False)
+    return [(self.passages[int(i)], float(s)) for i, s in zip(ids[0], scores[0]) if s > 0]
+
+  def run(self, query: str) -> ToolResult:
+    if not query.strip():
+      return ToolResult("Error: empty search query", error=True)
+    hits = [p for p, _ in self.search(query)]
+    return ToolResult(format_passages(hits, self.max_result_tokens, self.vocab))
+
+
+@gin.configurable
+class HttpSearch:
+  """A user's search service: POST {"query", "top_k"} -> {"results": [{"title", "text"}]}."""
+
+  name = "search"
+  tag = "search_query"
+
+  def __init__(self, url: str, top_k: int = 1, max_result_tokens: int = 256, timeout_s: float = 10.0,
+               retries: int = 3, backoff_s: float = 0.5, vocab=None):
+    self.url = url
+    self.top_k = top_k
+    self.max_result_tokens = max_result_tokens
+    self.timeout_s = timeout_s
+    self.retries = retries
+    self.backoff_s = backoff_s
+    self.vocab = vocab
+
+  def _request(self, query: str) -> list[Passage]:
+    body = json.dumps({"query": query, "top_k": self.top_k}).encode()
+    request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+      payload = json.loads(response.read())
+    results = payload.get("results") if isinstance(payload, dict) else None
+    if not isinstance(results, list):
+      raise ValueError("response has no 'results' list")
+    passages = []
+    for i, r in enumerate(results[:self.top_k]):
+      if not (isinstance(r, dict) and isinstance(r.get("title"), str) and isinstance(r.get("text"), str)):
+        raise ValueError(f"results[{i}] lacks string fields 'title' and 'text'")
+      passages.append(Passage(r["title"], r["text"]))
+    return passages
+
+  def run(self, query: str) -> ToolResult:
+    if not query.strip():
+      return ToolResult("Error: empty search query", error=True)
+    last_error = ""
+    for attempt in range(self.retries + 1):
+      try:
+        return ToolResult(format_passages(self._request(query), self.max_result_tokens, self.vocab))
+      except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
+        last_error = str(getattr(e, "reason", e))
+        if attempt < self.retries:
+          time.sleep(self.backoff_s * 2**attempt)
+    return ToolResult(f"Error: search service unavailable ({last_error[:100]})", error=True)

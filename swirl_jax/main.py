@@ -1,0 +1,78 @@
+"""The command line: `python -m swirl_jax.main --gin_file=... --gin.NAME=value --mode=generate`.
+
+gin configures what a run does (model, task, sampler, episode, output); flags
+pick the mode and the gin files. `--gin.NAME=VALUE` is shorthand for
+`--gin_bindings=NAME=VALUE`, as in T5X.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import gin
+import jax
+from absl import app, flags, logging
+
+# Everything gin can bind must be imported before the config is parsed.
+from swirl_jax import generation, partitioning, tasks  # noqa: F401
+from swirl_jax.checkpoints import policy  # noqa: F401
+from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
+from swirl_jax.models import config  # noqa: F401
+from swirl_jax.sampling import sampler  # noqa: F401
+
+_MODE = flags.DEFINE_enum("mode", "generate", ["generate"],
+                          "Which stage to run (judge, train, evaluate and pipeline come with later issues).")
+_GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files, applied in order.")
+_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Individual gin bindings.")
+_GIN_SEARCH_PATHS = flags.DEFINE_multi_string("gin_search_paths", ["."], "Where gin files are looked up.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-host runs; on Cloud TPU leave "
+    "unset and jax.distributed.initialize() finds the slice by itself.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+
+
+def rewrite_gin_args(argv: list[str]) -> list[str]:
+  """Turns `--gin.NAME=VALUE` into `--gin_bindings=NAME=VALUE`."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise app.UsageError(f"{arg}: expected --gin.NAME=VALUE")
+      out.append(f"--gin_bindings={name} = {value}")
+    else:
+      out.append(arg)
+  return out
+
+
+def run_generate():
+  """Stage 1 with the gin-configured policy, task and settings (GenerateConfig.output_dir...)."""
+  model, vocab = policy.load_policy()
+  task = tasks.build_task(vocab=vocab)
+  summary = generation.generate(task, model, vocab, generation.GenerateConfig())
+  print(json.dumps(summary, indent=1))
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _COORDINATOR.value or _NUM_PROCESSES.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  for path in _GIN_SEARCH_PATHS.value:
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
+  logging.info("gin config:\n%s", gin.config_str())
+  if _MODE.value == "generate":
+    run_generate()
+
+
+def run():
+  """Console-script entry point."""
+  app.run(main, argv=rewrite_gin_args(sys.argv))
+
+
+if __name__ == "__main__":
+  run()

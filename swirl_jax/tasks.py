@@ -1,0 +1,88 @@
+"""Tasks: where questions come from, which tool answers them, and how they are prompted."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+
+from swirl_jax.data import builtin_arithmetic, builtin_encyclopedia, loaders
+from swirl_jax.data.question import Question
+from swirl_jax.environment import protocol
+from swirl_jax.environment.calculator import Calculator
+from swirl_jax.environment.search import BM25Search
+from swirl_jax.environment.tool import Tool
+
+MATH_EXAMPLES = (
+    protocol.format_example(
+        "A shop has 3 crates with 12 pears each. It sells 10 pears. How many pears are left?",
+        [("First find the total number of pears.", "math_exp", "3 * 12 -> 36.0"),
+         ("Now subtract the pears sold.", "math_exp", "36 - 10 -> 26.0")],
+        "26 pears are left.", "26"),
+    protocol.format_example(
+        "Mia reads 15 pages a day for 4 days, then splits the pages read evenly over 3 reports. "
+        "How many pages per report?",
+        [("Pages read in total.", "math_exp", "15 * 4 -> 60.0"),
+         ("Split over 3 reports.", "math_exp", "60 / 3 -> 20.0")],
+        "Each report covers 20 pages.", "20"),
+)
+
+SEARCH_EXAMPLES = (
+    protocol.format_example(
+        "In which country was the founder of the Ardent Company born?",
+        [("I need the founder first.", "search_query",
+          "founder of the Ardent Company -> Ardent Company: The Ardent Company was founded in 1820 by "
+          "Lena Orvo. Its headquarters are in Pellina."),
+         ("Now where Lena Orvo was born.", "search_query",
+          "Lena Orvo born -> Lena Orvo: Lena Orvo was born in the city of Tessa."),
+         ("Now the country of Tessa.", "search_query",
+          "Tessa country -> Tessa: Tessa is a city in the country of Morland.")],
+        "Lena Orvo was born in Tessa, which is in Morland.", "Morland"),
+)
+
+
+@dataclasses.dataclass
+class Task:
+  name: str
+  questions: list[Question]
+  tools: list[Tool]
+  template: protocol.PromptTemplate
+  max_steps: int
+
+
+@gin.configurable
+def build_task(name: str = "builtin_arithmetic", split: str = "train", num_questions: int | None = None,
+               path: str | None = None, seed: int = 0, few_shot: bool = True,
+               search_top_k: int = 1, vocab=None) -> Task:
+  """A task by name: builtin_arithmetic, builtin_encyclopedia, or a benchmark file.
+
+  Benchmark names (gsm8k, hotpotqa, musique, beerqa, cofca) need `path`; QA sets
+  build their BM25 corpus from their own paragraphs. Step caps follow the
+  paper: 10 with the calculator, 5 with search.
+  """
+  if name == "builtin_arithmetic":
+    questions = builtin_arithmetic.arithmetic_questions(num_questions or 1000, seed=seed, split=split)
+    passages = None
+  elif name == "builtin_encyclopedia":
+    encyclopedia = builtin_encyclopedia.build_encyclopedia(seed=seed)
+    questions = builtin_encyclopedia.encyclopedia_split(encyclopedia, split)
+    passages = encyclopedia.passages
+  elif name in loaders.LOADERS:
+    if path is None:
+      raise ValueError(f"build_task(name={name!r}) needs path= to the dataset file")
+    dataset = loaders.LOADERS[name](path)
+    questions, passages = dataset.questions, (dataset.passages or None)
+  else:
+    raise ValueError(f"build_task: unknown task {name!r}; known: builtin_arithmetic, "
+                     f"builtin_encyclopedia, {', '.join(loaders.LOADERS)}")
+  if num_questions is not None:
+    questions = questions[:num_questions]
+  if passages is None:
+    tools: list[Tool] = [Calculator()]
+    template = protocol.PromptTemplate(protocol.MATH_INSTRUCTIONS, MATH_EXAMPLES if few_shot else ())
+    max_steps = 10
+  else:
+    tools = [BM25Search(passages, top_k=search_top_k, vocab=vocab)]
+    template = protocol.PromptTemplate(protocol.SEARCH_INSTRUCTIONS, SEARCH_EXAMPLES if few_shot else ())
+    max_steps = 5
+  return Task(name, questions, tools, template, max_steps)

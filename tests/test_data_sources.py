@@ -1,0 +1,156 @@
+"""Benchmark loaders on files written here, built-in tasks, and search quality."""
+
+import http.server
+import json
+import threading
+
+import pytest
+
+from swirl_jax.data import loaders
+from swirl_jax.data.builtin_arithmetic import arithmetic_questions
+from swirl_jax.data.builtin_encyclopedia import build_encyclopedia, encyclopedia_split
+from swirl_jax.environment.calculator import Calculator
+from swirl_jax.environment.search import BM25Search, HttpSearch, Passage, load_passages_jsonl
+
+
+def _write_jsonl(path, records):
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  return str(path)
+
+
+def test_gsm8k(tmp_path):
+  path = _write_jsonl(tmp_path / "gsm8k.jsonl", [
+      {"question": "How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
+      {"question": "Money?", "answer": "so\n#### 1,250"}])
+  data = loaders.load_gsm8k(path)
+  assert [q.answers for q in data.questions] == [("7",), ("1250",)]
+  bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "ok", "answer": "#### 1"}, {"question": "no answer"}])
+  with pytest.raises(ValueError, match=r"bad\.jsonl:2: field 'answer' is missing"):
+    loaders.load_gsm8k(bad)
+  (tmp_path / "broken.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{not json\n')
+  with pytest.raises(ValueError, match=r"broken\.jsonl:2: not JSON"):
+    loaders.load_gsm8k(str(tmp_path / "broken.jsonl"))
+  nofinal = _write_jsonl(tmp_path / "nofinal.jsonl", [{"question": "q", "answer": "7"}])
+  with pytest.raises(ValueError, match=r"nofinal\.jsonl:1: field 'answer' has no '#### '"):
+    loaders.load_gsm8k(nofinal)
+
+
+def test_hotpotqa(tmp_path):
+  record = {"_id": "h1", "question": "Where?", "answer": "Paris", "type": "bridge", "level": "hard",
+            "supporting_facts": [["A", 0]], "context": [["A", ["A is in ", "Paris."]], ["B", ["B."]]]}
+  path = tmp_path / "hotpot.json"
+  path.write_text(json.dumps([record, record]))
+  data = loaders.load_hotpotqa(str(path))
+  assert data.questions[0].answers == ("Paris",)
+  assert data.passages == [Passage("A", "A is in Paris."), Passage("B", "B.")]  # deduplicated
+  path.write_text(json.dumps([{**record, "context": [["A", "not a list"]]}]))
+  with pytest.raises(ValueError, match=r"hotpot\.json\[0\]: field 'context' entries"):
+    loaders.load_hotpotqa(str(path))
+
+
+def test_musique(tmp_path):
+  record = {"id": "m1", "paragraphs": [{"idx": 0, "title": "T", "paragraph_text": "Text.", "is_supporting": True}],
+            "question": "Q?", "question_decomposition": [], "answer": "A", "answer_aliases": ["a1"],
+            "answerable": True}
+  data = loaders.load_musique(_write_jsonl(tmp_path / "m.jsonl", [record]))
+  assert data.questions[0].answers == ("A", "a1") and data.passages == [Passage("T", "Text.")]
+  bad = {**record, "paragraphs": [{"title": "T"}]}
+  with pytest.raises(ValueError, match=r"m2\.jsonl:1: paragraphs\[0\]: field 'paragraph_text'"):
+    loaders.load_musique(_write_jsonl(tmp_path / "m2.jsonl", [bad]))
+
+
+def test_beerqa(tmp_path):
+  data = {"version": "1.0", "split": "dev", "data": [
+      {"id": "b1", "src": "hotpotqa", "question": "Q?", "answers": ["x", "y"], "context": [["T", "text"]]}]}
+  path = tmp_path / "beer.json"
+  path.write_text(json.dumps(data))
+  loaded = loaders.load_beerqa(str(path))
+  assert loaded.questions[0].answers == ("x", "y") and loaded.passages == [Passage("T", "text")]
+  data["data"][0]["answers"] = []
+  path.write_text(json.dumps(data))
+  with pytest.raises(ValueError, match=r"beer\.json: data\[0\]: field 'answers' is empty"):
+    loaders.load_beerqa(str(path))
+
+
+def test_cofca(tmp_path):
+  records = [{"question": "Q?", "answer": 3, "paragraphs": ["plain text", {"title": "T", "text": "t"}]}]
+  loaded = loaders.load_cofca(_write_jsonl(tmp_path / "c.jsonl", records))
+  assert loaded.questions[0].answers == ("3",) and loaded.passages[1] == Passage("T", "t")
+  (tmp_path / "c.json").write_text(json.dumps([{"question": "Q?", "paragraphs": []}]))
+  with pytest.raises(ValueError, match=r"c\.json\[0\]: field 'answer'"):
+    loaders.load_cofca(str(tmp_path / "c.json"))
+
+
+def test_corpus_jsonl(tmp_path):
+  path = _write_jsonl(tmp_path / "corpus.jsonl", [{"title": "A", "text": "a"}, {"title": "B"}])
+  with pytest.raises(ValueError, match=r"corpus\.jsonl:2: field 'text'"):
+    load_passages_jsonl(path)
+
+
+def test_builtin_arithmetic_is_deterministic_and_solvable():
+  a, b = arithmetic_questions(50, seed=3), arithmetic_questions(50, seed=3)
+  assert a == b and a != arithmetic_questions(50, seed=3, split="test")
+  calculator = Calculator()
+  for q in a:
+    assert 2 <= len(q.gold_steps) <= 6
+    values = [calculator.run(step).output for step in q.gold_steps]
+    assert values[-1] == f"{q.answers[0]}.0"  # the gold steps compute the gold answer
+
+
+def test_builtin_search_ranks_the_gold_paragraph_first():
+  """The paragraph that holds each gold sub-query's answer ranks first >= 90% of the time."""
+  encyclopedia = build_encyclopedia(seed=0)
+  search = BM25Search(encyclopedia.passages)
+  by_title = {p.title: p for p in encyclopedia.passages}
+  hits = total = 0
+  for q in encyclopedia.questions:
+    for sub_query in q.gold_steps:
+      subject = max((t for t in by_title if t in sub_query), key=len)  # the entity asked about
+      top = search.search(sub_query, 1)
+      hits += bool(top) and top[0][0] == by_title[subject]
+      total += 1
+  assert total > 1000 and hits / total >= 0.9, hits / total
+  train, test = encyclopedia_split(encyclopedia, "train"), encyclopedia_split(encyclopedia, "test")
+  assert not set(q.id for q in train) & set(q.id for q in test) and len(test) >= 200
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  calls = 0
+  mode = "ok"
+
+  def do_POST(self):
+    type(self).calls += 1
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    if self.mode == "fail_once" and type(self).calls == 1:
+      self.send_response(500)
+      self.end_headers()
+      return
+    payload = {"results": [{"title": "T", "text": f"about {body['query']}"}]} if self.mode != "garbage" else [1]
+    data = json.dumps(payload).encode()
+    self.send_response(200)
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["ok", "fail_once", "garbage"])
+def test_http_search_against_a_local_server(mode):
+  _Handler.calls, _Handler.mode = 0, mode
+  server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    tool = HttpSearch(f"http://127.0.0.1:{server.server_port}/search", retries=2, backoff_s=0.01, timeout_s=5)
+    result = tool.run("zebra facts")
+  finally:
+    server.shutdown()
+    server.server_close()
+  if mode == "garbage":
+    assert result.error and "unavailable" in result.output and _Handler.calls == 3
+  else:
+    assert not result.error and result.output == "T: about zebra facts"
+    assert _Handler.calls == (2 if mode == "fail_once" else 1)
+  assert HttpSearch("http://127.0.0.1:9/none", retries=0, timeout_s=0.5).run("x").error

@@ -1,0 +1,151 @@
+"""The episode loop: protocol, tools, malformed actions, step cap, row reuse, token bookkeeping."""
+
+import numpy as np
+import pytest
+
+from swirl_jax.data.question import Question
+from swirl_jax.environment import protocol
+from swirl_jax.environment.calculator import Calculator
+from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
+from swirl_jax.environment.search import BM25Search, Passage
+from swirl_jax.sampling.sampler import TurnOutput
+
+
+class CharVocab:
+  """One id per character (plus the chat markers), enough for the loop's bookkeeping."""
+
+  eos_id = 1
+  markers = {"<start_of_turn>": 4, "<end_of_turn>": 5}
+
+  class tokenizer:
+    @staticmethod
+    def bos_id():
+      return 2
+
+  def encode(self, text):
+    ids, i = [], 0
+    while i < len(text):
+      for marker, idx in self.markers.items():
+        if text.startswith(marker, i):
+          ids.append(idx)
+          i += len(marker)
+          break
+      else:
+        ids.append(1000 + ord(text[i]))
+        i += 1
+    return ids
+
+  def decode(self, ids):
+    inverse = {v: k for k, v in self.markers.items()}
+    return "".join(inverse.get(i, chr(i - 1000) if i >= 1000 else "") for i in ids)
+
+
+class ScriptedSampler:
+  """Stands in for Sampler: replays scripted turns per question, records what it was fed."""
+
+  def __init__(self, script, rows=2, capacity=100_000):
+    self.script, self.rows, self.capacity = script, rows, capacity
+    self.vocab = CharVocab()
+    self.fed = {r: [] for r in range(rows)}
+    self.turn = {r: 0 for r in range(rows)}
+    self.question_of = {}
+    self.max_rows_busy = 0
+
+  def reset(self, rows):
+    for r in rows:
+      self.fed[r], self.turn[r] = [], 0
+
+  def lengths(self):
+    return np.array([len(self.fed[r]) for r in range(self.rows)])
+
+  def append(self, new):
+    for r, tokens in new.items():
+      self.fed[r] += list(tokens)
+
+  def generate(self, rows, config):
+    self.max_rows_busy = max(self.max_rows_busy, len(rows))
+    out = {}
+    for r in rows:
+      prompt = self.vocab.decode(self.fed[r])
+      key = next(k for k in self.script if k in prompt)
+      text = self.script[key][self.turn[r]]
+      self.turn[r] += 1
+      tokens = self.vocab.encode(text)
+      reason = "stop_id" if text.endswith("<end_of_turn>") else "stop_string"
+      out[r] = TurnOutput(tokens, [-0.5] * len(tokens), text, reason)
+      self.fed[r] += tokens
+    return out
+
+
+def _runner(script, rows=2, **config):
+  sampler = ScriptedSampler(script, rows)
+  tools = [Calculator(), BM25Search([Passage("Zorba", "Zorba lives in Quill.")])]
+  template = protocol.PromptTemplate("Use tools.", ())
+  config = EpisodeConfig(**{"max_steps": 3, **config})
+  return EpisodeRunner(sampler, sampler.vocab, tools, template, config), sampler
+
+
+def _q(name, answer="x"):
+  return Question(name, f"question {name}?", (answer,), "test")
+
+
+def test_tool_steps_then_answer_with_exact_token_bookkeeping():
+  script = {"question A": ["Add. <math_exp>2 + 3</math_exp>", "Search. <search_query>Zorba</search_query>",
+                           "Done. <answer>5</answer>"]}
+  runner, sampler = _runner(script)
+  [t] = list(runner.run([(_q("A"), 0)]))
+  assert t.finish == "answered" and t.final_answer == "5" and t.id == "A#0"
+  assert [s.kind for s in t.steps] == ["tool", "tool", "answer"]
+  assert t.steps[0].tool_output == "5.0"
+  assert t.steps[1].tool_output == "Zorba: Zorba lives in Quill."
+  assert t.steps[1].context_text == protocol.user_turn("2 + 3 -> 5.0", model_turn_closed=False)
+  # Every token the sampler consumed or produced is in the record, in order.
+  record = [tok for s in t.steps for tok in s.context_tokens + s.action_tokens]
+  assert record == sampler.fed[0]
+  assert record[0] == 2  # BOS
+  assert t.steps[2].behaviour_logprobs == [-0.5] * len(t.steps[2].action_tokens)
+
+
+def test_malformed_end_or_feedback():
+  script = {"question M": ["no tags at all", "<answer>7</answer>"]}
+  runner, _ = _runner(script)
+  [t] = list(runner.run([(_q("M"), 0)]))
+  assert t.finish == "malformed" and t.steps[0].malformed_reason.startswith("no <search_query>")
+  runner, sampler = _runner(script, on_malformed="feedback")
+  [t] = list(runner.run([(_q("M"), 0)]))
+  assert t.finish == "answered" and t.final_answer == "7"
+  assert "not valid" in t.steps[1].context_text
+
+
+@pytest.mark.parametrize("at_cap,finish,steps", [("force_answer", "answered", 4), ("end", "step_cap", 3)])
+def test_step_cap(at_cap, finish, steps):
+  script = {"question C": ["<math_exp>1+1</math_exp>"] * 3 + ["<answer>2</answer>"]}
+  runner, _ = _runner(script, at_step_cap=at_cap)
+  [t] = list(runner.run([(_q("C"), 0)]))
+  assert t.finish == finish and len(t.steps) == steps
+  if at_cap == "force_answer":
+    assert protocol.FORCE_ANSWER in t.steps[3].context_text and t.steps[3].forced_answer
+
+
+def test_rows_are_reused_and_every_job_finishes_once():
+  script = {f"question {i}": ["<math_exp>1+1</math_exp>"] * (i % 3) + ["<answer>2</answer>"] for i in range(7)}
+  runner, sampler = _runner(script, rows=3)
+  jobs = [(_q(str(i)), s) for i in range(7) for s in range(2)]
+  done = list(runner.run(jobs))
+  assert sorted(t.id for t in done) == sorted(f"{i}#{s}" for i in range(7) for s in range(2))
+  assert sampler.max_rows_busy == 3
+  assert all(t.finish == "answered" for t in done)
+
+
+@pytest.mark.parametrize("text,kind,detail", [
+    ("think <math_exp> 3*4 </math_exp>", "tool", "3*4"),
+    ("<answer>Paris</answer><end_of_turn>", "answer", "Paris"),
+    ("<math_exp>1</math_exp> and <answer>1</answer>", "malformed", "2 tags in one step; write exactly one"),
+    ("<math_exp>1+1", "malformed", "unclosed <math_exp>"),
+    ("<search_query>x</search_query>", "malformed", "the <search_query> tool is not available here"),
+    ("<math_exp>  </math_exp>", "malformed", "empty <math_exp>"),
+])
+def test_parse_action(text, kind, detail):
+  action = protocol.parse_action(text, ["math_exp"])
+  assert action.kind == kind
+  assert (action.query if kind != "malformed" else action.malformed_reason) == detail

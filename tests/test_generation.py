@@ -1,0 +1,77 @@
+"""Stage 1 from the command line: shards, summary, and SIGKILL then resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from swirl_jax.data import trajectory_io
+from swirl_jax.models import model_config
+from tests import hf_reference
+from tests.tiny_gguf import write_tiny_gguf
+
+QUESTIONS, SAMPLES, PER_SHARD = 12, 3, 2
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_gguf(tmp_path_factory):
+  path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+  cfg = model_config("tiny")
+  write_tiny_gguf(path, hf_reference.random_hf_model(cfg), cfg)
+  return str(path)
+
+
+def _command(tokenizer_gguf, output_dir):
+  bindings = [
+      "load_policy.source='init'", "load_policy.config_name='tiny'", f"load_policy.tokenizer_gguf='{tokenizer_gguf}'",
+      "build_task.name='builtin_arithmetic'", f"build_task.num_questions={QUESTIONS}", "build_task.few_shot=False",
+      f"GenerateConfig.output_dir='{output_dir}'", f"GenerateConfig.samples_per_question={SAMPLES}",
+      f"GenerateConfig.questions_per_shard={PER_SHARD}", "GenerateConfig.rows=4", "GenerateConfig.capacity=1024",
+      "EpisodeConfig.max_action_tokens=24", "EpisodeConfig.on_malformed='feedback'", "EpisodeConfig.max_steps=2",
+  ]
+  return [sys.executable, "-m", "swirl_jax.main", "--mode=generate"] + [f"--gin.{b}" for b in bindings]
+
+
+def _env(tmp_path):
+  return {**os.environ, "SWIRL_JAX_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
+          "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+
+
+def _ids(directory):
+  return [t.id for t in trajectory_io.read_all(directory)]
+
+
+def test_generate_killed_and_resumed_writes_each_trajectory_once(tmp_path, tokenizer_gguf):
+  expected = sorted(f"arith-train-0-{i}#{s}" for i in range(QUESTIONS) for s in range(SAMPLES))
+  # An uninterrupted run, for reference.
+  clean = tmp_path / "clean"
+  subprocess.run(_command(tokenizer_gguf, clean), env=_env(tmp_path), check=True, capture_output=True)
+  assert sorted(_ids(clean)) == expected
+  summary = json.loads((clean / "summary-p000.json").read_text())
+  assert summary["trajectories"] == len(expected) and summary["shards"] == QUESTIONS // PER_SHARD
+  assert {"steps_per_trajectory", "malformed_rate", "tool_errors", "tokens_per_second"} <= set(summary)
+
+  # Killed with SIGKILL once a shard is on disk, then run again.
+  resumed = tmp_path / "resumed"
+  process = subprocess.Popen(_command(tokenizer_gguf, resumed), env=_env(tmp_path),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  while not trajectory_io.shard_files(str(resumed)) and process.poll() is None:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  first = len(trajectory_io.shard_files(str(resumed)))
+  assert 0 < first < QUESTIONS // PER_SHARD, "the kill came too late to test resuming"
+  subprocess.run(_command(tokenizer_gguf, resumed), env=_env(tmp_path), check=True, capture_output=True)
+  ids = _ids(resumed)
+  assert sorted(ids) == expected and len(set(ids)) == len(ids)
+  assert not [f for f in os.listdir(resumed) if f.endswith(".tmp")]
+  summary = json.loads((resumed / "summary-p000.json").read_text())
+  assert summary["shards_generated_now"] == QUESTIONS // PER_SHARD - first
+  # Same seeds per shard: the resumed run wrote what the uninterrupted one did.
+  for a, b in zip(trajectory_io.shard_files(str(clean)), trajectory_io.shard_files(str(resumed))):
+    assert open(a).read() == open(b).read()
