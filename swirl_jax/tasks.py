@@ -14,29 +14,29 @@ from swirl_jax.environment.search import BM25Search
 from swirl_jax.environment.tool import Tool
 
 MATH_EXAMPLES = (
-    protocol.format_example(
+    protocol.WorkedExample(
         "A shop has 3 crates with 12 pears each. It sells 10 pears. How many pears are left?",
-        [("First find the total number of pears.", "math_exp", "3 * 12 -> 36.0"),
-         ("Now subtract the pears sold.", "math_exp", "36 - 10 -> 26.0")],
+        (("First the total number of pears.", "math_exp", "3 * 12", "36.0"),
+         ("Now take away the pears sold.", "math_exp", "36 - 10", "26.0")),
         "26 pears are left.", "26"),
-    protocol.format_example(
-        "Mia reads 15 pages a day for 4 days, then splits the pages read evenly over 3 reports. "
-        "How many pages per report?",
-        [("Pages read in total.", "math_exp", "15 * 4 -> 60.0"),
-         ("Split over 3 reports.", "math_exp", "60 / 3 -> 20.0")],
-        "Each report covers 20 pages.", "20"),
+    protocol.WorkedExample(
+        "Mia reads 15 pages a day for 4 days, then splits the pages evenly over 3 reports. "
+        "How many pages go in each report?",
+        (("Pages read in total.", "math_exp", "15 * 4", "60.0"),
+         ("Split them over 3 reports.", "math_exp", "60 / 3", "20.0")),
+        "Each report has 20 pages.", "20"),
 )
 
 SEARCH_EXAMPLES = (
-    protocol.format_example(
+    protocol.WorkedExample(
         "In which country was the founder of the Ardent Company born?",
-        [("I need the founder first.", "search_query",
-          "founder of the Ardent Company -> Ardent Company: The Ardent Company was founded in 1820 by "
-          "Lena Orvo. Its headquarters are in Pellina."),
-         ("Now where Lena Orvo was born.", "search_query",
-          "Lena Orvo born -> Lena Orvo: Lena Orvo was born in the city of Tessa."),
-         ("Now the country of Tessa.", "search_query",
-          "Tessa country -> Tessa: Tessa is a city in the country of Morland.")],
+        (("I need the founder first.", "search_query", "founder of the Ardent Company",
+          "Ardent Company: The Ardent Company was founded in 1820 by Lena Orvo. Its headquarters are "
+          "in Pellina."),
+         ("Now where Lena Orvo was born.", "search_query", "Lena Orvo born",
+          "Lena Orvo: Lena Orvo was born in the city of Tessa. Lena Orvo worked in botany."),
+         ("Now the country of Tessa.", "search_query", "Tessa country",
+          "Tessa: Tessa is a city in the country of Morland.")),
         "Lena Orvo was born in Tessa, which is in Morland.", "Morland"),
 )
 

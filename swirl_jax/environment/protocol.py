@@ -72,20 +72,35 @@ def parse_action(text: str, allowed_tags: Sequence[str]) -> Action:
   return Action(ANSWER_TAG if tag == ANSWER_TAG else "tool", tag, content, reasoning)
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkedExample:
+  """A solved question, shown to the model as real chat turns before the task."""
+
+  question: str
+  steps: tuple[tuple[str, str, str, str], ...]  # (reasoning, tag, query, result)
+  answer_reasoning: str
+  answer: str
+
+  def turns(self) -> str:
+    text = f"Question: {self.question}{END_TURN}\n{START_MODEL}"
+    for reasoning, tag, query, result in self.steps:
+      text += f"{reasoning} <{tag}>{query}</{tag}>{END_TURN}\n{START_USER}{query} -> {result}{END_TURN}\n{START_MODEL}"
+    return text + f"{self.answer_reasoning} <{ANSWER_TAG}>{self.answer}</{ANSWER_TAG}>{END_TURN}\n{START_USER}"
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class PromptTemplate:
-  """How a question becomes the first user turn. `examples` are complete worked turns."""
+  """How a question becomes the opening turns: instructions, worked examples, the question."""
 
   instructions: str = MATH_INSTRUCTIONS
-  examples: tuple[str, ...] = ()
+  examples: tuple[WorkedExample, ...] = ()
 
   def prompt(self, question: str) -> str:
-    parts = [self.instructions]
-    if self.examples:
-      parts.append("Examples:\n\n" + "\n\n".join(self.examples))
-    parts.append(f"Question: {question.strip()}")
-    return START_USER + "\n\n".join(parts) + END_TURN + "\n" + START_MODEL
+    text = START_USER + self.instructions + "\n\n"
+    for example in self.examples:
+      text += example.turns()
+    return text + f"Question: {question.strip()}{END_TURN}\n{START_MODEL}"
 
 
 def user_turn(text: str, model_turn_closed: bool) -> str:
@@ -98,15 +113,3 @@ def user_turn(text: str, model_turn_closed: bool) -> str:
 def stop_strings(tags: Sequence[str]) -> tuple[str, ...]:
   """Closing tags end a model turn (the answer's always does)."""
   return tuple(f"</{t}>" for t in (*tags, ANSWER_TAG))
-
-
-def format_example(question: str, steps: Sequence[tuple[str, str, str]], answer_reasoning: str,
-                   answer: str) -> str:
-  """One worked example in transcript form: (reasoning, tag, query -> result) steps, then the answer."""
-  lines = [f"Question: {question}"]
-  for reasoning, tag, (query_and_result) in steps:
-    query, result = query_and_result.split(" -> ", 1)
-    lines.append(f"Step: {reasoning} <{tag}>{query}</{tag}>")
-    lines.append(f"Result: {query} -> {result}")
-  lines.append(f"Step: {answer_reasoning} <answer>{answer}</answer>")
-  return "\n".join(lines)
