@@ -88,14 +88,28 @@ def main():
   parser.add_argument("--uncached_tokens", type=int, default=16,
                       help="new tokens for the no-cache baseline (it is slow)")
   parser.add_argument("--skip_transformers", action="store_true")
+  parser.add_argument("--random_init", action="store_true",
+                      help="random 270M weights and synthetic prompts (no tokenizer, no transformers): "
+                           "for accelerators without the package set")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   args = parser.parse_args()
 
-  from swirl_jax.checkpoints import embedded
-  model, vocab = embedded.load_gemma3_270m()
-  path = embedded.gemma3_270m_gguf_path()
+  import jax
+  print(f"device: {jax.devices()[0].device_kind}")
+  if args.random_init:
+    from swirl_jax.models import init_model, model_config
+    model = init_model(model_config("gemma3_270m", dtype=args.dtype, param_dtype=args.dtype))
+    rng = np.random.default_rng(0)
+    make_prompts = lambda batch: [[2] + rng.integers(10, 200_000, 12 + i % 8).tolist() for i in range(batch)]
+    args.skip_transformers = True
+  else:
+    from swirl_jax.checkpoints import embedded
+    model, vocab = embedded.load_gemma3_270m(dtype=args.dtype, param_dtype=args.dtype)
+    path = embedded.gemma3_270m_gguf_path()
+    make_prompts = lambda batch: _prompts(vocab, batch)
   rows = []
   for batch in [int(b) for b in args.batches.split(",")]:
-    prompts = _prompts(vocab, batch)
+    prompts = make_prompts(batch)
     ours, compile_seconds, our_tokens = bench_sampler(model, prompts, args.new_tokens)
     uncached = bench_uncached(model, prompts, args.uncached_tokens)
     row = {"batch": batch, "new_tokens": args.new_tokens, "sampler_tokens_per_s": round(ours, 1),
