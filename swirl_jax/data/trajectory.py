@@ -28,6 +28,7 @@ class Step:
   tool_error: bool = False
   malformed_reason: str = ""
   forced_answer: bool = False  # this step followed the step-cap prompt
+  process: dict | None = None  # the process judge's Verdict (judged files only)
 
 
 @dataclasses.dataclass
@@ -41,6 +42,7 @@ class Trajectory:
   steps: list[Step]
   final_answer: str | None
   finish: str  # "answered" | "step_cap" | "malformed" | "capacity"
+  outcome: dict | None = None  # the outcome judge's Verdict (judged files only)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), ensure_ascii=False)

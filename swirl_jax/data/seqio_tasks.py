@@ -1,0 +1,168 @@
+"""SeqIO tasks over judged trajectory files, and the step-wise feature converter.
+
+A task `swirl:{source}:{filter}` yields one example per state s_i of the kept
+trajectories: `context` (every token before action i), `action` (its tokens),
+`reward` (the process judge's score), `behaviour_logprobs`. Token ids come from
+the files as they are: nothing is re-tokenized.
+
+`StepwiseFeatureConverter` turns examples into decoder-only model features:
+the sequence context + action as input, next-token targets, loss weights on
+action tokens only, and token-aligned rewards and behaviour log-probs, so that
+packing several examples into one row keeps everything aligned.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from swirl_jax.data import decomposition, filters, trajectory_io
+
+TASK_PREFIX = "swirl"
+
+
+def _examples(judged_dir: str, strategy: str):
+  for trajectory in filters.filter_trajectories(trajectory_io.read_all(judged_dir), strategy):
+    for example in decomposition.expand(trajectory):
+      yield {"context": np.asarray(example.context, np.int32),
+             "action": np.asarray(example.action, np.int32),
+             "reward": np.float32(example.reward),
+             "behaviour_logprobs": np.asarray(example.behaviour_logprobs, np.float32)}
+
+
+_SIGNATURE = {"context": tf.TensorSpec([None], tf.int32), "action": tf.TensorSpec([None], tf.int32),
+              "reward": tf.TensorSpec([], tf.float32),
+              "behaviour_logprobs": tf.TensorSpec([None], tf.float32)}
+
+
+def register_task(source: str, strategy: str, judged_dir: str, vocabulary: seqio.Vocabulary,
+                  name: str | None = None) -> str:
+  """Registers (or replaces) the task for one (source, filter) pair; returns its name."""
+  if strategy not in filters.STRATEGIES:
+    raise ValueError(f"unknown filter {strategy!r}; use one of {filters.STRATEGIES}")
+  name = name or f"{TASK_PREFIX}:{source}:{strategy}"
+
+  def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None):
+    del split, shuffle_files, seed  # one split: the judged files
+    return tf.data.Dataset.from_generator(lambda: _examples(judged_dir, strategy),
+                                          output_signature=_SIGNATURE)
+
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
+      preprocessors=[],
+      output_features={
+          "context": seqio.Feature(vocabulary, add_eos=False),
+          "action": seqio.Feature(vocabulary, add_eos=False),
+          "reward": seqio.ContinuousFeature(dtype=tf.float32, rank=0),
+          "behaviour_logprobs": seqio.ContinuousFeature(dtype=tf.float32, rank=1),
+      })
+  return name
+
+
+def register_all(source: str, judged_dir: str, vocabulary: seqio.Vocabulary) -> list[str]:
+  return [register_task(source, s, judged_dir, vocabulary) for s in filters.STRATEGIES]
+
+
+def _no_zero_bits(x):
+  """float32 -> int32 bits with +0.0 sent to -0.0: seqio's packer treats 0 as padding."""
+  x = tf.where(tf.equal(x, 0.0), tf.constant(-0.0, tf.float32), x)
+  return tf.bitcast(x, tf.int32)
+
+
+def _from_bits(bits):
+  return tf.bitcast(bits, tf.float32) + 0.0  # -0.0 and padding become +0.0
+
+
+class StepwiseFeatureConverter(seqio.FeatureConverter):
+  """Decoder-only features with loss on action tokens only; packs when asked.
+
+  Model features (all [length]): decoder_input_tokens (the sequence),
+  decoder_target_tokens (the next token), decoder_loss_weights (1 where the
+  target is an action token of the same example), decoder_rewards,
+  decoder_behaviour_logprobs (of that target), decoder_segment_ids and
+  decoder_positions. Attention stays causal within each segment.
+  """
+
+  # Lengths are given for the two token features; `reward` and
+  # `behaviour_logprobs` ride along and are aligned to the action tokens here.
+  TASK_FEATURES = {
+      "context": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+      "action": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+  MODEL_FEATURES = {
+      "decoder_input_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+      "decoder_target_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+      "decoder_loss_weights": seqio.FeatureConverter.FeatureSpec(dtype=tf.float32),
+      "decoder_rewards": seqio.FeatureConverter.FeatureSpec(dtype=tf.float32),
+      "decoder_behaviour_logprobs": seqio.FeatureConverter.FeatureSpec(dtype=tf.float32),
+      "decoder_segment_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+      "decoder_positions": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+  PACKING_FEATURE_DTYPES = {}
+
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    def token_aligned(ex):
+      n_ctx, n_act = tf.shape(ex["context"])[0], tf.shape(ex["action"])[0]
+      zeros = tf.zeros([n_ctx], tf.float32)
+      # Every feature is nonzero on real tokens (weights as 1 / 2), so the packer keeps them aligned.
+      return {
+          "tokens": tf.concat([ex["context"], ex["action"]], 0),
+          "kind": tf.concat([tf.ones([n_ctx], tf.int32), tf.fill([n_act], 2)], 0),
+          "rewards": _no_zero_bits(tf.concat([zeros, tf.fill([n_act], ex["reward"])], 0)),
+          "logprobs": _no_zero_bits(tf.concat([zeros, ex["behaviour_logprobs"]], 0)),
+      }
+
+    length = task_feature_lengths["context"] + task_feature_lengths["action"]
+    ds = ds.map(token_aligned, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = self._pack_or_pad(ds, {k: length for k in ("tokens", "kind", "rewards", "logprobs")})
+
+    def model_features(ex):
+      tokens = ex["tokens"]
+      if self.pack:
+        segments, positions = ex["tokens_segment_ids"], ex["tokens_positions"]
+      else:
+        segments = tf.cast(ex["kind"] > 0, tf.int32)
+        positions = tf.range(tf.shape(tokens)[0], dtype=tf.int32) * segments
+      next_in_segment = tf.concat([tf.cast(segments[1:] == segments[:-1], tf.float32) *
+                                   tf.cast(segments[1:] > 0, tf.float32), [0.0]], 0)
+      shift = lambda x: tf.concat([x[1:], tf.zeros([1], x.dtype)], 0)
+      is_action = tf.cast(ex["kind"] == 2, tf.float32)
+      return {
+          "decoder_input_tokens": tokens,
+          "decoder_target_tokens": shift(tokens),
+          "decoder_loss_weights": shift(is_action) * next_in_segment,
+          "decoder_rewards": shift(_from_bits(ex["rewards"])) * next_in_segment,
+          "decoder_behaviour_logprobs": shift(_from_bits(ex["logprobs"])) * next_in_segment,
+          "decoder_segment_ids": segments,
+          "decoder_positions": positions,
+      }
+
+    return ds.map(model_features, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    length = task_feature_lengths["context"] + task_feature_lengths["action"]
+    return {k: length for k in self.MODEL_FEATURES}
+
+
+def shared_row_features(row: decomposition.SharedRow, length: int) -> dict[str, np.ndarray]:
+  """The prefix-shared layout as the same model features (one trajectory, one row)."""
+  n = len(row.tokens)
+  if n > length:
+    raise ValueError(f"trajectory {row.trajectory_id} has {n} tokens; the row holds {length}")
+  pad = lambda x, dtype: np.pad(np.asarray(x, dtype), (0, length - len(x)))
+  shift = lambda x: np.concatenate([x[1:], np.zeros(1, x.dtype)])
+  return {
+      "decoder_input_tokens": pad(row.tokens, np.int32),
+      "decoder_target_tokens": pad(shift(row.tokens), np.int32),
+      "decoder_loss_weights": pad(shift(row.loss_weights), np.float32),
+      "decoder_rewards": pad(shift(row.rewards), np.float32),
+      "decoder_behaviour_logprobs": pad(shift(row.behaviour_logprobs), np.float32),
+      "decoder_segment_ids": pad(np.ones(n), np.int32),
+      "decoder_positions": pad(np.arange(n), np.int32),
+  }

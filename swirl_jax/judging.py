@@ -1,0 +1,92 @@
+"""The `judge` stage: a process verdict on every step, an outcome verdict on every trajectory.
+
+Reads Stage 1 shards, writes judged shards of the same names, each written
+whole and atomically. A re-run skips judged shards that are complete and
+redoes those with unjudged entries (a judge server that failed); a caching
+judge (HttpJudge) then pays only for what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import gin
+from tqdm import tqdm
+
+from swirl_jax import atomic_io
+from swirl_jax.data import trajectory_io
+from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest
+
+
+def transcript(trajectory: Trajectory, upto: int) -> str:
+  """The question and steps before step `upto`, as a judge reads them (no instructions)."""
+  lines = [f"Question: {trajectory.question}"]
+  for step in trajectory.steps[:upto]:
+    lines.append(f"Step {step.index + 1}: {step.action_text.strip()}")
+    if step.kind == "tool":
+      lines.append(f"Result: {step.tool_query} -> {step.tool_output}")
+    elif step.kind == "malformed":
+      lines.append(f"(invalid step: {step.malformed_reason})")
+  return "\n".join(lines)
+
+
+def process_requests(trajectory: Trajectory) -> list[ProcessRequest]:
+  return [ProcessRequest(trajectory.question, transcript(trajectory, s.index), s.action_text.strip(),
+                         s.tool or ("answer" if s.kind == "answer" else ""), trajectory.question_id, s.index)
+          for s in trajectory.steps]
+
+
+def _complete(trajectories: list[Trajectory]) -> bool:
+  return all(t.outcome and t.outcome.get("verdict") is not None and
+             all(s.process and s.process.get("verdict") is not None for s in t.steps)
+             for t in trajectories)
+
+
+def _unparseable_only(trajectories: list[Trajectory]) -> bool:
+  """Unjudged entries whose judge answered but could not be read stay as they are."""
+  verdicts = [t.outcome for t in trajectories] + [s.process for t in trajectories for s in t.steps]
+  return all(v and (v.get("verdict") is not None or v.get("error") == "unparseable judge output")
+             for v in verdicts)
+
+
+@gin.configurable
+def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
+  """Judges every shard of input_dir into output_dir; returns counts of each verdict."""
+  os.makedirs(output_dir, exist_ok=True)
+  for path in tqdm(trajectory_io.shard_files(input_dir), desc="judge shards", disable=None):
+    out = os.path.join(output_dir, os.path.basename(path))
+    if os.path.exists(out):
+      done = list(trajectory_io.read_shard(out))
+      if _complete(done) or _unparseable_only(done):
+        continue
+    trajectories = list(trajectory_io.read_shard(path))
+    requests = [r for t in trajectories for r in process_requests(t)]
+    verdicts = iter(judge.judge_steps(requests))
+    outcomes = judge.judge_outcomes([OutcomeRequest(t.question, t.final_answer, tuple(t.gold_answers),
+                                                    t.question_id) for t in trajectories])
+    for t, outcome in zip(trajectories, outcomes):
+      t.outcome = dataclasses.asdict(outcome)
+      for step in t.steps:
+        step.process = dataclasses.asdict(next(verdicts))
+    trajectory_io.write_shard(out, trajectories)
+  summary = judged_summary(trajectory_io.read_all(output_dir))
+  with atomic_io.atomic_open(os.path.join(output_dir, "judge_summary.json")) as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def judged_summary(trajectories) -> dict:
+  counts = {"steps": {}, "outcomes": {}}
+  for t in trajectories:
+    key = str((t.outcome or {}).get("verdict"))
+    counts["outcomes"][key] = counts["outcomes"].get(key, 0) + 1
+    for s in t.steps:
+      key = str((s.process or {}).get("verdict"))
+      counts["steps"][key] = counts["steps"].get(key, 0) + 1
+  good = counts["steps"].get("GOOD", 0)
+  judged = sum(v for k, v in counts["steps"].items() if k != "None")
+  counts["good_step_share"] = round(good / judged, 4) if judged else None
+  return counts

@@ -1,0 +1,1 @@
+"""Judges (process and outcome), answer normalization and matching."""

@@ -1,0 +1,114 @@
+"""A judge served by an OpenAI-compatible chat-completions endpoint (vLLM, SGLang, hosted APIs).
+
+Requests run with bounded concurrency, a timeout and retries with exponential
+backoff; every answer is cached on disk under the hash of its request, so a
+re-run pays only for what is missing. The API key is read from an environment
+variable at request time and is never logged, cached or written anywhere.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from typing import Sequence
+
+import gin
+from tqdm import tqdm
+
+from swirl_jax import atomic_io
+from swirl_jax.rewards import prompts
+from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict, parse_label
+
+
+@gin.configurable
+class HttpJudge:
+  name = "http"
+
+  def __init__(self, base_url: str, model: str, cache_dir: str, api_key_env: str = "SWIRL_JUDGE_API_KEY",
+               concurrency: int = 8, timeout_s: float = 60.0, retries: int = 4, backoff_s: float = 1.0,
+               max_tokens: int = 512, temperature: float = 0.0):
+    self.url = base_url.rstrip("/") + "/chat/completions"
+    self.model = model
+    self.cache_dir = cache_dir
+    self.api_key_env = api_key_env
+    self.concurrency = concurrency
+    self.timeout_s = timeout_s
+    self.retries = retries
+    self.backoff_s = backoff_s
+    self.max_tokens = max_tokens
+    self.temperature = temperature
+    os.makedirs(cache_dir, exist_ok=True)
+
+  def _body(self, prompt: str) -> dict:
+    return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+            "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+  def _cache_path(self, body: dict) -> str:
+    key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return os.path.join(self.cache_dir, key[:2], key + ".json")
+
+  def _post(self, body: dict) -> str:
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(self.api_key_env)
+    if key:
+      headers["Authorization"] = "Bearer " + key
+    request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+      payload = json.loads(response.read())
+    try:
+      return str(payload["choices"][0]["message"]["content"])
+    except (KeyError, IndexError, TypeError):
+      raise ValueError("the response has no choices[0].message.content") from None
+
+  def complete(self, prompt: str) -> tuple[str | None, str]:
+    """(text, error): from the cache, else the server (retrying); text None when it failed."""
+    body = self._body(prompt)
+    path = self._cache_path(body)
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)["text"], ""
+    error = ""
+    for attempt in range(self.retries + 1):
+      try:
+        text = self._post(body)
+        with atomic_io.atomic_open(path) as f:
+          json.dump({"text": text}, f)
+        return text, ""
+      except urllib.error.HTTPError as e:
+        error = f"HTTP {e.code}"
+        if 400 <= e.code < 500 and e.code != 429:
+          break
+      except (urllib.error.URLError, TimeoutError, OSError, ValueError, json.JSONDecodeError) as e:
+        error = type(e).__name__ + (f": {e.reason}" if isinstance(e, urllib.error.URLError) else "")
+      if attempt < self.retries:
+        time.sleep(self.backoff_s * 2**attempt)
+    return None, f"judge request failed after {self.retries + 1} tries ({error})"
+
+  def _run(self, prompts_: Sequence[str], labels: tuple[str, str], desc: str) -> list[Verdict]:
+    with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+      results = list(tqdm(pool.map(self.complete, prompts_), total=len(prompts_), desc=desc,
+                          leave=False, disable=None))
+    verdicts = []
+    for text, error in results:
+      if text is None:
+        verdicts.append(Verdict(None, None, "", self.name, error))
+        continue
+      label = parse_label(text, labels)
+      if label is None:
+        verdicts.append(Verdict(None, None, text, self.name, "unparseable judge output"))
+      else:
+        verdicts.append(Verdict(label, 1.0 if label == labels[0] else 0.0, text, self.name))
+    return verdicts
+
+  def judge_steps(self, requests: Sequence[ProcessRequest]) -> list[Verdict]:
+    return self._run([prompts.process_prompt(r.context, r.action, r.tool) for r in requests],
+                     (GOOD, BAD), "process judge")
+
+  def judge_outcomes(self, requests: Sequence[OutcomeRequest]) -> list[Verdict]:
+    return self._run([prompts.outcome_prompt(r.question, r.answer or "(no answer)", r.gold_answers[0])
+                      for r in requests], (YES, NO), "outcome judge")

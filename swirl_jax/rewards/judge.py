@@ -1,0 +1,64 @@
+"""The judge interface: process verdicts on steps, outcome verdicts on final answers.
+
+A verdict carries a label, a score in [0, 1] and the judge's reasoning. When a
+judge's output cannot be read, the verdict is None with the reason in `error`:
+nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Protocol, Sequence
+
+GOOD, BAD, YES, NO = "GOOD", "BAD", "YES", "NO"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  verdict: str | None  # GOOD / BAD (process), YES / NO (outcome); None: no verdict
+  score: float | None  # in [0, 1]
+  reasoning: str = ""
+  judge: str = ""
+  error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessRequest:
+  """Is `action` a reasonable next step given `context`? The gold answer is never shown."""
+
+  question: str
+  context: str  # the transcript before the action: question, earlier actions, tool results
+  action: str
+  tool: str  # "math_exp", "search_query", "answer" or "" for a malformed step
+  question_id: str = ""
+  step_index: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OutcomeRequest:
+  question: str
+  answer: str | None
+  gold_answers: tuple[str, ...]
+  question_id: str = ""
+
+
+class Judge(Protocol):
+  name: str
+
+  def judge_steps(self, requests: Sequence[ProcessRequest]) -> list[Verdict]:
+    ...
+
+  def judge_outcomes(self, requests: Sequence[OutcomeRequest]) -> list[Verdict]:
+    ...
+
+
+_LABEL = re.compile(r"\b(GOOD|BAD|YES|NO)\b")
+
+
+def parse_label(text: str, allowed: tuple[str, str]) -> str | None:
+  """The judge's final label: `VERDICT: X` if present, else the last allowed label, else None."""
+  explicit = re.findall(r"VERDICT\s*:\s*\**\s*(GOOD|BAD|YES|NO)\b", text, flags=re.IGNORECASE)
+  labels = [l.upper() for l in explicit] or [l for l in _LABEL.findall(text)]
+  labels = [l for l in labels if l in allowed]
+  return labels[-1] if labels else None

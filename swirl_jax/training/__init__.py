@@ -1,0 +1,1 @@
+"""Losses over step-wise examples (the RL trainer builds on them)."""

@@ -1,0 +1,96 @@
+"""Filters keep the expected ids; SeqIO examples carry the stored ids; both layouts agree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+from flax import nnx
+
+from swirl_jax.data import decomposition, filters, seqio_tasks, trajectory_io
+from swirl_jax.models import init_model, model_config
+from swirl_jax.training.logprobs import reward_weighted_nll
+from tests.judged_data import EXPECTED, known_trajectories
+
+
+def test_each_filter_keeps_exactly_the_expected_ids():
+  trajectories = known_trajectories()
+  for strategy, expected in EXPECTED.items():
+    assert {t.id for t in filters.filter_trajectories(trajectories, strategy)} == expected, strategy
+  assert filters.survival(trajectories) == {**{k: len(v) for k, v in EXPECTED.items()}, "total": 6}
+  with pytest.raises(ValueError, match="unknown filter"):
+    filters.keep(trajectories[0], "best")
+
+
+@pytest.fixture()
+def judged_dir(tmp_path):
+  trajectories = known_trajectories()
+  trajectory_io.write_shard(trajectory_io.shard_path(str(tmp_path), 0), trajectories[:3])
+  trajectory_io.write_shard(trajectory_io.shard_path(str(tmp_path), 1), trajectories[3:])
+  return str(tmp_path), trajectories
+
+
+LENGTHS = {"context": 96, "action": 16}
+
+
+def test_seqio_examples_equal_stored_token_ids(judged_dir):
+  directory, trajectories = judged_dir
+  vocab = seqio.PassThroughVocabulary(size=512)
+  names = seqio_tasks.register_all("synthetic", directory, vocab)
+  assert names[1] == "swirl:synthetic:process"
+  for strategy, name in zip(filters.STRATEGIES, names):
+    ds = seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split="train", shuffle=False)
+    got = [(list(ex["context"]), list(ex["action"]), float(ex["reward"])) for ex in ds.as_numpy_iterator()]
+    kept = [t for t in trajectories if t.id in EXPECTED[strategy]]
+    expected = [(e.context, e.action, float(np.float32(e.reward))) for t in kept for e in decomposition.expand(t)]
+    assert got == expected, strategy
+
+
+def _packed_batches(name, batch_size, pack=True):
+  converter = seqio_tasks.StepwiseFeatureConverter(pack=pack)
+  ds = seqio.get_dataset(name, task_feature_lengths=LENGTHS, dataset_split="train", shuffle=False,
+                         feature_converter=converter)
+  return [jax.tree.map(jnp.asarray, b) for b in ds.batch(batch_size).as_numpy_iterator()]
+
+
+def test_packed_weights_only_on_action_tokens(judged_dir):
+  directory, trajectories = judged_dir
+  name = seqio_tasks.register_task("synthetic", "none", directory, seqio.PassThroughVocabulary(512))
+  [batch] = _packed_batches(name, 64)
+  examples = [e for t in trajectories for e in decomposition.expand(t)]
+  # Every weighted target, in order, is exactly the action tokens of the examples.
+  weighted = np.asarray(batch["decoder_target_tokens"])[np.asarray(batch["decoder_loss_weights"]) > 0]
+  assert weighted.tolist() == [tok for e in examples for tok in e.action]
+  assert np.asarray(batch["decoder_segment_ids"]).max() > 1  # several examples share a row
+  logprobs = np.asarray(batch["decoder_behaviour_logprobs"])[np.asarray(batch["decoder_loss_weights"]) > 0]
+  np.testing.assert_allclose(logprobs, [lp for e in examples for lp in e.behaviour_logprobs], rtol=1e-6)
+  rewards = np.asarray(batch["decoder_rewards"])[np.asarray(batch["decoder_loss_weights"]) > 0]
+  np.testing.assert_allclose(rewards, [e.reward for e in examples for _ in e.action], rtol=1e-6)
+
+
+def test_prefix_shared_and_expanded_layouts_give_the_same_loss_and_gradients(judged_dir):
+  directory, trajectories = judged_dir
+  name = seqio_tasks.register_task("synthetic", "none", directory, seqio.PassThroughVocabulary(512))
+  [expanded] = _packed_batches(name, 64)
+  rows = [seqio_tasks.shared_row_features(decomposition.prefix_shared(t), 96) for t in trajectories]
+  shared = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+  assert int(shared["decoder_loss_weights"].sum()) == int(expanded["decoder_loss_weights"].sum())
+  shared_tokens = int((shared["decoder_segment_ids"] > 0).sum())
+  expanded_tokens = int((expanded["decoder_segment_ids"] > 0).sum())
+  assert shared_tokens == sum(len(decomposition.prefix_shared(t).tokens) for t in trajectories)
+  assert shared_tokens < expanded_tokens * 0.75  # prefixes are not repeated
+
+  model = init_model(model_config("tiny"), seed=0)
+  graphdef, params = nnx.split(model)
+
+  def loss(params, batch, n):
+    return reward_weighted_nll(nnx.merge(graphdef, params), batch, n)
+
+  n = int(expanded["decoder_loss_weights"].sum())
+  loss_a, grad_a = jax.value_and_grad(loss)(params, expanded, n)
+  loss_b, grad_b = jax.value_and_grad(loss)(params, shared, n)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # Gathering only the loss positions gives the loss of the full [B, L, V] computation.
+  np.testing.assert_allclose(loss(params, shared, None), loss_b, rtol=1e-6)
