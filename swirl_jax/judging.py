@@ -16,9 +16,12 @@ import gin
 from tqdm import tqdm
 
 from swirl_jax import atomic_io
-from swirl_jax.data import trajectory_io
+from swirl_jax.data import filters, trajectory_io
 from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest
+from swirl_jax.rewards.model_judge import ModelJudge
+from swirl_jax.rewards.rule_judge import RuleJudge
 
 
 def transcript(trajectory: Trajectory, upto: int) -> str:
@@ -53,6 +56,27 @@ def _unparseable_only(trajectories: list[Trajectory]) -> bool:
 
 
 @gin.configurable
+def make_judge(kind: str = "rule", model_source: str | None = None, model_path: str | None = None,
+               mode: str = "score", http_base_url: str | None = None, http_model: str | None = None,
+               cache_dir: str = "runs/judge_cache") -> Judge:
+  """The configured judge: rule (built-in tasks), model (any loadable checkpoint) or http."""
+  from swirl_jax.tasks import build_task
+  if kind == "rule":
+    task = build_task()
+    titles = [p.title for tool in task.tools for p in getattr(tool, "passages", [])]
+    return RuleJudge(task.questions, titles)
+  if kind == "model":
+    from swirl_jax.checkpoints.policy import load_policy
+    model, vocab = load_policy(source=model_source, path=model_path) if model_source else load_policy()
+    return ModelJudge(model, vocab, mode=mode)
+  if kind == "http":
+    if not (http_base_url and http_model):
+      raise ValueError("make_judge(kind='http') needs http_base_url= and http_model=")
+    return HttpJudge(http_base_url, http_model, cache_dir)
+  raise ValueError(f"make_judge(kind={kind!r}): use rule, model or http")
+
+
+@gin.configurable
 def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
   """Judges every shard of input_dir into output_dir; returns counts of each verdict."""
   os.makedirs(output_dir, exist_ok=True)
@@ -79,7 +103,9 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
 
 
 def judged_summary(trajectories) -> dict:
-  counts = {"steps": {}, "outcomes": {}}
+  """Verdict counts, the share of GOOD steps, and how many trajectories each filter keeps."""
+  trajectories = list(trajectories)
+  counts = {"steps": {}, "outcomes": {}, "filter_survival": filters.survival(trajectories)}
   for t in trajectories:
     key = str((t.outcome or {}).get("verdict"))
     counts["outcomes"][key] = counts["outcomes"].get(key, 0) + 1

@@ -15,14 +15,14 @@ import jax
 from absl import app, flags, logging
 
 # Everything gin can bind must be imported before the config is parsed.
-from swirl_jax import generation, partitioning, tasks  # noqa: F401
+from swirl_jax import generation, judging, partitioning, tasks  # noqa: F401
 from swirl_jax.checkpoints import policy  # noqa: F401
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
 from swirl_jax.sampling import sampler  # noqa: F401
 
-_MODE = flags.DEFINE_enum("mode", "generate", ["generate"],
-                          "Which stage to run (judge, train, evaluate and pipeline come with later issues).")
+_MODE = flags.DEFINE_enum("mode", "generate", ["generate", "judge"],
+                          "Which stage to run (train, evaluate and pipeline come with later issues).")
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files, applied in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Individual gin bindings.")
 _GIN_SEARCH_PATHS = flags.DEFINE_multi_string("gin_search_paths", ["."], "Where gin files are looked up.")
@@ -56,6 +56,13 @@ def run_generate():
   return summary
 
 
+def run_judge():
+  """Process and outcome verdicts for Stage 1's files (judge_directory.input_dir / output_dir)."""
+  summary = judging.judge_directory(judge=judging.make_judge())
+  print(json.dumps(summary, indent=1))
+  return summary
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -67,6 +74,8 @@ def main(argv):
   logging.info("gin config:\n%s", gin.config_str())
   if _MODE.value == "generate":
     run_generate()
+  elif _MODE.value == "judge":
+    run_judge()
 
 
 def run():

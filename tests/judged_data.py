@@ -12,12 +12,12 @@ def make_trajectory(rng, tid, step_verdicts, outcome, vocab=512):
     action = rng.integers(3, vocab, rng.integers(2, 8)).tolist()
     score = None if verdict is None else float(verdict == "GOOD") * 0.5 + 0.25 + 0.1 * i
     steps.append(Step(
-        index=i, context_tokens=context, context_text=f"ctx{i}", action_tokens=action,
-        action_text=f"act{i}", behaviour_logprobs=(-rng.random(len(action))).tolist(),
+        index=i, context_tokens=context, context_text=f"{tid} context {i}", action_tokens=action,
+        action_text=f"{tid} action {i}", behaviour_logprobs=(-rng.random(len(action))).tolist(),
         kind="tool", finish_reason="stop_string",
         process={"verdict": verdict, "score": score, "reasoning": "", "judge": "test", "error": ""}))
   return Trajectory(id=tid, question_id=tid.split("#")[0], sample_index=0, source="test",
-                    question="q", gold_answers=["a"], steps=steps, final_answer="a", finish="answered",
+                    question=f"question of {tid}", gold_answers=["a"], steps=steps, final_answer="a", finish="answered",
                     outcome={"verdict": outcome, "score": float(outcome == "YES"), "reasoning": "",
                              "judge": "test", "error": ""})
 

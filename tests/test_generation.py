@@ -75,3 +75,22 @@ def test_generate_killed_and_resumed_writes_each_trajectory_once(tmp_path, token
   # Same seeds per shard: the resumed run wrote what the uninterrupted one did.
   for a, b in zip(trajectory_io.shard_files(str(clean)), trajectory_io.shard_files(str(resumed))):
     assert open(a).read() == open(b).read()
+
+
+def test_judge_mode_with_the_rule_judge(tmp_path, tokenizer_gguf):
+  """generate then judge from the command line; every step and trajectory gets a verdict."""
+  generated = tmp_path / "generated"
+  subprocess.run(_command(tokenizer_gguf, generated), env=_env(tmp_path), check=True, capture_output=True)
+  judged = tmp_path / "judged"
+  command = [sys.executable, "-m", "swirl_jax.main", "--mode=judge",
+             "--gin.build_task.name='builtin_arithmetic'", f"--gin.build_task.num_questions={QUESTIONS}",
+             f"--gin.judge_directory.input_dir='{generated}'", f"--gin.judge_directory.output_dir='{judged}'",
+             "--gin.make_judge.kind='rule'"]
+  out = subprocess.run(command, env=_env(tmp_path), check=True, capture_output=True, text=True)
+  summary = json.loads((judged / "judge_summary.json").read_text())
+  trajectories = list(trajectory_io.read_all(str(judged)))
+  assert len(trajectories) == QUESTIONS * SAMPLES
+  assert all(t.outcome["verdict"] in ("YES", "NO") for t in trajectories)
+  assert all(s.process["verdict"] in ("GOOD", "BAD") for t in trajectories for s in t.steps)
+  assert summary["filter_survival"]["none"] == QUESTIONS * SAMPLES
+  assert '"filter_survival"' in out.stdout
