@@ -38,7 +38,10 @@ class Embedder(nnx.Module):
   def __init__(self, vocab_size: int, embed_dim: int, *, param_dtype, dtype, rngs: nnx.Rngs):
     self.embed_dim = embed_dim
     self.dtype = dtype
-    self.table = param(rngs, (vocab_size, embed_dim), ("vocab", "embed"), param_dtype, scale=1.0)
+    # std 1/sqrt(D): inputs (scaled by sqrt(D)) have unit variance, and the tied
+    # output logits start near N(0, 1), so a fresh model samples broadly.
+    self.table = param(rngs, (vocab_size, embed_dim), ("vocab", "embed"), param_dtype,
+                       scale=embed_dim**-0.5)
 
   def encode(self, tokens_BxL):
     x_BxLxD = jnp.take(self.table[...], tokens_BxL, axis=0).astype(self.dtype)
