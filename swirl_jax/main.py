@@ -20,9 +20,10 @@ from swirl_jax.checkpoints import policy  # noqa: F401
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
 from swirl_jax.sampling import sampler  # noqa: F401
+from swirl_jax.training import trainer  # noqa: F401
 
-_MODE = flags.DEFINE_enum("mode", "generate", ["generate", "judge"],
-                          "Which stage to run (train, evaluate and pipeline come with later issues).")
+_MODE = flags.DEFINE_enum("mode", "generate", ["generate", "judge", "train"],
+                          "Which stage to run (evaluate and pipeline come with a later issue).")
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files, applied in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Individual gin bindings.")
 _GIN_SEARCH_PATHS = flags.DEFINE_multi_string("gin_search_paths", ["."], "Where gin files are looked up.")
@@ -63,6 +64,25 @@ def run_judge():
   return summary
 
 
+@gin.configurable
+def run_train(judged_dir: str = gin.REQUIRED, filter_strategy: str = "process"):
+  """Stage 2 on the trajectories of `judged_dir` kept by `filter_strategy`."""
+  from swirl_jax.data import filters, trajectory_io
+  from swirl_jax.training.online import JudgeScorer
+  from swirl_jax.training.trainer import TrainConfig, Trainer
+  config = TrainConfig()
+  model, vocab = policy.load_policy()
+  kept = filters.filter_trajectories(trajectory_io.read_all(judged_dir), filter_strategy)
+  task = tasks.build_task(vocab=vocab)
+  scorer = JudgeScorer(judging.make_judge(), vocab) if config.mode == "online" else None
+  stop_ids = (vocab.eos_id, *vocab.encode(protocol.END_TURN))
+  trainer = Trainer(model, kept, config, scorer=scorer, vocab=vocab, stop_ids=stop_ids,
+                    stop_strings=protocol.stop_strings([t.tag for t in task.tools]))
+  metrics = trainer.train()
+  print(json.dumps({"kept_trajectories": len(kept), **metrics}, indent=1))
+  return metrics
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -76,6 +96,8 @@ def main(argv):
     run_generate()
   elif _MODE.value == "judge":
     run_judge()
+  elif _MODE.value == "train":
+    run_train()
 
 
 def run():

@@ -14,6 +14,7 @@ params the trainer currently holds, without copying them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Sequence
@@ -182,7 +183,7 @@ class Sampler:
 
   def _call(self, name, fn, *args, **kwargs):
     """Runs a jitted step under the mesh, timing the first call of each shape."""
-    with (jax.set_mesh(self.mesh) if self.mesh is not None else _nullcontext()), \
+    with (jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()), \
         partitioning.use_rules(self.rules):
       if name in self.compile_seconds:
         return fn(*args, **kwargs)
@@ -293,11 +294,3 @@ class Sampler:
       if any(s in prefix for s in stop_strings):
         return n
     return None
-
-
-class _nullcontext:
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *exc):
-    return False

@@ -1,0 +1,280 @@
+"""The Stage 2 trainer: jitted steps on the mesh, AdamW, checkpoints, metrics, resume.
+
+Modes: `online` (the paper's objective: G fresh actions per logged state,
+sampled with the current params in the same mesh, scored by the judge,
+policy-gradient step), `offline` (reward-weighted likelihood of the logged
+actions, prefix-shared rows) and `sft` (the logged actions with weight 1: the
+paper's SFT baseline).
+
+Everything a step uses is a function of (seed, step): the batch, the sampling
+key. A checkpoint holds params, optimizer state, step, seed and data position,
+so a run killed at any moment and restarted ends with exactly the params of an
+uninterrupted run. A NaN or inf loss stops the run before anything is saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from typing import Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from swirl_jax import partitioning
+from swirl_jax.data import decomposition, seqio_tasks
+from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig
+from swirl_jax.training import losses, online
+from swirl_jax.training.logprobs import reward_weighted_nll
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  mode: str = "online"  # online | offline | sft
+  steps: int = 100
+  batch_size: int = 8  # states per step (online) or trajectory rows per step (offline, sft)
+  samples_per_state: int = 4  # G
+  baseline: str = "rloo"  # none | rloo
+  kl_coef: float = 0.0
+  clip_epsilon: float | None = None  # set to use the clipped ratio (with updates_per_batch > 1)
+  updates_per_batch: int = 1
+  temperature: float = 1.0
+  max_action_tokens: int = 128
+  sequence_length: int = 2048
+  learning_rate: float = 1e-5
+  warmup_steps: int = 10
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 1.0
+  grad_accum_steps: int = 1
+  checkpoint_dir: str = "runs/default/checkpoints"
+  checkpoint_every: int = 50
+  keep_checkpoints: int = 3
+  log_every: int = 10
+  seed: int = 0
+  peak_flops: float | None = None  # the device's measured matmul peak, for the MFU estimate
+
+  def __post_init__(self):
+    if self.mode not in ("online", "offline", "sft"):
+      raise ValueError(f"TrainConfig.mode={self.mode!r}; use online, offline or sft")
+    if self.batch_size % self.grad_accum_steps:
+      raise ValueError("TrainConfig.batch_size must be a multiple of grad_accum_steps")
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """AdamW with linear warmup then cosine decay, after global-norm clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1),
+                                                max(config.steps, config.warmup_steps + 1))
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
+                     optax.adamw(schedule, weight_decay=config.weight_decay))
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class Trainer:
+  """Trains `model` in place; `states` are logged trajectories (kept by a filter)."""
+
+  def __init__(self, model, trajectories: Sequence[Trajectory], config: TrainConfig, *, scorer=None,
+               vocab=None, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+               mesh: Mesh | None = None, rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES,
+               metrics_dir: str | None = None):
+    if not trajectories:
+      raise ValueError("Trainer: no trajectories to train on (did the filter keep none?)")
+    if config.mode == "online" and scorer is None:
+      raise ValueError("Trainer: online mode needs a scorer (the judge)")
+    self.model, self.config, self.scorer, self.mesh, self.rules = model, config, scorer, mesh, rules
+    self.graphdef = nnx.graphdef(model)
+    self.tx = make_optimizer(config)
+    self.trajectories = list(trajectories)
+    self.states = [e for t in self.trajectories for e in decomposition.expand(t)]
+    self.sampling = SamplingConfig(temperature=config.temperature, max_new_tokens=config.max_action_tokens,
+                                   stop_ids=tuple(stop_ids), stop_strings=tuple(stop_strings))
+    self.sampler = None
+    if config.mode == "online":
+      rows = config.batch_size * config.samples_per_state
+      capacity = max(len(s.context) for s in self.states) + config.max_action_tokens
+      self.sampler = Sampler(model, rows=rows, capacity=capacity, vocab=vocab, mesh=mesh, rules=rules)
+    params = nnx.state(model)
+    self.reference = jax.tree.map(jnp.copy, params) if config.kl_coef else None
+    self.param_shardings = (partitioning.state_shardings(params, mesh, rules) if mesh is not None else None)
+    self.opt_state = self._init_opt_state(params)
+    self.step = 0
+    self.metrics_dir = metrics_dir or os.path.join(os.path.dirname(os.path.abspath(config.checkpoint_dir)), "metrics")
+    self.checkpoints = ocp.CheckpointManager(
+        os.path.abspath(config.checkpoint_dir),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+    self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1))
+
+  # -- state -----------------------------------------------------------------
+
+  def _init_opt_state(self, params):
+    if self.mesh is None:
+      return self.tx.init(params)
+    shapes = jax.eval_shape(self.tx.init, params)
+    shardings = partitioning.optimizer_state_shardings(self.tx, shapes, self.param_shardings, self.mesh)
+    return jax.jit(self.tx.init, out_shardings=shardings)(params)
+
+  def _meta(self) -> dict:
+    return {"step": self.step, "seed": self.config.seed, "data_position": self.step * self.config.batch_size,
+            "mode": self.config.mode}
+
+  def save(self) -> None:
+    state = {"params": nnx.state(self.model), "opt_state": self.opt_state}
+    self.checkpoints.save(self.step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self._meta())))
+    self.checkpoints.wait_until_finished()
+
+  def restore_latest(self) -> bool:
+    """Restores the newest checkpoint, if any; returns whether one was found."""
+    step = self.checkpoints.latest_step()
+    if step is None:
+      return False
+    target = {"params": nnx.state(self.model), "opt_state": self.opt_state}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self.checkpoints.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    meta = restored["meta"]
+    if meta.get("seed") != self.config.seed or meta.get("mode") != self.config.mode:
+      raise ValueError(f"{self.config.checkpoint_dir}: checkpoint {step} was made with seed={meta.get('seed')} "
+                       f"mode={meta.get('mode')}; this run has seed={self.config.seed} mode={self.config.mode}")
+    nnx.update(self.model, restored["state"]["params"])
+    self.opt_state = restored["state"]["opt_state"]
+    self.step = int(meta["step"])
+    return True
+
+  # -- data --------------------------------------------------------------------
+
+  def _order(self, n: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.config.seed, epoch]).permutation(n)
+
+  def _pick(self, items: list, step: int) -> list:
+    """The batch of `step`: a fresh permutation each epoch, a function of (seed, step) only."""
+    b = self.config.batch_size
+    out = []
+    for i in range(step * b, (step + 1) * b):
+      epoch, index = divmod(i, len(items))
+      out.append(items[self._order(len(items), epoch)[index]])
+    return out
+
+  def _offline_batch(self, step: int) -> dict:
+    rows = []
+    for t in self._pick(self.trajectories, step):
+      row = decomposition.prefix_shared(t)
+      if self.config.mode == "sft":
+        row.rewards = row.loss_weights.copy()
+      rows.append(seqio_tasks.shared_row_features(row, self.config.sequence_length))
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  def _online_batch(self, step: int):
+    states = self._pick(self.states, step)
+    self.sampler.set_rng(jax.random.fold_in(jax.random.key(self.config.seed), step))
+    feats, rewards, actions = online.online_batch(
+        self.sampler, self.scorer, [s.context for s in states], self.config.samples_per_state, self.sampling,
+        self.config.sequence_length, self.config.baseline)
+    extra = {"mean_reward": float(rewards.mean()), "logged_reward": float(np.mean([s.reward for s in states])),
+             "sampled_tokens": int(sum(len(a.tokens) for a in actions))}
+    return feats, extra
+
+  # -- the step ----------------------------------------------------------------
+
+  def _max_loss_tokens(self) -> int:
+    if self.config.mode == "online":
+      per_micro = self.config.batch_size * self.config.samples_per_state // self.config.grad_accum_steps
+      return per_micro * self.config.max_action_tokens
+    return self.config.batch_size // self.config.grad_accum_steps * self.config.sequence_length
+
+  def _loss(self, params, feats, reference):
+    model = nnx.merge(self.graphdef, params)
+    n = self._max_loss_tokens()
+    if self.config.mode != "online":
+      return reward_weighted_nll(model, feats, n), {}
+    ref_logp = None
+    if reference is not None:
+      ref_logp = losses.reference_logprobs(nnx.merge(self.graphdef, reference), feats, n)
+    num_sequences = feats["decoder_input_tokens"].shape[0]
+    return losses.policy_gradient_loss(model, feats, num_sequences=num_sequences, reference_logprobs_N=ref_logp,
+                                       kl_coef=self.config.kl_coef, clip_epsilon=self.config.clip_epsilon,
+                                       max_loss_tokens=n)
+
+  def _step_fn(self, params, opt_state, feats, reference):
+    k = self.config.grad_accum_steps
+    micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), feats)
+
+    def accumulate(grads, batch):
+      (loss, aux), g = jax.value_and_grad(self._loss, has_aux=True)(params, batch, reference)
+      return jax.tree.map(jnp.add, grads, g), (loss, aux)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (loss_k, aux_k) = jax.lax.scan(accumulate, zeros, micro)
+    grads = jax.tree.map(lambda g: g / k, grads)
+    updates, opt_state = self.tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {"loss": jnp.mean(loss_k), "grad_norm": optax.tree.norm(grads),
+               **{name: jnp.mean(v) for name, v in aux_k.items()}}
+    return params, opt_state, metrics
+
+  def _place_batch(self, feats):
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, feats)
+    sharding = NamedSharding(self.mesh, partitioning.logical_to_spec(("activation_batch", None), self.rules))
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), feats)
+
+  def train(self) -> dict:
+    """Runs to config.steps from the latest checkpoint; returns the last metrics."""
+    self.restore_latest()
+    os.makedirs(self.metrics_dir, exist_ok=True)
+    from clu import metric_writers
+    writer = metric_writers.create_default_writer(self.metrics_dir, just_logging=jax.process_index() > 0)
+    log_path = os.path.join(self.metrics_dir, "metrics.jsonl")
+    last: dict = {}
+    flops_per_token = 6 * self.model.config.num_params()
+    with tqdm(total=self.config.steps, initial=self.step, desc=f"train ({self.config.mode})", disable=None) as bar:
+      while self.step < self.config.steps:
+        start = time.perf_counter()
+        if self.config.mode == "online":
+          feats, extra = self._online_batch(self.step)
+        else:
+          feats, extra = self._offline_batch(self.step), {}
+        batch = self._place_batch(feats)
+        params = nnx.state(self.model)
+        for _ in range(self.config.updates_per_batch):
+          with (jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()), \
+              partitioning.use_rules(self.rules):
+            params, self.opt_state, metrics = self._train_step(params, self.opt_state, batch, self.reference)
+          loss = float(metrics["loss"])
+          if not np.isfinite(loss):
+            latest = self.checkpoints.latest_step()
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {self.step}; stopped without saving. The last good checkpoint "
+                f"({'none' if latest is None else f'step {latest}'}) is in {self.config.checkpoint_dir}")
+        nnx.update(self.model, params)
+        self.step += 1
+        seconds = time.perf_counter() - start
+        tokens = int(np.sum(feats["decoder_segment_ids"] > 0)) * self.config.updates_per_batch
+        last = {k: float(v) for k, v in metrics.items()} | extra
+        last.update(step=self.step, tokens_per_second=tokens / seconds)
+        if self.config.peak_flops:
+          last["mfu"] = flops_per_token * tokens / seconds / self.config.peak_flops
+        if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+          writer.write_scalars(self.step, {k: v for k, v in last.items() if k != "step"})
+          with open(log_path, "a") as f:
+            f.write(json.dumps(last) + "\n")
+        if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+          self.save()
+        bar.set_postfix(loss=f"{last['loss']:.4f}")
+        bar.update(1)
+    writer.flush()
+    return last

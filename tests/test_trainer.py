@@ -1,0 +1,110 @@
+"""The trainer: exact resume after SIGKILL, NaN stop, online mode on the mesh."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from swirl_jax import partitioning
+from swirl_jax.data import trajectory_io
+from swirl_jax.models import init_model, model_config
+from swirl_jax.training.trainer import NonFiniteLossError, TrainConfig, Trainer
+from tests.judged_data import known_trajectories
+from tests.test_generation import _env, tokenizer_gguf  # noqa: F401  (fixture)
+from tests.test_losses import FirstTokenScorer
+
+STEPS = 12
+
+
+def _judged_dir(tmp_path):
+  directory = tmp_path / "judged"
+  trajectory_io.write_shard(trajectory_io.shard_path(str(directory), 0), known_trajectories())
+  return str(directory)
+
+
+def _train_command(tokenizer, judged, checkpoints):
+  bindings = [
+      "load_policy.source='init'", "load_policy.config_name='tiny'", f"load_policy.tokenizer_gguf='{tokenizer}'",
+      f"run_train.judged_dir='{judged}'", "run_train.filter_strategy='none'",
+      "TrainConfig.mode='offline'", f"TrainConfig.steps={STEPS}", "TrainConfig.batch_size=2",
+      "TrainConfig.sequence_length=96", "TrainConfig.checkpoint_every=2", "TrainConfig.keep_checkpoints=2",
+      f"TrainConfig.checkpoint_dir='{checkpoints}'", "TrainConfig.learning_rate=0.01", "TrainConfig.warmup_steps=2",
+      "TrainConfig.grad_accum_steps=2",
+  ]
+  return [sys.executable, "-m", "swirl_jax.main", "--mode=train"] + [f"--gin.{b}" for b in bindings]
+
+
+def _final_params(checkpoints):
+  manager = ocp.CheckpointManager(str(checkpoints))
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, jax.tree.leaves(restored["state"]["params"])
+
+
+def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):  # noqa: F811
+  judged = _judged_dir(tmp_path)
+  clean = tmp_path / "clean"
+  subprocess.run(_train_command(tokenizer_gguf, judged, clean), env=_env(tmp_path), check=True,
+                 capture_output=True)
+  step, expected = _final_params(clean)
+  assert step == STEPS
+  assert (tmp_path / "metrics" / "metrics.jsonl").exists() or any(
+      "metrics" in d for d in os.listdir(tmp_path))
+
+  killed = tmp_path / "killed"
+  process = subprocess.Popen(_train_command(tokenizer_gguf, judged, killed), env=_env(tmp_path),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  while process.poll() is None:
+    steps = [int(d) for d in os.listdir(killed) if d.isdigit()] if killed.exists() else []
+    if steps and max(steps) >= 4:
+      break
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert ocp.CheckpointManager(str(killed)).latest_step() < STEPS, "the kill came too late"
+  subprocess.run(_train_command(tokenizer_gguf, judged, killed), env=_env(tmp_path), check=True,
+                 capture_output=True)
+  step, resumed = _final_params(killed)
+  assert step == STEPS
+  for a, b in zip(expected, resumed):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  trajectories = known_trajectories()
+  trajectories[2].steps[0].process["score"] = math.nan
+  config = TrainConfig(mode="offline", steps=6, batch_size=2, sequence_length=96, checkpoint_every=1,
+                       checkpoint_dir=str(tmp_path / "ckpt"), learning_rate=1e-3, warmup_steps=1)
+  trainer = Trainer(init_model(model_config("tiny")), trajectories, config)
+  with pytest.raises(NonFiniteLossError, match=r"loss is nan at step (\d+); stopped without saving") as error:
+    trainer.train()
+  bad_step = int(str(error.value).split("at step ")[1].split(";")[0])
+  manager = ocp.CheckpointManager(str(tmp_path / "ckpt"))
+  assert manager.latest_step() == (bad_step if bad_step else None)
+  if bad_step:
+    _, params = _final_params(tmp_path / "ckpt")
+    assert all(np.isfinite(np.asarray(p)).all() for p in params)
+
+
+def test_online_mode_on_a_mesh_raises_reward(tmp_path):
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(2, 2, 2))
+  model = partitioning.shard_model(init_model(model_config("tiny"), seed=0), mesh, partitioning.DEFAULT_RULES)
+  config = TrainConfig(mode="online", steps=30, batch_size=4, samples_per_state=4, max_action_tokens=2,
+                       sequence_length=64, learning_rate=3e-3, warmup_steps=1, kl_coef=0.01,
+                       checkpoint_every=100, checkpoint_dir=str(tmp_path / "ckpt"), log_every=1)
+  trainer = Trainer(model, known_trajectories(), config, scorer=FirstTokenScorer(range(100, 164)), mesh=mesh)
+  last = trainer.train()
+  log = [json.loads(line) for line in open(tmp_path / "metrics" / "metrics.jsonl")]
+  assert len(log) == 30 and {"loss", "mean_reward", "logged_reward", "kl", "grad_norm", "tokens_per_second"} <= set(last)
+  first, final = np.mean([r["mean_reward"] for r in log[:5]]), np.mean([r["mean_reward"] for r in log[-5:]])
+  assert final > first + 0.2, (first, final)
+  assert nnx.state(model)["blocks"][0]["attn"]["q"][...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
