@@ -17,7 +17,7 @@ $(STAMP): requirements/lock.txt setup.py
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m swirl_jax.demo
+	$(VENV)/bin/python -m swirl_jax.main --mode=pipeline --gin_file=gin/experiments/quickstart.gin
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests

@@ -30,6 +30,7 @@ setup(
         "tensorboard>=2.21",
         "matplotlib>=3.9",
     ],
+    entry_points={"console_scripts": ["swirl_jax=swirl_jax.main:run"]},
     extras_require={
         "test": ["pytest>=9", "pytest-xdist>=3.8", "transformers>=5.24", "accelerate>=1.15",
                  "torch==2.13.0"],

@@ -23,6 +23,23 @@ _EXPORTS = {
     "save_params": ("swirl_jax.checkpoints.orbax_io", "save_params"),
     "restore_params": ("swirl_jax.checkpoints.orbax_io", "restore_params"),
     "greedy_decode_uncached": ("swirl_jax.sampling.uncached", "greedy_decode_uncached"),
+    "Sampler": ("swirl_jax.sampling.sampler", "Sampler"),
+    "SamplingConfig": ("swirl_jax.sampling.sampler", "SamplingConfig"),
+    "Calculator": ("swirl_jax.environment.calculator", "Calculator"),
+    "BM25Search": ("swirl_jax.environment.search", "BM25Search"),
+    "HttpSearch": ("swirl_jax.environment.search", "HttpSearch"),
+    "EpisodeConfig": ("swirl_jax.environment.episode", "EpisodeConfig"),
+    "EpisodeRunner": ("swirl_jax.environment.episode", "EpisodeRunner"),
+    "build_task": ("swirl_jax.tasks", "build_task"),
+    "RuleJudge": ("swirl_jax.rewards.rule_judge", "RuleJudge"),
+    "ModelJudge": ("swirl_jax.rewards.model_judge", "ModelJudge"),
+    "HttpJudge": ("swirl_jax.rewards.http_judge", "HttpJudge"),
+    "judge_trajectories": ("swirl_jax.judging", "judge_trajectories"),
+    "filter_trajectories": ("swirl_jax.data.filters", "filter_trajectories"),
+    "prefix_shared_batch": ("swirl_jax.data.seqio_tasks", "prefix_shared_batch"),
+    "losses": ("swirl_jax.training.losses", None),
+    "Trainer": ("swirl_jax.training.trainer", "Trainer"),
+    "TrainConfig": ("swirl_jax.training.trainer", "TrainConfig"),
 }
 __all__ = sorted(_EXPORTS)
 

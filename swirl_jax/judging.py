@@ -42,6 +42,18 @@ def process_requests(trajectory: Trajectory) -> list[ProcessRequest]:
           for s in trajectory.steps]
 
 
+def judge_trajectories(trajectories: list[Trajectory], judge: Judge) -> list[Trajectory]:
+  """Sets `process` on every step and `outcome` on every trajectory (in place); returns them."""
+  verdicts = iter(judge.judge_steps([r for t in trajectories for r in process_requests(t)]))
+  outcomes = judge.judge_outcomes([OutcomeRequest(t.question, t.final_answer, tuple(t.gold_answers),
+                                                  t.question_id) for t in trajectories])
+  for t, outcome in zip(trajectories, outcomes):
+    t.outcome = dataclasses.asdict(outcome)
+    for step in t.steps:
+      step.process = dataclasses.asdict(next(verdicts))
+  return trajectories
+
+
 def _complete(trajectories: list[Trajectory]) -> bool:
   return all(t.outcome and t.outcome.get("verdict") is not None and
              all(s.process and s.process.get("verdict") is not None for s in t.steps)
@@ -58,13 +70,17 @@ def _unparseable_only(trajectories: list[Trajectory]) -> bool:
 @gin.configurable
 def make_judge(kind: str = "rule", model_source: str | None = None, model_path: str | None = None,
                mode: str = "score", http_base_url: str | None = None, http_model: str | None = None,
-               cache_dir: str = "runs/judge_cache") -> Judge:
-  """The configured judge: rule (built-in tasks), model (any loadable checkpoint) or http."""
+               cache_dir: str = "runs/judge_cache", questions=None, task=None) -> Judge:
+  """The configured judge: rule (built-in tasks), model (any loadable checkpoint) or http.
+
+  The rule judge knows the gold steps of `questions` (default: the gin task's)
+  and the search titles of `task`'s corpus.
+  """
   from swirl_jax.tasks import build_task
   if kind == "rule":
-    task = build_task()
+    task = task or build_task()
     titles = [p.title for tool in task.tools for p in getattr(tool, "passages", [])]
-    return RuleJudge(task.questions, titles)
+    return RuleJudge(questions if questions is not None else task.questions, titles)
   if kind == "model":
     from swirl_jax.checkpoints.policy import load_policy
     model, vocab = load_policy(source=model_source, path=model_path) if model_source else load_policy()
@@ -86,15 +102,7 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
       done = list(trajectory_io.read_shard(out))
       if _complete(done) or _unparseable_only(done):
         continue
-    trajectories = list(trajectory_io.read_shard(path))
-    requests = [r for t in trajectories for r in process_requests(t)]
-    verdicts = iter(judge.judge_steps(requests))
-    outcomes = judge.judge_outcomes([OutcomeRequest(t.question, t.final_answer, tuple(t.gold_answers),
-                                                    t.question_id) for t in trajectories])
-    for t, outcome in zip(trajectories, outcomes):
-      t.outcome = dataclasses.asdict(outcome)
-      for step in t.steps:
-        step.process = dataclasses.asdict(next(verdicts))
+    trajectories = judge_trajectories(list(trajectory_io.read_shard(path)), judge)
     trajectory_io.write_shard(out, trajectories)
   summary = judged_summary(trajectory_io.read_all(output_dir))
   with atomic_io.atomic_open(os.path.join(output_dir, "judge_summary.json")) as f:

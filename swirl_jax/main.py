@@ -8,6 +8,7 @@ pick the mode and the gin files. `--gin.NAME=VALUE` is shorthand for
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import gin
@@ -15,15 +16,15 @@ import jax
 from absl import app, flags, logging
 
 # Everything gin can bind must be imported before the config is parsed.
-from swirl_jax import generation, judging, partitioning, tasks  # noqa: F401
+from swirl_jax import evaluation, generation, judging, partitioning, pipeline, tasks  # noqa: F401
 from swirl_jax.checkpoints import policy  # noqa: F401
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
 from swirl_jax.sampling import sampler  # noqa: F401
 from swirl_jax.training import trainer  # noqa: F401
 
-_MODE = flags.DEFINE_enum("mode", "generate", ["generate", "judge", "train"],
-                          "Which stage to run (evaluate and pipeline come with a later issue).")
+_MODE = flags.DEFINE_enum("mode", "pipeline", ["generate", "judge", "train", "evaluate", "pipeline"],
+                          "Which stage to run; pipeline runs them all in order, resumably.")
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files, applied in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Individual gin bindings.")
 _GIN_SEARCH_PATHS = flags.DEFINE_multi_string("gin_search_paths", ["."], "Where gin files are looked up.")
@@ -32,6 +33,9 @@ _COORDINATOR = flags.DEFINE_string(
     "unset and jax.distributed.initialize() finds the slice by itself.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+_DISTRIBUTED_TPU = flags.DEFINE_bool(
+    "distributed_tpu", False, "Call jax.distributed.initialize() with no arguments (Cloud TPU slices: "
+    "the runtime names the coordinator). The launch scripts set it.")
 
 
 def rewrite_gin_args(argv: list[str]) -> list[str]:
@@ -83,10 +87,26 @@ def run_train(judged_dir: str = gin.REQUIRED, filter_strategy: str = "process"):
   return metrics
 
 
+@gin.configurable
+def run_evaluate(name: str = "model", checkpoint_dir: str | None = None):
+  """The tool loop on the gin task's held-out split, graded; restores `checkpoint_dir` if given."""
+  model, vocab = policy.load_policy()
+  if checkpoint_dir:
+    trainer.load_trained_params(model, checkpoint_dir)
+  task = tasks.build_task(split="test", vocab=vocab)
+  judge = judging.make_judge(questions=task.questions, task=task)
+  report = evaluation.evaluate(task, model, vocab, name, evaluation.EvalConfig(), judge)
+  evaluation.write_comparison([report], os.path.join(evaluation.EvalConfig().output_dir, name))
+  print(json.dumps(report, indent=1))
+  return report
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
+  if _DISTRIBUTED_TPU.value:
+    jax.distributed.initialize()
+  elif _COORDINATOR.value or _NUM_PROCESSES.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   for path in _GIN_SEARCH_PATHS.value:
     gin.add_config_file_search_path(path)
@@ -98,6 +118,10 @@ def main(argv):
     run_judge()
   elif _MODE.value == "train":
     run_train()
+  elif _MODE.value == "evaluate":
+    run_evaluate()
+  elif _MODE.value == "pipeline":
+    pipeline.run_pipeline(pipeline.PipelineConfig())
 
 
 def run():

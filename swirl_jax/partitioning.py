@@ -150,10 +150,18 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: LogicalRules) -> nnx.St
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules) -> nnx.Module:
-  """Places the model's variables on `mesh` as the rules say (in place)."""
+  """Places the model's variables on `mesh` as the rules say (in place).
+
+  Each process builds only its own shards from its (identical) host copy, so
+  this works on multi-host meshes too.
+  """
   state = nnx.state(model)
   shardings = state_shardings(state, mesh, rules)
-  nnx.update(model, jax.device_put(state, shardings))
+
+  def place(value, sharding):
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  nnx.update(model, jax.tree.map(place, state, shardings))
   return model
 
 

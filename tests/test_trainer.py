@@ -46,8 +46,8 @@ def _train_command(tokenizer, judged, checkpoints):
 def _final_params(checkpoints):
   manager = ocp.CheckpointManager(str(checkpoints))
   step = manager.latest_step()
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, jax.tree.leaves(restored["state"]["params"])
+  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+  return step, jax.tree.leaves(restored["params"])
 
 
 def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):  # noqa: F811

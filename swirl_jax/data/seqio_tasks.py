@@ -166,3 +166,9 @@ def shared_row_features(row: decomposition.SharedRow, length: int) -> dict[str, 
       "decoder_segment_ids": pad(np.ones(n), np.int32),
       "decoder_positions": pad(np.arange(n), np.int32),
   }
+
+
+def prefix_shared_batch(trajectories, length: int) -> dict[str, np.ndarray]:
+  """A batch of prefix-shared rows (one per trajectory) in the model's feature format."""
+  rows = [shared_row_features(decomposition.prefix_shared(t), length) for t in trajectories]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -50,13 +50,19 @@ def sample_actions(sampler: Sampler, contexts: Sequence[Sequence[int]], samples_
 
 def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput], advantage_per_action,
                     length: int) -> dict[str, np.ndarray]:
-  """One row per (state, sample): context + action, loss on the action, its advantage per token."""
+  """One row per (state, sample): context + action, loss on the action, its advantage per token.
+
+  Rows are `length` long at most; shorter batches are padded only to the next
+  multiple of 128, so a step does not pay for padding (a few shapes compile).
+  """
   n = len(actions)
+  per_state = n // len(contexts)
+  longest = max(len(contexts[i // per_state]) + len(a.tokens) for i, a in enumerate(actions))
+  length = min(length, -(-longest // 128) * 128) if longest <= length else longest
   feats = {k: np.zeros((n, length), np.int32) for k in
            ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids", "decoder_positions")}
   feats.update({k: np.zeros((n, length), np.float32) for k in
                 ("decoder_loss_weights", "decoder_rewards", "decoder_behaviour_logprobs")})
-  per_state = n // len(contexts)
   for i, action in enumerate(actions):
     context = list(contexts[i // per_state])
     tokens = context + list(action.tokens)

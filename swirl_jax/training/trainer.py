@@ -84,6 +84,18 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+def load_trained_params(model, checkpoint_dir: str, step: int | None = None) -> int:
+  """Puts the params of a trainer checkpoint (the latest by default) into `model`; returns the step."""
+  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model))
+  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+  nnx.update(model, restored["params"])
+  return step
+
+
 class Trainer:
   """Trains `model` in place; `states` are logged trajectories (kept by a filter)."""
 
@@ -132,9 +144,9 @@ class Trainer:
             "mode": self.config.mode}
 
   def save(self) -> None:
-    state = {"params": nnx.state(self.model), "opt_state": self.opt_state}
     self.checkpoints.save(self.step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self._meta())))
+        params=ocp.args.StandardSave(nnx.state(self.model)),
+        opt_state=ocp.args.StandardSave(self.opt_state), meta=ocp.args.JsonSave(self._meta())))
     self.checkpoints.wait_until_finished()
 
   def restore_latest(self) -> bool:
@@ -142,16 +154,16 @@ class Trainer:
     step = self.checkpoints.latest_step()
     if step is None:
       return False
-    target = {"params": nnx.state(self.model), "opt_state": self.opt_state}
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
     restored = self.checkpoints.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        params=ocp.args.StandardRestore(abstract(nnx.state(self.model))),
+        opt_state=ocp.args.StandardRestore(abstract(self.opt_state)), meta=ocp.args.JsonRestore()))
     meta = restored["meta"]
     if meta.get("seed") != self.config.seed or meta.get("mode") != self.config.mode:
       raise ValueError(f"{self.config.checkpoint_dir}: checkpoint {step} was made with seed={meta.get('seed')} "
                        f"mode={meta.get('mode')}; this run has seed={self.config.seed} mode={self.config.mode}")
-    nnx.update(self.model, restored["state"]["params"])
-    self.opt_state = restored["state"]["opt_state"]
+    nnx.update(self.model, restored["params"])
+    self.opt_state = restored["opt_state"]
     self.step = int(meta["step"])
     return True
 
@@ -227,10 +239,49 @@ class Trainer:
     return params, opt_state, metrics
 
   def _place_batch(self, feats):
+    """The global batch on the mesh; with several processes each contributes only its rows."""
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, feats)
     sharding = NamedSharding(self.mesh, partitioning.logical_to_spec(("activation_batch", None), self.rules))
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), feats)
+    if jax.process_count() == 1:
+      return jax.tree.map(lambda x: jax.device_put(x, sharding), feats)
+    index, count = jax.process_index(), jax.process_count()
+
+    def local(x):
+      rows = x.shape[0] // count
+      return jax.make_array_from_process_local_data(sharding, x[index * rows:(index + 1) * rows], x.shape)
+    return jax.tree.map(local, feats)
+
+  def run_step(self) -> dict:
+    """One step: its batch (sampled and scored in online mode), the update(s); returns metrics."""
+    start = time.perf_counter()
+    if self.config.mode == "online":
+      feats, extra = self._online_batch(self.step)
+    else:
+      feats, extra = self._offline_batch(self.step), {}
+    batch = self._place_batch(feats)
+    params = nnx.state(self.model)
+    for _ in range(self.config.updates_per_batch):
+      with (jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()), \
+          partitioning.use_rules(self.rules):
+        params, self.opt_state, metrics = self._train_step(params, self.opt_state, batch, self.reference)
+      loss = float(metrics["loss"])
+      if not np.isfinite(loss):
+        latest = self.checkpoints.latest_step()
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {self.step}; stopped without saving. The last good checkpoint "
+            f"({'none' if latest is None else f'step {latest}'}) is in {self.config.checkpoint_dir}")
+    nnx.update(self.model, params)
+    self.step += 1
+    seconds = time.perf_counter() - start
+    tokens = int(np.sum(feats["decoder_segment_ids"] > 0)) * self.config.updates_per_batch
+    result = {k: float(v) for k, v in metrics.items()} | extra
+    result.update(step=self.step, step_seconds=seconds, trained_tokens=tokens, tokens_per_second=tokens / seconds)
+    if self.config.peak_flops:
+      n = self.model.config.num_params()
+      flops = 6 * n * tokens + 2 * n * extra.get("sampled_tokens", 0)
+      result["mfu"] = flops / seconds / self.config.peak_flops
+    return result
 
   def train(self) -> dict:
     """Runs to config.steps from the latest checkpoint; returns the last metrics."""
@@ -240,38 +291,14 @@ class Trainer:
     writer = metric_writers.create_default_writer(self.metrics_dir, just_logging=jax.process_index() > 0)
     log_path = os.path.join(self.metrics_dir, "metrics.jsonl")
     last: dict = {}
-    flops_per_token = 6 * self.model.config.num_params()
     with tqdm(total=self.config.steps, initial=self.step, desc=f"train ({self.config.mode})", disable=None) as bar:
       while self.step < self.config.steps:
-        start = time.perf_counter()
-        if self.config.mode == "online":
-          feats, extra = self._online_batch(self.step)
-        else:
-          feats, extra = self._offline_batch(self.step), {}
-        batch = self._place_batch(feats)
-        params = nnx.state(self.model)
-        for _ in range(self.config.updates_per_batch):
-          with (jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()), \
-              partitioning.use_rules(self.rules):
-            params, self.opt_state, metrics = self._train_step(params, self.opt_state, batch, self.reference)
-          loss = float(metrics["loss"])
-          if not np.isfinite(loss):
-            latest = self.checkpoints.latest_step()
-            raise NonFiniteLossError(
-                f"loss is {loss} at step {self.step}; stopped without saving. The last good checkpoint "
-                f"({'none' if latest is None else f'step {latest}'}) is in {self.config.checkpoint_dir}")
-        nnx.update(self.model, params)
-        self.step += 1
-        seconds = time.perf_counter() - start
-        tokens = int(np.sum(feats["decoder_segment_ids"] > 0)) * self.config.updates_per_batch
-        last = {k: float(v) for k, v in metrics.items()} | extra
-        last.update(step=self.step, tokens_per_second=tokens / seconds)
-        if self.config.peak_flops:
-          last["mfu"] = flops_per_token * tokens / seconds / self.config.peak_flops
+        last = self.run_step()
         if self.step % self.config.log_every == 0 or self.step == self.config.steps:
           writer.write_scalars(self.step, {k: v for k, v in last.items() if k != "step"})
-          with open(log_path, "a") as f:
-            f.write(json.dumps(last) + "\n")
+          if jax.process_index() == 0:
+            with open(log_path, "a") as f:
+              f.write(json.dumps(last) + "\n")
         if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
           self.save()
         bar.set_postfix(loss=f"{last['loss']:.4f}")

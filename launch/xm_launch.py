@@ -1,0 +1,84 @@
+"""Launches swirl_jax on Cloud TPU with XManager: one job, all hosts of the slice.
+
+  python launch/xm_launch.py --accelerator=v5p --topology=4x4x4 \
+      --gin_file=gin/experiments/gsm8k_calculator.gin --gin.TrainConfig.steps=500 [--dry_run]
+
+Gin files and `--gin.NAME=VALUE` overrides pass through to `swirl_jax.main`.
+With --dry_run the job is printed (as JSON) and nothing is launched; without
+it, the `xmanager` package must be installed and configured for your project.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+from absl import app, flags
+
+_ACCELERATOR = flags.DEFINE_string("accelerator", "v5p", "TPU generation: v4, v5e (v5litepod), v5p, v6e.")
+_TOPOLOGY = flags.DEFINE_string("topology", "2x2x1", "TPU topology, e.g. 4x4x4 for a v5p-128 slice.")
+_MODE = flags.DEFINE_string("mode", "pipeline", "swirl_jax.main --mode.")
+_GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files, passed through.")
+_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, passed through.")
+_NAME = flags.DEFINE_string("name", "swirl_jax", "Experiment title.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the job instead of launching it.")
+
+_CHIPS_PER_HOST = {"v4": 4, "v5e": 4, "v5litepod": 4, "v5p": 4, "v6e": 4}
+
+
+def rewrite_gin_args(argv: list[str]) -> list[str]:
+  """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE`, as swirl_jax.main does."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      name, _, value = arg[len("--gin."):].partition("=")
+      out.append(f"--gin_bindings={name} = {value}")
+    else:
+      out.append(arg)
+  return out
+
+
+def job_spec(accelerator: str, topology: str, mode: str, gin_files: list[str], gin_bindings: list[str],
+             name: str) -> dict:
+  """What the launcher runs: the program, its arguments, and the slice it needs."""
+  if accelerator not in _CHIPS_PER_HOST:
+    raise app.UsageError(f"--accelerator={accelerator}: use one of {sorted(_CHIPS_PER_HOST)}")
+  try:
+    chips = 1
+    for d in topology.split("x"):
+      chips *= int(d)
+  except ValueError:
+    raise app.UsageError(f"--topology={topology}: expected dimensions like 4x4x4") from None
+  hosts = max(1, chips // _CHIPS_PER_HOST[accelerator])
+  args = [f"--mode={mode}", "--distributed_tpu"] + [f"--gin_file={f}" for f in gin_files]
+  args += [f"--gin_bindings={b}" for b in gin_bindings]
+  return {"name": name, "accelerator": accelerator, "topology": topology, "chips": chips, "hosts": hosts,
+          "command": ["python", "-m", "swirl_jax.main", *args],
+          "shell": "python -m swirl_jax.main " + " ".join(shlex.quote(a) for a in args)}
+
+
+def launch(spec: dict) -> None:
+  from xmanager import xm, xm_local  # imported only to launch for real
+  with xm_local.create_experiment(experiment_title=spec["name"]) as experiment:
+    executable_spec = xm.PythonContainer(path=".", entrypoint=xm.ModuleName("swirl_jax.main"))
+    executor = xm_local.Vertex(requirements=xm.JobRequirements(
+        **{spec["accelerator"]: spec["chips"]}, topology=xm.Topology(spec["topology"])))
+    [executable] = experiment.package([xm.Packageable(executable_spec, executor.Spec(),
+                                                      args=spec["command"][3:])])
+    experiment.add(xm.Job(executable, executor))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  spec = job_spec(_ACCELERATOR.value, _TOPOLOGY.value, _MODE.value, _GIN_FILES.value, _GIN_BINDINGS.value,
+                  _NAME.value)
+  if _DRY_RUN.value:
+    print(json.dumps(spec, indent=1))
+    return
+  launch(spec)
+
+
+if __name__ == "__main__":
+  app.run(main, argv=rewrite_gin_args(sys.argv))

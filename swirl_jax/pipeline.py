@@ -1,0 +1,95 @@
+"""The `pipeline` mode: evaluate the base model, generate, judge, filter, train, evaluate again.
+
+Each stage skips what its outputs already hold (finished shards, judged shards,
+the last checkpoint, evaluation files), so a killed pipeline run again resumes
+where it stopped. Everything lands under one run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import gin
+import jax
+
+from swirl_jax import atomic_io, evaluation, generation, judging, partitioning, tasks
+from swirl_jax.checkpoints.policy import load_policy
+from swirl_jax.data import filters, trajectory_io
+from swirl_jax.environment import protocol
+from swirl_jax.training.online import JudgeScorer
+from swirl_jax.training.trainer import TrainConfig, Trainer
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  run_dir: str = "runs/default"
+  filter_strategy: str = "process"
+  eval_questions: int = 64
+
+
+def run_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+  start = time.perf_counter()
+  paths = {name: os.path.join(config.run_dir, name) for name in
+           ("trajectories", "judged", "checkpoints", "eval", "metrics")}
+  mesh, rules = None, partitioning.logical_rules()
+  if jax.device_count() > 1:
+    mesh = partitioning.make_mesh(partitioning.MeshConfig())
+    print(f"mesh: {partitioning.describe(mesh)} over {jax.device_count()} devices", flush=True)
+  model, vocab = load_policy(mesh=mesh, rules=rules)
+  train_task = tasks.build_task(split="train", vocab=vocab)
+  eval_task = tasks.build_task(split="test", num_questions=config.eval_questions, vocab=vocab)
+  judge = judging.make_judge(questions=train_task.questions + eval_task.questions, task=train_task)
+  eval_config = dataclasses.replace(evaluation.EvalConfig(), output_dir=paths["eval"])
+
+  print(f"[1/5] evaluating the base model on {len(eval_task.questions)} held-out questions", flush=True)
+  base = evaluation.evaluate(eval_task, model, vocab, "base", eval_config, judge, mesh=mesh)
+  print("[2/5] Stage 1: generating trajectories", flush=True)
+  generation.generate(train_task, model, vocab,
+                      dataclasses.replace(generation.GenerateConfig(), output_dir=paths["trajectories"]),
+                      mesh=mesh)
+  print("[3/5] judging every step and outcome", flush=True)
+  judged = judging.judge_directory(paths["trajectories"], paths["judged"], judge)
+  kept = filters.filter_trajectories(trajectory_io.read_all(paths["judged"]), config.filter_strategy)
+  print(f"[4/5] Stage 2: training on {len(kept)} trajectories kept by the {config.filter_strategy!r} filter",
+        flush=True)
+  train_config = dataclasses.replace(TrainConfig(), checkpoint_dir=paths["checkpoints"])
+  scorer = JudgeScorer(judge, vocab) if train_config.mode == "online" else None
+  trainer = Trainer(model, kept, train_config, scorer=scorer, vocab=vocab,
+                    stop_ids=(vocab.eos_id, *vocab.encode(protocol.END_TURN)),
+                    stop_strings=protocol.stop_strings([t.tag for t in train_task.tools]),
+                    metrics_dir=paths["metrics"], mesh=mesh, rules=rules)
+  last_metrics = trainer.train()
+  print("[5/5] evaluating the trained model", flush=True)
+  trained = evaluation.evaluate(eval_task, model, vocab, "trained", eval_config, judge, mesh=mesh)
+  table = evaluation.write_comparison([base, trained], paths["eval"])
+  summary = {
+      "base_accuracy": base["accuracy"], "base_accuracy_95ci": base["accuracy_95ci"],
+      "trained_accuracy": trained["accuracy"], "trained_accuracy_95ci": trained["accuracy_95ci"],
+      "filter_survival": judged["filter_survival"], "good_step_share": judged["good_step_share"],
+      "train_steps": trainer.step, "last_train_metrics": last_metrics,
+      "paths": {**paths, "tensorboard": paths["metrics"], "report": os.path.join(paths["eval"], "report.md")},
+      "seconds": round(time.perf_counter() - start, 1),
+  }
+  with atomic_io.atomic_open(os.path.join(config.run_dir, "summary.json")) as f:
+    json.dump(summary, f, indent=1)
+  print("\n" + table)
+  print(f"base accuracy {base['accuracy']:.3f} {fmt(base)} -> trained {trained['accuracy']:.3f} {fmt(trained)}")
+  print(f"filter survival: {json.dumps(judged['filter_survival'])}")
+  if last_metrics:
+    print(f"training: {trainer.step} steps; last step: loss {last_metrics['loss']:.4f}"
+          + (f", mean reward of sampled actions {last_metrics['mean_reward']:.3f}"
+             if "mean_reward" in last_metrics else ""))
+  where = {"trajectories": paths["trajectories"], "judged": paths["judged"], "checkpoints": paths["checkpoints"],
+           "tensorboard": paths["metrics"], "report": os.path.join(paths["eval"], "report.md")}
+  for name, path in where.items():
+    print(f"{name:>12}: {path}")
+  return summary
+
+
+def fmt(report: dict) -> str:
+  low, high = report["accuracy_95ci"]
+  return f"[{low:.3f}, {high:.3f}]"

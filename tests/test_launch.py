@@ -1,0 +1,43 @@
+"""The launchers' dry runs print the command they would run."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tpu_vm_dry_run():
+  out = subprocess.run(
+      ["bash", os.path.join(REPO, "launch/tpu_vm.sh"), "--tpu=my-pod", "--zone=us-east5-a", "--project=p1",
+       "--dry_run", "--", "--mode=pipeline", "--gin_file=gin/experiments/quickstart.gin",
+       "--gin.TrainConfig.steps=500", "--gin.GenerateConfig.output_dir='gs://b/runs'"],
+      check=True, capture_output=True, text=True).stdout
+  words = shlex.split(out)
+  assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-pod"]
+  assert "--worker=all" in words and "--zone=us-east5-a" in words and "--project=p1" in words
+  program = next(w for w in words if w.startswith("--command="))[len("--command="):]
+  inner = shlex.split(program.split("&&", 1)[1])
+  assert inner[:5] == ["JAX_PLATFORMS=tpu", ".venv/bin/python", "-m", "swirl_jax.main", "--distributed_tpu"]
+  assert inner[5:] == ["--mode=pipeline", "--gin_file=gin/experiments/quickstart.gin",
+                       "--gin.TrainConfig.steps=500", "--gin.GenerateConfig.output_dir='gs://b/runs'"]
+
+
+def test_tpu_vm_requires_tpu_and_zone():
+  result = subprocess.run(["bash", os.path.join(REPO, "launch/tpu_vm.sh"), "--dry_run"], capture_output=True,
+                          text=True)
+  assert result.returncode == 2 and "--tpu and --zone are required" in result.stderr
+
+
+def test_xmanager_dry_run():
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch/xm_launch.py"), "--accelerator=v5p", "--topology=4x4x4",
+       "--gin_file=gin/experiments/gsm8k_calculator.gin", "--gin.TrainConfig.steps=500", "--dry_run"],
+      check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO}).stdout
+  spec = json.loads(out)
+  assert spec["chips"] == 64 and spec["hosts"] == 16 and spec["topology"] == "4x4x4"
+  assert spec["command"] == ["python", "-m", "swirl_jax.main", "--mode=pipeline", "--distributed_tpu",
+                             "--gin_file=gin/experiments/gsm8k_calculator.gin",
+                             "--gin_bindings=TrainConfig.steps = 500"]

@@ -1,0 +1,67 @@
+"""Two CPU processes on 127.0.0.1 (gloo) train with the batch split by process, and end with
+the params of one process that sees the whole batch."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent('''
+    import sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    mode, out, ckpt = sys.argv[1], sys.argv[2], sys.argv[3]
+    if mode == "multi":
+      port, index = sys.argv[4], int(sys.argv[5])
+      jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=index)
+    import numpy as np
+    from flax import nnx
+    from swirl_jax import partitioning
+    from swirl_jax.models import init_model, model_config
+    from swirl_jax.training.trainer import TrainConfig, Trainer
+    from tests.judged_data import known_trajectories
+    model = init_model(model_config("tiny"), seed=0)
+    mesh = None
+    if mode == "multi":
+      assert jax.process_count() == 2 and jax.device_count() == 2
+      mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2))
+      partitioning.shard_model(model, mesh, partitioning.DEFAULT_RULES)
+    config = TrainConfig(mode="offline", steps=3, batch_size=4, sequence_length=96, learning_rate=1e-2,
+                         warmup_steps=1, checkpoint_every=100, checkpoint_dir=ckpt, log_every=1)
+    Trainer(model, known_trajectories(), config, mesh=mesh).train()
+    if jax.process_index() == 0:
+      flat = {"/".join(map(str, k)): np.asarray(v[...].addressable_data(0) if mode == "multi" else v[...])
+              for k, v in nnx.to_flat_state(nnx.state(model))}
+      np.savez(out, **flat)
+''')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+  script = tmp_path / "train_script.py"
+  script.write_text(SCRIPT)
+  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  env.pop("XLA_FLAGS", None)  # one CPU device per process
+  single = tmp_path / "single.npz"
+  subprocess.run([sys.executable, str(script), "single", str(single), str(tmp_path / "ckpt1")], env=env,
+                 check=True, capture_output=True, cwd=REPO)
+  port = str(_free_port())
+  multi = tmp_path / "multi.npz"
+  procs = [subprocess.Popen([sys.executable, str(script), "multi", str(multi), str(tmp_path / "ckpt2"), port, str(i)],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0].decode()[-3000:] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outputs
+  a, b = np.load(single), np.load(multi)
+  assert set(a.files) == set(b.files) and len(a.files) > 10
+  for name in a.files:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5, err_msg=name)
