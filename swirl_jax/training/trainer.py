@@ -242,15 +242,17 @@ class Trainer:
     """The global batch on the mesh; with several processes each contributes only its rows."""
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, feats)
-    sharding = NamedSharding(self.mesh, partitioning.logical_to_spec(("activation_batch", None), self.rules))
-    if jax.process_count() == 1:
-      return jax.tree.map(lambda x: jax.device_put(x, sharding), feats)
     index, count = jax.process_index(), jax.process_count()
 
-    def local(x):
+    def place(x):
+      # A batch that the data axes do not divide is replicated rather than refused.
+      spec = partitioning.logical_to_spec(("activation_batch", None), self.rules, x.shape, self.mesh)
+      sharding = NamedSharding(self.mesh, spec)
+      if count == 1:
+        return jax.device_put(x, sharding)
       rows = x.shape[0] // count
       return jax.make_array_from_process_local_data(sharding, x[index * rows:(index + 1) * rows], x.shape)
-    return jax.tree.map(local, feats)
+    return jax.tree.map(place, feats)
 
   def run_step(self) -> dict:
     """One step: its batch (sampled and scored in online mode), the update(s); returns metrics."""
