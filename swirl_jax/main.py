@@ -74,13 +74,13 @@ def run_train(judged_dir: str = gin.REQUIRED, filter_strategy: str = "process"):
   from swirl_jax.data import filters, trajectory_io
   from swirl_jax.training.online import JudgeScorer
   from swirl_jax.training.trainer import TrainConfig, Trainer
-  config = TrainConfig()
+  train_config = TrainConfig()
   model, vocab = policy.load_policy()
   kept = filters.filter_trajectories(trajectory_io.read_all(judged_dir), filter_strategy)
   task = tasks.build_task(vocab=vocab)
-  scorer = JudgeScorer(judging.make_judge(), vocab) if config.mode == "online" else None
+  scorer = JudgeScorer(judging.make_judge(), vocab) if train_config.mode == "online" else None
   stop_ids = (vocab.eos_id, *vocab.encode(protocol.END_TURN))
-  trainer = Trainer(model, kept, config, scorer=scorer, vocab=vocab, stop_ids=stop_ids,
+  trainer = Trainer(model, kept, train_config, scorer=scorer, vocab=vocab, stop_ids=stop_ids,
                     stop_strings=protocol.stop_strings([t.tag for t in task.tools]))
   metrics = trainer.train()
   print(json.dumps({"kept_trajectories": len(kept), **metrics}, indent=1))

@@ -17,3 +17,15 @@ def gemma3_270m():
   """The embedded Gemma 3 270M (model, vocabulary), loaded once per test session."""
   from swirl_jax.checkpoints import embedded
   return embedded.load_gemma3_270m()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_gguf(tmp_path_factory):
+  """A tiny GGUF file (random tiny weights, a byte-fallback vocabulary) for subprocess tests."""
+  from swirl_jax.models import model_config
+  from tests import hf_reference
+  from tests.tiny_gguf import write_tiny_gguf
+  path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+  cfg = model_config("tiny")
+  write_tiny_gguf(path, hf_reference.random_hf_model(cfg), cfg)
+  return str(path)

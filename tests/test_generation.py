@@ -7,23 +7,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from swirl_jax.data import trajectory_io
-from swirl_jax.models import model_config
-from tests import hf_reference
-from tests.tiny_gguf import write_tiny_gguf
 
 QUESTIONS, SAMPLES, PER_SHARD = 12, 3, 2
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tokenizer_gguf(tmp_path_factory):
-  path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-  cfg = model_config("tiny")
-  write_tiny_gguf(path, hf_reference.random_hf_model(cfg), cfg)
-  return str(path)
 
 
 def _command(tokenizer_gguf, output_dir):

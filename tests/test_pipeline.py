@@ -7,7 +7,7 @@ import sys
 
 from swirl_jax.evaluation import grade, wilson_interval, write_comparison
 from tests.judged_data import known_trajectories
-from tests.test_generation import _env, tokenizer_gguf  # noqa: F401  (fixture)
+from tests.test_generation import _env
 
 
 def _command(tokenizer, run_dir):
@@ -24,7 +24,7 @@ def _command(tokenizer, run_dir):
   return [sys.executable, "-m", "swirl_jax.main", "--mode=pipeline"] + [f"--gin.{b}" for b in bindings]
 
 
-def test_pipeline_runs_and_resumes(tmp_path, tokenizer_gguf):  # noqa: F811
+def test_pipeline_runs_and_resumes(tmp_path, tokenizer_gguf):
   run_dir = tmp_path / "run"
   first = subprocess.run(_command(tokenizer_gguf, run_dir), env=_env(tmp_path), capture_output=True, text=True)
   assert first.returncode == 0, first.stderr[-3000:]

@@ -19,7 +19,7 @@ from swirl_jax.data import trajectory_io
 from swirl_jax.models import init_model, model_config
 from swirl_jax.training.trainer import NonFiniteLossError, TrainConfig, Trainer
 from tests.judged_data import known_trajectories
-from tests.test_generation import _env, tokenizer_gguf  # noqa: F401  (fixture)
+from tests.test_generation import _env
 from tests.test_losses import FirstTokenScorer
 
 STEPS = 12
@@ -50,7 +50,7 @@ def _final_params(checkpoints):
   return step, jax.tree.leaves(restored["params"])
 
 
-def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):  # noqa: F811
+def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
   judged = _judged_dir(tmp_path)
   clean = tmp_path / "clean"
   subprocess.run(_train_command(tokenizer_gguf, judged, clean), env=_env(tmp_path), check=True,

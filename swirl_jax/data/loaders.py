@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any, Iterator
+from typing import Any
 
+from swirl_jax.data.jsonl import read_jsonl
 from swirl_jax.data.question import Question
 from swirl_jax.environment.search import Passage
 
@@ -20,20 +21,6 @@ from swirl_jax.environment.search import Passage
 class Dataset:
   questions: list[Question]
   passages: list[Passage]
-
-
-def _jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-      if not isinstance(record, dict):
-        raise ValueError(f"{path}:{number}: expected a JSON object")
-      yield f"{path}:{number}", record
 
 
 def _json(path: str) -> Any:
@@ -63,7 +50,7 @@ def gsm8k_answer(solution: str, where: str) -> str:
 def load_gsm8k(path: str) -> Dataset:
   """GSM8K JSONL: {"question", "answer"}; the gold answer follows `#### `."""
   questions = []
-  for i, (where, r) in enumerate(_jsonl(path)):
+  for i, (where, r) in enumerate(read_jsonl(path)):
     questions.append(Question(f"gsm8k-{i}", _field(r, "question", where),
                               (gsm8k_answer(_field(r, "answer", where), where),), "gsm8k"))
   return Dataset(questions, [])
@@ -107,7 +94,7 @@ def load_hotpotqa(path: str) -> Dataset:
 def load_musique(path: str) -> Dataset:
   """MuSiQue JSONL: {id, paragraphs: [{title, paragraph_text}], question, answer, answer_aliases}."""
   questions, passages = [], []
-  for where, r in _jsonl(path):
+  for where, r in read_jsonl(path):
     for j, p in enumerate(_field(r, "paragraphs", where, list)):
       passages.append(Passage(_field(p, "title", f"{where}: paragraphs[{j}]"),
                               _field(p, "paragraph_text", f"{where}: paragraphs[{j}]")))
@@ -147,7 +134,7 @@ def load_cofca(path: str) -> Dataset:
   is used when present.
   """
   if path.endswith(".jsonl"):
-    records = list(_jsonl(path))
+    records = list(read_jsonl(path))
   else:
     data = _json(path)
     if not isinstance(data, list):

@@ -27,19 +27,13 @@ class Passage:
 
 def load_passages_jsonl(path: str) -> list[Passage]:
   """A corpus from JSONL lines `{"title": ..., "text": ...}`; errors name file and line."""
+  from swirl_jax.data.jsonl import read_jsonl
   passages = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-      for field in ("title", "text"):
-        if not isinstance(record.get(field) if isinstance(record, dict) else None, str):
-          raise ValueError(f"{path}:{number}: field {field!r} is missing or not a string")
-      passages.append(Passage(record["title"], record["text"]))
+  for where, record in read_jsonl(path):
+    for field in ("title", "text"):
+      if not isinstance(record.get(field), str):
+        raise ValueError(f"{where}: field {field!r} is missing or not a string")
+    passages.append(Passage(record["title"], record["text"]))
   if not passages:
     raise ValueError(f"{path}: the corpus is empty")
   return passages

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from swirl_jax import atomic_io
 from swirl_jax.rewards import prompts
-from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict, parse_label
+from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict, verdict_from_text
 
 
 @gin.configurable
@@ -98,11 +98,7 @@ class HttpJudge:
       if text is None:
         verdicts.append(Verdict(None, None, "", self.name, error))
         continue
-      label = parse_label(text, labels)
-      if label is None:
-        verdicts.append(Verdict(None, None, text, self.name, "unparseable judge output"))
-      else:
-        verdicts.append(Verdict(label, 1.0 if label == labels[0] else 0.0, text, self.name))
+      verdicts.append(verdict_from_text(text, labels, self.name))
     return verdicts
 
   def judge_steps(self, requests: Sequence[ProcessRequest]) -> list[Verdict]:

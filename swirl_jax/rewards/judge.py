@@ -62,3 +62,11 @@ def parse_label(text: str, allowed: tuple[str, str]) -> str | None:
   labels = [l.upper() for l in explicit] or [l for l in _LABEL.findall(text)]
   labels = [l for l in labels if l in allowed]
   return labels[-1] if labels else None
+
+
+def verdict_from_text(text: str, labels: tuple[str, str], judge: str) -> Verdict:
+  """A generated judgement read into a Verdict: score 1 for labels[0], 0 for labels[1], none if unreadable."""
+  label = parse_label(text, labels)
+  if label is None:
+    return Verdict(None, None, text, judge, "unparseable judge output")
+  return Verdict(label, 1.0 if label == labels[0] else 0.0, text, judge)

@@ -18,7 +18,7 @@ from flax import nnx
 
 from swirl_jax.environment import protocol
 from swirl_jax.rewards import prompts
-from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict, parse_label
+from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict, verdict_from_text
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
 
 
@@ -84,13 +84,7 @@ class ModelJudge:
       self._sampler.reset()
       self._sampler.append({row: self._chat(p) for row, p in enumerate(batch)})
       outputs = self._sampler.generate(range(len(batch)), config)
-      for row in range(len(batch)):
-        text = outputs[row].text
-        label = parse_label(text, labels)
-        if label is None:
-          verdicts.append(Verdict(None, None, text, self.name, "unparseable judge output"))
-        else:
-          verdicts.append(Verdict(label, 1.0 if label == labels[0] else 0.0, text, self.name))
+      verdicts += [verdict_from_text(outputs[row].text, labels, self.name) for row in range(len(batch))]
     return verdicts
 
   def _run(self, prompts_, labels):

@@ -160,7 +160,15 @@ class Sampler:
       self._lengths = np.zeros(self.rows, np.int64)
       return
     self._lengths[list(rows)] = 0
-    self._cache = self._cache.replace(length_B=self._place(jnp.asarray(self._lengths, jnp.int32)))
+    self._sync_lengths()
+
+  def _sync_lengths(self) -> None:
+    """Writes the host's row lengths into the cache, placed like the array they replace: an
+    argument committed differently from the last call makes a jitted step compile again."""
+    lengths = jnp.asarray(np.asarray(self._lengths, np.int32))
+    if self.mesh is not None:  # on a mesh every argument is committed to its sharding
+      lengths = jax.device_put(lengths, self._cache.length_B.sharding)
+    self._cache = self._cache.replace(length_B=lengths)
 
   def set_rng(self, key: jax.Array) -> None:
     """Seeds the sampling of later `generate` calls (made without an explicit rng)."""
@@ -274,7 +282,7 @@ class Sampler:
           active_after[row] = False
       active = active_after & np.isin(np.arange(self.rows), rows)
       count = np.asarray(count_after).astype(np.int32)
-      self._cache = self._cache.replace(length_B=self._place(jnp.asarray(self._lengths, jnp.int32)))
+      self._sync_lengths()
       self.append(recompute)
     return {r: TurnOutput(tokens[r], logprobs[r], self._decode_text(tokens[r]), reasons[r])
             for r in rows}

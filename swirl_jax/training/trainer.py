@@ -28,14 +28,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
 from swirl_jax import partitioning
 from swirl_jax.data import decomposition, seqio_tasks
 from swirl_jax.data.trajectory import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
-from swirl_jax.training import losses, online
+from swirl_jax.training import losses, online, peak
 from swirl_jax.training.logprobs import reward_weighted_nll
 
 
@@ -63,7 +63,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   log_every: int = 10
   seed: int = 0
-  peak_flops: float | None = None  # the device's measured matmul peak, for the MFU estimate
+  peak_flops: float | None = None  # per device, for the MFU estimate; None: measured at start
 
   def __post_init__(self):
     if self.mode not in ("online", "offline", "sft"):
@@ -122,13 +122,19 @@ class Trainer:
     params = nnx.state(model)
     self.reference = jax.tree.map(jnp.copy, params) if config.kl_coef else None
     self.param_shardings = (partitioning.state_shardings(params, mesh, rules) if mesh is not None else None)
+    self.opt_shardings = None
     self.opt_state = self._init_opt_state(params)
     self.step = 0
     self.metrics_dir = metrics_dir or os.path.join(os.path.dirname(os.path.abspath(config.checkpoint_dir)), "metrics")
     self.checkpoints = ocp.CheckpointManager(
         os.path.abspath(config.checkpoint_dir),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
-    self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1))
+    # On a mesh, params and optimizer state leave the step exactly as the rules shard them.
+    out_shardings = None
+    if mesh is not None:
+      out_shardings = (self.param_shardings, self.opt_shardings, NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1), out_shardings=out_shardings)
+    self.peak_flops = (config.peak_flops or peak.xla_matmul_peak()) * jax.device_count()
 
   # -- state -----------------------------------------------------------------
 
@@ -136,8 +142,8 @@ class Trainer:
     if self.mesh is None:
       return self.tx.init(params)
     shapes = jax.eval_shape(self.tx.init, params)
-    shardings = partitioning.optimizer_state_shardings(self.tx, shapes, self.param_shardings, self.mesh)
-    return jax.jit(self.tx.init, out_shardings=shardings)(params)
+    self.opt_shardings = partitioning.optimizer_state_shardings(self.tx, shapes, self.param_shardings, self.mesh)
+    return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
 
   def _meta(self) -> dict:
     return {"step": self.step, "seed": self.config.seed, "data_position": self.step * self.config.batch_size,
@@ -279,10 +285,10 @@ class Trainer:
     tokens = int(np.sum(feats["decoder_segment_ids"] > 0)) * self.config.updates_per_batch
     result = {k: float(v) for k, v in metrics.items()} | extra
     result.update(step=self.step, step_seconds=seconds, trained_tokens=tokens, tokens_per_second=tokens / seconds)
-    if self.config.peak_flops:
-      n = self.model.config.num_params()
-      flops = 6 * n * tokens + 2 * n * extra.get("sampled_tokens", 0)
-      result["mfu"] = flops / seconds / self.config.peak_flops
+    # MFU estimate: 6 FLOPs per parameter per trained token, 2 per sampled token.
+    n = self.model.config.num_params()
+    flops = 6 * n * tokens + 2 * n * extra.get("sampled_tokens", 0)
+    result["mfu"] = flops / seconds / self.peak_flops
     return result
 
   def train(self) -> dict:
