@@ -5,7 +5,7 @@
 Each measurement runs in its own process so peak memory (max RSS) is its own.
   ours-offline: the jitted reward-weighted step (AdamW), logits only at the action tokens;
   ours-online:  one online RL step: sample G=4 actions for each of `batch` states in the
-                same params, score them, the policy-gradient update;
+                same params, score them, the policy-gradient update (4 rows per micro-batch);
   torch:        transformers' Gemma3ForCausalLM (same GGUF weights, fp32), the same batch,
                 cross-entropy on the action tokens only, AdamW (torch's usual path: full logits).
 Prints tokens/s, achieved FLOP/s over the measured matmul peak, step time, peak RSS, and the
@@ -55,7 +55,9 @@ def run_ours(args, mode):
     def score(self, contexts, actions):
       return np.random.default_rng(0).random(len(actions)).astype(np.float32)
 
+  # Online: batch x 4 sampled rows per step; accumulate over micro-batches of 4 rows to fit 24 GB.
   train = TrainConfig(mode=mode, steps=10_000, batch_size=args.batch, samples_per_state=4,
+                      grad_accum_steps=args.batch if mode == "online" else 1,
                       max_action_tokens=args.action_tokens, sequence_length=args.seq_len + 128,
                       checkpoint_every=10_000, checkpoint_dir=os.path.join(args.tmp, f"ckpt_{mode}"),
                       log_every=10_000, learning_rate=1e-6)

@@ -9,7 +9,7 @@ from flax import nnx
 from swirl_jax.models import init_model, model_config
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput
 from swirl_jax.training import losses, online
-from swirl_jax.training.logprobs import reward_weighted_nll
+from swirl_jax.training.logprobs import reward_weighted_nll, target_logprobs
 
 CONTEXTS = [[2, 17, 33, 41, 5], [2, 99, 7]]
 ACTIONS = [[11, 12, 13], [14], [15, 16], [21, 22], [23, 24, 25, 26], [27]]  # 3 samples per state
@@ -77,7 +77,7 @@ def test_clipped_ratio_equals_plain_gradient_on_policy():
   graphdef, params = nnx.split(model)
   feats = online.online_features(CONTEXTS, _actions(), losses.advantages(REWARDS).reshape(-1), 16)
   feats = jax.tree.map(jnp.asarray, feats)
-  logp, index, valid = __import__("swirl_jax.training.logprobs", fromlist=["x"]).target_logprobs(model, feats, 16)
+  logp, index, valid = target_logprobs(model, feats, 16)
   behaviour = np.zeros(feats["decoder_loss_weights"].size, np.float32)
   behaviour[np.asarray(index)[np.asarray(valid)]] = np.asarray(logp)[np.asarray(valid)]
   feats["decoder_behaviour_logprobs"] = jnp.asarray(behaviour.reshape(feats["decoder_loss_weights"].shape))

@@ -168,7 +168,15 @@ def shared_row_features(row: decomposition.SharedRow, length: int) -> dict[str, 
   }
 
 
-def prefix_shared_batch(trajectories, length: int) -> dict[str, np.ndarray]:
-  """A batch of prefix-shared rows (one per trajectory) in the model's feature format."""
-  rows = [shared_row_features(decomposition.prefix_shared(t), length) for t in trajectories]
+def prefix_shared_batch(trajectories, length: int, reward_one: bool = False) -> dict[str, np.ndarray]:
+  """A batch of prefix-shared rows (one per trajectory) in the model's feature format.
+
+  `reward_one` puts reward 1 on every action token (the SFT baseline).
+  """
+  rows = []
+  for t in trajectories:
+    row = decomposition.prefix_shared(t)
+    if reward_one:
+      row.rewards = row.loss_weights.copy()
+    rows.append(shared_row_features(row, length))
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -7,16 +7,13 @@ corpus from the dataset's own paragraphs and rank with BM25 (`bm25s`).
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
-import urllib.error
-import urllib.request
 from typing import Sequence
 
 import bm25s
 import gin
 
 from swirl_jax.environment.tool import ToolResult
+from swirl_jax.http_json import post_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +104,7 @@ class HttpSearch:
     self.backoff_s = backoff_s
     self.vocab = vocab
 
-  def _request(self, query: str) -> list[Passage]:
-    body = json.dumps({"query": query, "top_k": self.top_k}).encode()
-    request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-      payload = json.loads(response.read())
+  def _passages(self, payload) -> list[Passage]:
     results = payload.get("results") if isinstance(payload, dict) else None
     if not isinstance(results, list):
       raise ValueError("response has no 'results' list")
@@ -125,12 +118,8 @@ class HttpSearch:
   def run(self, query: str) -> ToolResult:
     if not query.strip():
       return ToolResult("Error: empty search query", error=True)
-    last_error = ""
-    for attempt in range(self.retries + 1):
-      try:
-        return ToolResult(format_passages(self._request(query), self.max_result_tokens, self.vocab))
-      except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
-        last_error = str(getattr(e, "reason", e))
-        if attempt < self.retries:
-          time.sleep(self.backoff_s * 2**attempt)
-    return ToolResult(f"Error: search service unavailable ({last_error[:100]})", error=True)
+    passages, error = post_json(self.url, {"query": query, "top_k": self.top_k}, timeout_s=self.timeout_s,
+                                retries=self.retries, backoff_s=self.backoff_s, parse=self._passages)
+    if passages is None:
+      return ToolResult(f"Error: search service unavailable ({error})", error=True)
+    return ToolResult(format_passages(passages, self.max_result_tokens, self.vocab))

@@ -12,15 +12,13 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from typing import Sequence
 
 import gin
 from tqdm import tqdm
 
 from swirl_jax import atomic_io
+from swirl_jax.http_json import post_json
 from swirl_jax.rewards import prompts
 from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict, verdict_from_text
 
@@ -52,14 +50,8 @@ class HttpJudge:
     key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return os.path.join(self.cache_dir, key[:2], key + ".json")
 
-  def _post(self, body: dict) -> str:
-    headers = {"Content-Type": "application/json"}
-    key = os.environ.get(self.api_key_env)
-    if key:
-      headers["Authorization"] = "Bearer " + key
-    request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
-    with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-      payload = json.loads(response.read())
+  @staticmethod
+  def _content(payload) -> str:
     try:
       return str(payload["choices"][0]["message"]["content"])
     except (KeyError, IndexError, TypeError):
@@ -72,22 +64,15 @@ class HttpJudge:
     if os.path.exists(path):
       with open(path) as f:
         return json.load(f)["text"], ""
-    error = ""
-    for attempt in range(self.retries + 1):
-      try:
-        text = self._post(body)
-        with atomic_io.atomic_open(path) as f:
-          json.dump({"text": text}, f)
-        return text, ""
-      except urllib.error.HTTPError as e:
-        error = f"HTTP {e.code}"
-        if 400 <= e.code < 500 and e.code != 429:
-          break
-      except (urllib.error.URLError, TimeoutError, OSError, ValueError, json.JSONDecodeError) as e:
-        error = type(e).__name__ + (f": {e.reason}" if isinstance(e, urllib.error.URLError) else "")
-      if attempt < self.retries:
-        time.sleep(self.backoff_s * 2**attempt)
-    return None, f"judge request failed after {self.retries + 1} tries ({error})"
+    key = os.environ.get(self.api_key_env)  # read per request; never stored or logged
+    text, error = post_json(self.url, body, headers={"Authorization": "Bearer " + key} if key else None,
+                            timeout_s=self.timeout_s, retries=self.retries, backoff_s=self.backoff_s,
+                            parse=self._content)
+    if text is None:
+      return None, f"judge request {error}"
+    with atomic_io.atomic_open(path) as f:
+      json.dump({"text": text}, f)
+    return text, ""
 
   def _run(self, prompts_: Sequence[str], labels: tuple[str, str], desc: str) -> list[Verdict]:
     with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:

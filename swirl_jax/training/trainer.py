@@ -133,7 +133,8 @@ class Trainer:
     out_shardings = None
     if mesh is not None:
       out_shardings = (self.param_shardings, self.opt_shardings, NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1), out_shardings=out_shardings)
+    self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1), out_shardings=out_shardings,
+                               static_argnums=4)
     self.peak_flops = (config.peak_flops or peak.xla_matmul_peak()) * jax.device_count()
 
   # -- state -----------------------------------------------------------------
@@ -188,13 +189,8 @@ class Trainer:
     return out
 
   def _offline_batch(self, step: int) -> dict:
-    rows = []
-    for t in self._pick(self.trajectories, step):
-      row = decomposition.prefix_shared(t)
-      if self.config.mode == "sft":
-        row.rewards = row.loss_weights.copy()
-      rows.append(seqio_tasks.shared_row_features(row, self.config.sequence_length))
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return seqio_tasks.prefix_shared_batch(self._pick(self.trajectories, step), self.config.sequence_length,
+                                           reward_one=self.config.mode == "sft")
 
   def _online_batch(self, step: int):
     states = self._pick(self.states, step)
@@ -208,15 +204,16 @@ class Trainer:
 
   # -- the step ----------------------------------------------------------------
 
-  def _max_loss_tokens(self) -> int:
-    if self.config.mode == "online":
-      per_micro = self.config.batch_size * self.config.samples_per_state // self.config.grad_accum_steps
-      return per_micro * self.config.max_action_tokens
-    return self.config.batch_size // self.config.grad_accum_steps * self.config.sequence_length
+  def _loss_slots(self, feats) -> int:
+    """Loss positions to gather per micro-batch: the most any micro-batch has, rounded up to a
+    multiple of 128 so that only a few step shapes compile."""
+    k = self.config.grad_accum_steps
+    weights = np.asarray(feats["decoder_loss_weights"])
+    per_micro = (weights.reshape(k, -1) > 0).sum(axis=1).max()
+    return int(max(128, -(-per_micro // 128) * 128))
 
-  def _loss(self, params, feats, reference):
+  def _loss(self, params, feats, reference, n):
     model = nnx.merge(self.graphdef, params)
-    n = self._max_loss_tokens()
     if self.config.mode != "online":
       return reward_weighted_nll(model, feats, n), {}
     ref_logp = None
@@ -227,12 +224,12 @@ class Trainer:
                                        kl_coef=self.config.kl_coef, clip_epsilon=self.config.clip_epsilon,
                                        max_loss_tokens=n)
 
-  def _step_fn(self, params, opt_state, feats, reference):
+  def _step_fn(self, params, opt_state, feats, reference, loss_slots):
     k = self.config.grad_accum_steps
     micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), feats)
 
     def accumulate(grads, batch):
-      (loss, aux), g = jax.value_and_grad(self._loss, has_aux=True)(params, batch, reference)
+      (loss, aux), g = jax.value_and_grad(self._loss, has_aux=True)(params, batch, reference, loss_slots)
       return jax.tree.map(jnp.add, grads, g), (loss, aux)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -268,11 +265,13 @@ class Trainer:
     else:
       feats, extra = self._offline_batch(self.step), {}
     batch = self._place_batch(feats)
+    loss_slots = self._loss_slots(feats)
     params = nnx.state(self.model)
     for _ in range(self.config.updates_per_batch):
       with (jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()), \
           partitioning.use_rules(self.rules):
-        params, self.opt_state, metrics = self._train_step(params, self.opt_state, batch, self.reference)
+        params, self.opt_state, metrics = self._train_step(params, self.opt_state, batch, self.reference,
+                                                           loss_slots)
       loss = float(metrics["loss"])
       if not np.isfinite(loss):
         latest = self.checkpoints.latest_step()
