@@ -25,6 +25,8 @@ _NAME = flags.DEFINE_string("name", "swirl_jax", "Experiment title.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the job instead of launching it.")
 
 _CHIPS_PER_HOST = {"v4": 4, "v5e": 4, "v5litepod": 4, "v5p": 4, "v6e": 4}
+# xm.ResourceType names (xmanager 0.8.5: TPU_V4, TPU_V5E, TPU_V5P, TPU_V6E; case-insensitive).
+_RESOURCE = {"v4": "tpu_v4", "v5e": "tpu_v5e", "v5litepod": "tpu_v5e", "v5p": "tpu_v5p", "v6e": "tpu_v6e"}
 
 
 def rewrite_gin_args(argv: list[str]) -> list[str]:
@@ -59,13 +61,14 @@ def job_spec(accelerator: str, topology: str, mode: str, gin_files: list[str], g
 
 
 def launch(spec: dict) -> None:
+  """One job on the whole slice; the topology string is the TPU resource's quantity."""
   from xmanager import xm, xm_local  # imported only to launch for real
+  requirements = xm.JobRequirements(**{_RESOURCE[spec["accelerator"]]: spec["topology"]})
   with xm_local.create_experiment(experiment_title=spec["name"]) as experiment:
-    executable_spec = xm.PythonContainer(path=".", entrypoint=xm.ModuleName("swirl_jax.main"))
-    executor = xm_local.Vertex(requirements=xm.JobRequirements(
-        **{spec["accelerator"]: spec["chips"]}, topology=xm.Topology(spec["topology"])))
-    [executable] = experiment.package([xm.Packageable(executable_spec, executor.Spec(),
-                                                      args=spec["command"][3:])])
+    executor = xm_local.Vertex(requirements)
+    [executable] = experiment.package([xm.python_container(
+        executor_spec=executor.Spec(), path=".", entrypoint=xm.ModuleName("swirl_jax.main"),
+        args=spec["command"][3:])])
     experiment.add(xm.Job(executable, executor))
 
 
