@@ -65,7 +65,9 @@ def test_greedy_equals_full_recomputation_across_turns(model):
   compiled_after_turn1 = sampler._decode._cache_size()
   sampler.append(tool)
   turn2 = sampler.generate([0, 1, 2], GREEDY)
-  assert sampler._decode._cache_size() == compiled_after_turn1 == 1  # no compile after the first turn
+  # No compile after the first turn (the jit cache is shared by every sampler in the process,
+  # so compare sizes rather than expect one entry).
+  assert sampler._decode._cache_size() == compiled_after_turn1
   contexts = [contexts[r] + tool[r] for r in range(3)]
   expected2 = greedy_decode_uncached(model, contexts, 12, stop_ids=(1,))
   for row in range(3):
