@@ -56,7 +56,8 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
                search_top_k: int = 1, vocab=None) -> Task:
   """A task by name: builtin_arithmetic, builtin_encyclopedia, or a benchmark file.
 
-  Benchmark names (gsm8k, hotpotqa, musique, beerqa, cofca) need `path`; QA sets
+  Benchmark names (gsm8k, hotpotqa, musique, beerqa, cofca) need `path`; gsm8k_tfds
+  reads a prepared TFDS gsm8k (`path` = its data_dir, optional); QA sets
   build their BM25 corpus from their own paragraphs. Step caps follow the
   paper: 10 with the calculator, 5 with search.
   """
@@ -67,6 +68,8 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
     encyclopedia = builtin_encyclopedia.build_encyclopedia(seed=seed)
     questions = builtin_encyclopedia.encyclopedia_split(encyclopedia, split)
     passages = encyclopedia.passages
+  elif name == "gsm8k_tfds":
+    questions, passages = loaders.load_gsm8k_tfds("train" if split == "train" else "test", path).questions, None
   elif name in loaders.LOADERS:
     if path is None:
       raise ValueError(f"build_task(name={name!r}) needs path= to the dataset file")

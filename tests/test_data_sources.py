@@ -35,6 +35,11 @@ def test_gsm8k(tmp_path):
     loaders.load_gsm8k(nofinal)
 
 
+def test_gsm8k_tfds_unprepared_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="TFDS gsm8k is not prepared under .*nothing is downloaded"):
+    loaders.load_gsm8k_tfds("test", data_dir=str(tmp_path))
+
+
 def test_hotpotqa(tmp_path):
   record = {"_id": "h1", "question": "Where?", "answer": "Paris", "type": "bridge", "level": "hard",
             "supporting_facts": [["A", 0]], "context": [["A", ["A is in ", "Paris."]], ["B", ["B."]]]}

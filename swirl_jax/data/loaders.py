@@ -59,7 +59,13 @@ def load_gsm8k(path: str) -> Dataset:
 def load_gsm8k_tfds(split: str = "test", data_dir: str | None = None) -> Dataset:
   """TFDS `gsm8k`, when the user has prepared it (nothing is downloaded)."""
   import tensorflow_datasets as tfds
-  dataset = tfds.load("gsm8k", split=split, data_dir=data_dir, download=False)
+  try:
+    dataset = tfds.load("gsm8k", split=split, data_dir=data_dir, download=False)
+  except (AssertionError, tfds.core.registered.DatasetNotFoundError, FileNotFoundError) as e:
+    raise FileNotFoundError(
+        f"TFDS gsm8k is not prepared under {data_dir or '~/tensorflow_datasets'} (nothing is downloaded "
+        f"at run time): prepare it with `tfds build gsm8k` where you have network, or use the "
+        f"released JSONL with build_task(name='gsm8k', path=...). ({type(e).__name__})") from None
   questions = []
   for i, example in enumerate(tfds.as_numpy(dataset)):
     where = f"tfds:gsm8k/{split}[{i}]"

@@ -55,10 +55,6 @@ class Trajectory:
     except (KeyError, TypeError) as e:
       raise ValueError(f"{where}: not a trajectory record ({e})") from None
 
-  @property
-  def num_tokens(self) -> int:
-    return sum(len(s.context_tokens) + len(s.action_tokens) for s in self.steps)
-
 
 def trajectory_id(question_id: str, sample_index: int) -> str:
   return f"{question_id}#{sample_index}"
