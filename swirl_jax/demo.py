@@ -13,6 +13,7 @@ import time
 from absl import app, flags
 
 from swirl_jax.checkpoints import embedded
+from swirl_jax.data.trajectory import format_trajectory
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.generation import summarize
 from swirl_jax.sampling.sampler import Sampler
@@ -20,21 +21,6 @@ from swirl_jax.tasks import build_task
 
 _QUESTIONS = flags.DEFINE_integer("questions", 4, "Built-in calculator questions to run.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.")
-
-
-def print_trajectory(trajectory) -> None:
-  print(f"\n=== trajectory {trajectory.id} (gold {trajectory.gold_answers[0]}, "
-        f"final {trajectory.final_answer!r}, {trajectory.finish}) ===")
-  for step in trajectory.steps:
-    print(f"--- step {step.index}: context ({len(step.context_tokens)} tokens) ---")
-    print(step.context_text if step.index else step.context_text[-400:])
-    print(f"--- step {step.index}: action ({len(step.action_tokens)} tokens, {step.kind}, "
-          f"{step.finish_reason}) ---")
-    print(step.action_text)
-    if step.kind == "tool":
-      print(f"    tool {step.tool}: {step.tool_query!r} -> {step.tool_output!r}")
-    elif step.kind == "malformed":
-      print(f"    malformed: {step.malformed_reason}")
 
 
 def main(argv) -> None:
@@ -56,7 +42,7 @@ def main(argv) -> None:
   start = time.perf_counter()
   trajectories = list(runner.run([(q, 0) for q in task.questions], on_step=count))
   seconds = time.perf_counter() - start
-  print_trajectory(max(trajectories, key=lambda t: (t.finish == "answered", len(t.steps))))
+  print(format_trajectory(max(trajectories, key=lambda t: (t.finish == "answered", len(t.steps)))))
   correct = sum(t.final_answer is not None and t.final_answer.strip() == t.gold_answers[0] for t in trajectories)
   summary = summarize(trajectories, seconds, new_tokens)
   print(f"\n{len(trajectories)} episodes, {summary['steps']} steps, {correct} exactly correct; "

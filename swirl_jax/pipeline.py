@@ -18,6 +18,7 @@ import jax
 from swirl_jax import atomic_io, evaluation, generation, judging, partitioning, tasks
 from swirl_jax.checkpoints.policy import load_policy
 from swirl_jax.data import filters, trajectory_io
+from swirl_jax.data.trajectory import format_trajectory
 from swirl_jax.environment import protocol
 from swirl_jax.training.online import JudgeScorer
 from swirl_jax.training.trainer import TrainConfig, Trainer
@@ -76,6 +77,9 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
   }
   with atomic_io.atomic_open(os.path.join(config.run_dir, "summary.json")) as f:
     json.dump(summary, f, indent=1)
+  shown = max(trajectory_io.read_shard(trajectory_io.shard_path(os.path.join(paths["eval"], "trained"), 0)),
+              key=lambda t: (t.final_answer is not None, len(t.steps)))
+  print("\nOne held-out episode of the trained model:\n" + format_trajectory(shown))
   print("\n" + table)
   print(f"base accuracy {base['accuracy']:.3f} {fmt(base)} -> trained {trained['accuracy']:.3f} {fmt(trained)}")
   print(f"filter survival: {json.dumps(judged['filter_survival'])}")

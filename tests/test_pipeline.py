@@ -33,6 +33,7 @@ def test_pipeline_runs_and_resumes(tmp_path, tokenizer_gguf):
   for name in ("report.md", "report.png", "report.json"):
     assert (run_dir / "eval" / name).stat().st_size > 0
   assert "base accuracy" in first.stdout and "trained" in first.stdout
+  assert "One held-out episode of the trained model" in first.stdout and "--- step 0: action" in first.stdout
   assert os.path.exists(run_dir / "metrics" / "metrics.jsonl")
   stamps = {p: os.stat(p).st_mtime_ns for p in run_dir.rglob("trajectories-s*.jsonl")}
 

@@ -58,3 +58,19 @@ class Trajectory:
 
 def trajectory_id(question_id: str, sample_index: int) -> str:
   return f"{question_id}#{sample_index}"
+
+
+def format_trajectory(trajectory: Trajectory, prompt_chars: int = 400) -> str:
+  """A trajectory for people: every context delta and action, the tool calls, the outcome."""
+  lines = [f"=== trajectory {trajectory.id} (gold {trajectory.gold_answers[0] if trajectory.gold_answers else '-'}, "
+           f"final {trajectory.final_answer!r}, {trajectory.finish}) ==="]
+  for step in trajectory.steps:
+    context = step.context_text if step.index else "..." + step.context_text[-prompt_chars:]
+    lines.append(f"--- step {step.index}: context ({len(step.context_tokens)} tokens) ---\n{context}")
+    lines.append(f"--- step {step.index}: action ({len(step.action_tokens)} tokens, {step.kind}, "
+                 f"{step.finish_reason}) ---\n{step.action_text}")
+    if step.kind == "tool":
+      lines.append(f"    tool {step.tool}: {step.tool_query!r} -> {step.tool_output!r}")
+    elif step.kind == "malformed":
+      lines.append(f"    malformed: {step.malformed_reason}")
+  return "\n".join(lines)
