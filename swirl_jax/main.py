@@ -72,17 +72,12 @@ def run_judge():
 def run_train(judged_dir: str = gin.REQUIRED, filter_strategy: str = "process"):
   """Stage 2 on the trajectories of `judged_dir` kept by `filter_strategy`."""
   from swirl_jax.data import filters, trajectory_io
-  from swirl_jax.training.online import JudgeScorer
-  from swirl_jax.training.trainer import TrainConfig, Trainer
-  train_config = TrainConfig()
+  train_config = trainer.TrainConfig()
   model, vocab = policy.load_policy()
   kept = filters.filter_trajectories(trajectory_io.read_all(judged_dir), filter_strategy)
   task = tasks.build_task(vocab=vocab)
-  scorer = JudgeScorer(judging.make_judge(), vocab) if train_config.mode == "online" else None
-  stop_ids = (vocab.eos_id, *vocab.encode(protocol.END_TURN))
-  trainer = Trainer(model, kept, train_config, scorer=scorer, vocab=vocab, stop_ids=stop_ids,
-                    stop_strings=protocol.stop_strings([t.tag for t in task.tools]))
-  metrics = trainer.train()
+  judge = judging.make_judge() if train_config.mode == "online" else None
+  metrics = pipeline.build_trainer(model, vocab, kept, task, judge, train_config).train()
   print(json.dumps({"kept_trajectories": len(kept), **metrics}, indent=1))
   return metrics
 

@@ -178,10 +178,13 @@ def optimizer_state_shardings(tx: optax.GradientTransformation, opt_state_shapes
       transform_non_params=lambda _: replicated)
 
 
-def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedSharding:
-  """Sharding of a [batch, length, ...] input array: batch split, the rest whole."""
-  names = ("activation_batch",) + (None,) * (ndim - 1)
-  return NamedSharding(mesh, logical_to_spec(names, rules))
+def batch_sharding(mesh: Mesh, rules: LogicalRules, shape: Sequence[int]) -> NamedSharding:
+  """Sharding of a [batch, ...] array: batch split over the data axes, the rest whole.
+
+  A batch the data axes do not divide is replicated rather than refused.
+  """
+  names = ("activation_batch",) + (None,) * (len(shape) - 1)
+  return NamedSharding(mesh, logical_to_spec(names, rules, shape, mesh))
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

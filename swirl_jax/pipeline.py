@@ -58,11 +58,8 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
   print(f"[4/5] Stage 2: training on {len(kept)} trajectories kept by the {config.filter_strategy!r} filter",
         flush=True)
   train_config = dataclasses.replace(TrainConfig(), checkpoint_dir=paths["checkpoints"])
-  scorer = JudgeScorer(judge, vocab) if train_config.mode == "online" else None
-  trainer = Trainer(model, kept, train_config, scorer=scorer, vocab=vocab,
-                    stop_ids=(vocab.eos_id, *vocab.encode(protocol.END_TURN)),
-                    stop_strings=protocol.stop_strings([t.tag for t in train_task.tools]),
-                    metrics_dir=paths["metrics"], mesh=mesh, rules=rules)
+  trainer = build_trainer(model, vocab, kept, train_task, judge, train_config,
+                          metrics_dir=paths["metrics"], mesh=mesh, rules=rules)
   last_metrics = trainer.train()
   print("[5/5] evaluating the trained model", flush=True)
   trained = evaluation.evaluate(eval_task, model, vocab, "trained", eval_config, judge, mesh=mesh)
@@ -92,6 +89,13 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
   for name, path in where.items():
     print(f"{name:>12}: {path}")
   return summary
+
+
+def build_trainer(model, vocab, trajectories, task: tasks.Task, judge, config: TrainConfig, **kwargs) -> Trainer:
+  """A Trainer whose online samples stop like the task's turns and are scored by `judge`."""
+  scorer = JudgeScorer(judge, vocab) if config.mode == "online" else None
+  return Trainer(model, trajectories, config, scorer=scorer, vocab=vocab, stop_ids=protocol.turn_end_ids(vocab),
+                 stop_strings=protocol.stop_strings([t.tag for t in task.tools]), **kwargs)
 
 
 def fmt(report: dict) -> str:

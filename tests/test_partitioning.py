@@ -59,7 +59,7 @@ def test_params_sharded_per_rules_and_logits_unchanged(shape):
   def forward(model, tokens):
     return model(tokens)
 
-  batch = jax.device_put(tokens, partitioning.batch_sharding(mesh, rules))
+  batch = jax.device_put(tokens, partitioning.batch_sharding(mesh, rules, tokens.shape))
   with jax.set_mesh(mesh), partitioning.use_rules(rules):
     logits = forward(sharded, batch)
   # Batch split over data x fsdp, vocab over tensor.

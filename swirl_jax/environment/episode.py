@@ -62,12 +62,10 @@ class EpisodeRunner:
     self.tools = {t.tag: t for t in tools}
     self.template = template
     self.config = config
-    end_of_turn = vocab.encode(protocol.END_TURN)
-    self._turn_end_ids = (vocab.eos_id, *end_of_turn)
     self.sampling = SamplingConfig(
         temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
         max_new_tokens=config.max_action_tokens, stop_strings=protocol.stop_strings(list(self.tools)),
-        stop_ids=self._turn_end_ids)
+        stop_ids=protocol.turn_end_ids(vocab))
 
   def _encode(self, text: str, bos: bool = False) -> list[int]:
     return ([self.vocab.tokenizer.bos_id()] if bos else []) + list(self.vocab.encode(text))

@@ -110,6 +110,11 @@ def user_turn(text: str, model_turn_closed: bool) -> str:
   return f"{close}\n{START_USER}{text}{END_TURN}\n{START_MODEL}"
 
 
+def turn_end_ids(vocab) -> tuple[int, ...]:
+  """Token ids that end a model turn: EOS and <end_of_turn>."""
+  return (vocab.eos_id, *vocab.encode(END_TURN))
+
+
 def stop_strings(tags: Sequence[str]) -> tuple[str, ...]:
   """Closing tags end a model turn (the answer's always does)."""
   return tuple(f"</{t}>" for t in (*tags, ANSWER_TAG))

@@ -77,7 +77,7 @@ class ModelJudge:
       self._sampler = Sampler(self.model, rows=self.batch_size, capacity=self.capacity, vocab=self.vocab,
                               mesh=self.mesh)
     config = SamplingConfig(max_new_tokens=self.max_new_tokens,
-                            stop_ids=(self.vocab.eos_id, *self.vocab.encode(protocol.END_TURN)))
+                            stop_ids=protocol.turn_end_ids(self.vocab))
     verdicts = []
     for start in range(0, len(prompts_), self.batch_size):
       batch = prompts_[start:start + self.batch_size]

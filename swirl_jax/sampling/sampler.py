@@ -182,11 +182,12 @@ class Sampler:
     if self.mesh is None:
       return tree
     def put(x):
-      names = ("activation_batch",) + (None,) * (x.ndim - 1)
-      if x.ndim == 4:
+      if x.ndim == 4:  # a layer's keys or values: [B, S, K, H]
         names = ("activation_batch", None, "activation_kv_heads", None)
-      spec = partitioning.logical_to_spec(names, self.rules, x.shape, self.mesh)
-      return jax.device_put(x, NamedSharding(self.mesh, spec))
+        sharding = NamedSharding(self.mesh, partitioning.logical_to_spec(names, self.rules, x.shape, self.mesh))
+      else:
+        sharding = partitioning.batch_sharding(self.mesh, self.rules, x.shape)
+      return jax.device_put(x, sharding)
     return jax.tree.map(put, tree)
 
   def _call(self, name, fn, *args, **kwargs):
@@ -282,8 +283,9 @@ class Sampler:
           active_after[row] = False
       active = active_after & np.isin(np.arange(self.rows), rows)
       count = np.asarray(count_after).astype(np.int32)
-      self._sync_lengths()
-      self.append(recompute)
+      if recompute:  # the device lengths are the host's unless a cut rolled some back
+        self._sync_lengths()
+        self.append(recompute)
     return {r: TurnOutput(tokens[r], logprobs[r], self._decode_text(tokens[r]), reasons[r])
             for r in rows}
 

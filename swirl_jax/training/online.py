@@ -58,7 +58,10 @@ def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOut
   n = len(actions)
   per_state = n // len(contexts)
   longest = max(len(contexts[i // per_state]) + len(a.tokens) for i, a in enumerate(actions))
-  length = min(length, -(-longest // 128) * 128) if longest <= length else longest
+  if longest > length:
+    raise ValueError(f"a state and its action need {longest} tokens; rows hold {length} "
+                     "(raise TrainConfig.sequence_length)")
+  length = min(length, -(-longest // 128) * 128)
   feats = {k: np.zeros((n, length), np.int32) for k in
            ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids", "decoder_positions")}
   feats.update({k: np.zeros((n, length), np.float32) for k in
@@ -66,8 +69,6 @@ def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOut
   for i, action in enumerate(actions):
     context = list(contexts[i // per_state])
     tokens = context + list(action.tokens)
-    if len(tokens) > length:
-      raise ValueError(f"a state and its action need {len(tokens)} tokens; rows hold {length}")
     t = len(tokens)
     feats["decoder_input_tokens"][i, :t] = tokens
     feats["decoder_target_tokens"][i, :t - 1] = tokens[1:]

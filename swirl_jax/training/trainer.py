@@ -248,9 +248,7 @@ class Trainer:
     index, count = jax.process_index(), jax.process_count()
 
     def place(x):
-      # A batch that the data axes do not divide is replicated rather than refused.
-      spec = partitioning.logical_to_spec(("activation_batch", None), self.rules, x.shape, self.mesh)
-      sharding = NamedSharding(self.mesh, spec)
+      sharding = partitioning.batch_sharding(self.mesh, self.rules, x.shape)
       if count == 1:
         return jax.device_put(x, sharding)
       rows = x.shape[0] // count
