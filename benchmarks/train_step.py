@@ -52,7 +52,7 @@ def run_ours(args, mode):
       "stop_string", process={"verdict": "GOOD", "score": 1.0})], "1", "answered") for i in range(args.batch)]
 
   class RandomScorer:
-    def score(self, contexts, actions):
+    def score(self, states, actions):
       return np.random.default_rng(0).random(len(actions)).astype(np.float32)
 
   # Online: batch x 4 sampled rows per step; accumulate over micro-batches of 4 rows to fit 24 GB.

@@ -17,27 +17,15 @@ from tqdm import tqdm
 
 from swirl_jax import atomic_io
 from swirl_jax.data import filters, trajectory_io
-from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.data.trajectory import Trajectory, judge_transcript
 from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest
 from swirl_jax.rewards.model_judge import ModelJudge
 from swirl_jax.rewards.rule_judge import RuleJudge
 
 
-def transcript(trajectory: Trajectory, upto: int) -> str:
-  """The question and steps before step `upto`, as a judge reads them (no instructions)."""
-  lines = [f"Question: {trajectory.question}"]
-  for step in trajectory.steps[:upto]:
-    lines.append(f"Step {step.index + 1}: {step.action_text.strip()}")
-    if step.kind == "tool":
-      lines.append(f"Result: {step.tool_query} -> {step.tool_output}")
-    elif step.kind == "malformed":
-      lines.append(f"(invalid step: {step.malformed_reason})")
-  return "\n".join(lines)
-
-
 def process_requests(trajectory: Trajectory) -> list[ProcessRequest]:
-  return [ProcessRequest(trajectory.question, transcript(trajectory, s.index), s.action_text.strip(),
+  return [ProcessRequest(trajectory.question, judge_transcript(trajectory, s.index), s.action_text.strip(),
                          s.tool or ("answer" if s.kind == "answer" else ""), trajectory.question_id, s.index)
           for s in trajectory.steps]
 

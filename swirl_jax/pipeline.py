@@ -93,7 +93,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
 
 def build_trainer(model, vocab, trajectories, task: tasks.Task, judge, config: TrainConfig, **kwargs) -> Trainer:
   """A Trainer whose online samples stop like the task's turns and are scored by `judge`."""
-  scorer = JudgeScorer(judge, vocab) if config.mode == "online" else None
+  scorer = JudgeScorer(judge, [t.tag for t in task.tools]) if config.mode == "online" else None
   return Trainer(model, trajectories, config, scorer=scorer, vocab=vocab, stop_ids=protocol.turn_end_ids(vocab),
                  stop_strings=protocol.stop_strings([t.tag for t in task.tools]), **kwargs)
 

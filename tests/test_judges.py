@@ -135,6 +135,7 @@ def test_rule_judge_on_builtin_steps():
   assert step("m", "total <math_exp>12 * 3</math_exp>") == "GOOD"
   assert step("m", "<math_exp>36 - 10</math_exp>", "<start_of_turn>model\n<math_exp>3*12</math_exp>") == "GOOD"
   assert step("m", "<math_exp>3 * 12</math_exp>", "<start_of_turn>model\n<math_exp>3*12</math_exp>") == "BAD"
+  assert step("m", "<math_exp>3 * 12</math_exp>", "Step 1: <math_exp>3*12</math_exp>\nResult: 3*12 -> 36.0") == "BAD"
   assert step("m", "<math_exp>3 + 12</math_exp>") == "BAD"
   assert step("m", "<answer>26</answer>") == "GOOD" and step("m", "<answer>25</answer>") == "BAD"
   assert step("m", "no tag") == "BAD"
@@ -165,3 +166,23 @@ def test_model_judge_on_the_embedded_model(gemma3_270m):
   for v in generated:
     assert (v.verdict in ("GOOD", "BAD")) != (v.error == "unparseable judge output")
     assert v.reasoning
+
+
+def test_online_scorer_judges_fresh_actions_in_the_state_s_transcript():
+  """Stage 2 scores a sampled action with the question id and transcript of its logged state,
+  exactly as Stage 1 steps are judged (the rule judge needs both)."""
+  from swirl_jax.data.decomposition import expand
+  from swirl_jax.data.trajectory import Step, Trajectory
+  from swirl_jax.sampling.sampler import TurnOutput
+  from swirl_jax.training.online import JudgeScorer
+  math = Question("m", "...", ("26",), "builtin_arithmetic", ("3 * 12", "36 - 10"))
+  first = Step(0, [2, 5], "", [7], "<math_exp>3 * 12</math_exp>", [0.0], "tool", "stop_string", "math_exp",
+               "3 * 12", "36.0")
+  second = Step(1, [8], "", [9], "<answer>26</answer>", [0.0], "answer", "stop_string")
+  states = expand(Trajectory("m#0", "m", 0, "builtin_arithmetic", "...", ["26"], [first, second], "26",
+                             "answered"))
+  assert states[1].question_id == "m" and "Result: 3 * 12 -> 36.0" in states[1].transcript
+  actions = [TurnOutput([1], [0.0], text, "stop_string") for text in
+             ("<math_exp>36 - 10</math_exp>", "<math_exp>3 * 12</math_exp>", "<answer>26</answer>", "oops")]
+  scores = JudgeScorer(RuleJudge([math])).score([states[1]] * 4, actions)
+  assert scores.tolist() == [1.0, 0.0, 1.0, 0.0]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from swirl_jax.data.decomposition import StateExample
 from swirl_jax.models import init_model, model_config
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput
 from swirl_jax.training import losses, online
@@ -96,7 +97,7 @@ class FirstTokenScorer:
   def __init__(self, good):
     self.good = set(good)
 
-  def score(self, contexts, actions):
+  def score(self, states, actions):
     return np.array([float(bool(a.tokens) and a.tokens[0] in self.good) for a in actions], np.float32)
 
 
@@ -104,7 +105,7 @@ def test_fifty_online_steps_raise_the_mean_reward():
   import optax
   model = init_model(model_config("tiny"), seed=0)
   rng = np.random.default_rng(0)
-  contexts = [[2] + rng.integers(3, 512, 6).tolist() for _ in range(4)]
+  states = [StateExample(f"t{i}", 0, [2] + rng.integers(3, 512, 6).tolist(), [], 0.0, []) for i in range(4)]
   scorer = FirstTokenScorer(range(100, 164))
   sampler = Sampler(model, rows=16, capacity=16, buckets=(8,), decode_steps=2, seed=0)
   config = SamplingConfig(temperature=1.0, max_new_tokens=2)
@@ -122,7 +123,7 @@ def test_fifty_online_steps_raise_the_mean_reward():
 
   means = []
   for _ in range(50):
-    feats, rewards, _ = online.online_batch(sampler, scorer, contexts, 4, config, 16)
+    feats, rewards, _ = online.online_batch(sampler, scorer, states, 4, config, 16)
     means.append(float(rewards.mean()))
     params, opt_state = step(params, opt_state, jax.tree.map(jnp.asarray, feats))
     nnx.update(model, params)  # the sampler samples with the updated params

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.data.trajectory import Trajectory, judge_transcript
 
 
 @dataclasses.dataclass
@@ -26,6 +26,10 @@ class StateExample:
   action: list[int]
   reward: float  # the process judge's score of the action (0 when unjudged)
   behaviour_logprobs: list[float]
+  # What a judge needs to score a fresh action at this state (Stage 2).
+  question_id: str = ""
+  question: str = ""
+  transcript: str = ""  # the question and earlier steps, as judges read them
 
 
 def step_reward(step) -> float:
@@ -39,7 +43,8 @@ def expand(trajectory: Trajectory) -> list[StateExample]:
   for step in trajectory.steps:
     prefix = prefix + list(step.context_tokens)
     examples.append(StateExample(trajectory.id, step.index, list(prefix), list(step.action_tokens),
-                                 step_reward(step), list(step.behaviour_logprobs)))
+                                 step_reward(step), list(step.behaviour_logprobs), trajectory.question_id,
+                                 trajectory.question, judge_transcript(trajectory, step.index)))
     prefix = prefix + list(step.action_tokens)
   return examples
 

@@ -60,6 +60,18 @@ def trajectory_id(question_id: str, sample_index: int) -> str:
   return f"{question_id}#{sample_index}"
 
 
+def judge_transcript(trajectory: Trajectory, upto: int) -> str:
+  """The question and steps before step `upto`, as a judge reads them (no instructions)."""
+  lines = [f"Question: {trajectory.question}"]
+  for step in trajectory.steps[:upto]:
+    lines.append(f"Step {step.index + 1}: {step.action_text.strip()}")
+    if step.kind == "tool":
+      lines.append(f"Result: {step.tool_query} -> {step.tool_output}")
+    elif step.kind == "malformed":
+      lines.append(f"(invalid step: {step.malformed_reason})")
+  return "\n".join(lines)
+
+
 def format_trajectory(trajectory: Trajectory, prompt_chars: int = 400) -> str:
   """A trajectory for people: every context delta and action, the tool calls, the outcome."""
   lines = [f"=== trajectory {trajectory.id} (gold {trajectory.gold_answers[0] if trajectory.gold_answers else '-'}, "

@@ -10,6 +10,7 @@ the rule matchers of answers.py.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 
 from swirl_jax.data.question import Question
@@ -17,6 +18,8 @@ from swirl_jax.environment.calculator import Calculator, CalculatorError
 from swirl_jax.environment.protocol import parse_action
 from swirl_jax.rewards.answers import answer_correct
 from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict
+
+_MATH_EXP = re.compile(r"<math_exp>(.*?)</math_exp>", re.DOTALL)
 
 
 class RuleJudge:
@@ -51,8 +54,7 @@ class RuleJudge:
       return self._verdict(good, "correct answer" if good else "wrong or premature answer")
     if action.tag == "math_exp":
       gold_values = [self._value(e) for e in question.gold_steps]
-      earlier = [self._value(parse_action(a, ["math_exp"]).query)
-                 for a in request.context.split("<start_of_turn>model\n")[1:] if "<math_exp>" in a]
+      earlier = [self._value(e) for e in _MATH_EXP.findall(request.context)]
       value = self._value(action.query)
       if value is None:
         return self._verdict(False, "the expression does not evaluate")

@@ -11,25 +11,33 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from swirl_jax.data.decomposition import StateExample
+from swirl_jax.environment.protocol import parse_action
 from swirl_jax.rewards.judge import Judge, ProcessRequest
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput
 from swirl_jax.training.losses import advantages
 
 
 class Scorer(Protocol):
-  def score(self, contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput]) -> np.ndarray:
-    """A reward in [0, 1] for each (context, action) pair."""
+  def score(self, states: Sequence[StateExample], actions: Sequence[TurnOutput]) -> np.ndarray:
+    """A reward in [0, 1] for each (state, action) pair."""
     ...
 
 
 class JudgeScorer:
-  """Scores actions with a process judge; an action the judge cannot read scores 0."""
+  """Scores actions with a process judge, in the state's transcript (as Stage 1 steps are judged);
+  an action the judge cannot read scores 0."""
 
-  def __init__(self, judge: Judge, vocab, tool: str = ""):
-    self.judge, self.vocab, self.tool = judge, vocab, tool
+  def __init__(self, judge: Judge, tags: Sequence[str] = ("math_exp", "search_query")):
+    self.judge, self.tags = judge, list(tags)
 
-  def score(self, contexts, actions):
-    requests = [ProcessRequest("", self.vocab.decode(list(c)), a.text, self.tool) for c, a in zip(contexts, actions)]
+  def score(self, states, actions):
+    requests = []
+    for state, action in zip(states, actions):
+      parsed = parse_action(action.text, self.tags)
+      tool = parsed.tag if parsed.kind != "malformed" else ""
+      requests.append(ProcessRequest(state.question, state.transcript, action.text.strip(), tool,
+                                     state.question_id, state.step_index))
     return np.array([v.score if v.score is not None else 0.0 for v in self.judge.judge_steps(requests)],
                     np.float32)
 
@@ -82,11 +90,12 @@ def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOut
   return feats
 
 
-def online_batch(sampler: Sampler, scorer: Scorer, contexts, samples_per_state: int, config: SamplingConfig,
-                 length: int, baseline: str = "rloo"):
+def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample], samples_per_state: int,
+                 config: SamplingConfig, length: int, baseline: str = "rloo"):
   """Samples, scores and lays out one online batch; returns (features, rewards [S, G], actions)."""
+  contexts = [s.context for s in states]
   actions = sample_actions(sampler, contexts, samples_per_state, config)
-  expanded_contexts = [c for c in contexts for _ in range(samples_per_state)]
-  rewards = scorer.score(expanded_contexts, actions).reshape(len(contexts), samples_per_state)
+  expanded_states = [s for s in states for _ in range(samples_per_state)]
+  rewards = scorer.score(expanded_states, actions).reshape(len(states), samples_per_state)
   adv = advantages(rewards, baseline).reshape(-1)
   return online_features(contexts, actions, adv, length), rewards, actions

@@ -196,7 +196,7 @@ class Trainer:
     states = self._pick(self.states, step)
     self.sampler.set_rng(jax.random.fold_in(jax.random.key(self.config.seed), step))
     feats, rewards, actions = online.online_batch(
-        self.sampler, self.scorer, [s.context for s in states], self.config.samples_per_state, self.sampling,
+        self.sampler, self.scorer, states, self.config.samples_per_state, self.sampling,
         self.config.sequence_length, self.config.baseline)
     extra = {"mean_reward": float(rewards.mean()), "logged_reward": float(np.mean([s.reward for s in states])),
              "sampled_tokens": int(sum(len(a.tokens) for a in actions))}
