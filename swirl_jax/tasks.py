@@ -53,19 +53,24 @@ class Task:
 @gin.configurable
 def build_task(name: str = "builtin_arithmetic", split: str = "train", num_questions: int | None = None,
                path: str | None = None, seed: int = 0, few_shot: bool = True,
-               search_top_k: int = 1, vocab=None) -> Task:
+               search_top_k: int = 1, instructions: str | None = None, encyclopedia_organizations: int = 200,
+               arithmetic_max_steps: int = 6, vocab=None) -> Task:
   """A task by name: builtin_arithmetic, builtin_encyclopedia, or a benchmark file.
 
   Benchmark names (gsm8k, hotpotqa, musique, beerqa, cofca) need `path`; gsm8k_tfds
   reads a prepared TFDS gsm8k (`path` = its data_dir, optional); QA sets
   build their BM25 corpus from their own paragraphs. Step caps follow the
-  paper: 10 with the calculator, 5 with search.
+  paper: 10 with the calculator, 5 with search. `instructions` replaces the
+  default instructions (e.g. a short line for a model trained from scratch);
+  the encyclopedia has 4 questions per organization, 30% of them held out;
+  arithmetic problems take 2 to `arithmetic_max_steps` calculator steps.
   """
   if name == "builtin_arithmetic":
-    questions = builtin_arithmetic.arithmetic_questions(num_questions or 1000, seed=seed, split=split)
+    questions = builtin_arithmetic.arithmetic_questions(num_questions or 1000, seed=seed, split=split,
+                                                        max_steps=arithmetic_max_steps)
     passages = None
   elif name == "builtin_encyclopedia":
-    encyclopedia = builtin_encyclopedia.build_encyclopedia(seed=seed)
+    encyclopedia = builtin_encyclopedia.build_encyclopedia(organizations=encyclopedia_organizations, seed=seed)
     questions = builtin_encyclopedia.encyclopedia_split(encyclopedia, split)
     passages = encyclopedia.passages
   elif name == "gsm8k_tfds":
@@ -82,10 +87,10 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
     questions = questions[:num_questions]
   if passages is None:
     tools: list[Tool] = [Calculator()]
-    template = protocol.PromptTemplate(protocol.MATH_INSTRUCTIONS, MATH_EXAMPLES if few_shot else ())
+    template = protocol.PromptTemplate(instructions or protocol.MATH_INSTRUCTIONS, MATH_EXAMPLES if few_shot else ())
     max_steps = 10
   else:
     tools = [BM25Search(passages, top_k=search_top_k, vocab=vocab)]
-    template = protocol.PromptTemplate(protocol.SEARCH_INSTRUCTIONS, SEARCH_EXAMPLES if few_shot else ())
+    template = protocol.PromptTemplate(instructions or protocol.SEARCH_INSTRUCTIONS, SEARCH_EXAMPLES if few_shot else ())
     max_steps = 5
   return Task(name, questions, tools, template, max_steps)

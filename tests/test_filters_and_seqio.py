@@ -94,3 +94,22 @@ def test_prefix_shared_and_expanded_layouts_give_the_same_loss_and_gradients(jud
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # Gathering only the loss positions gives the loss of the full [B, L, V] computation.
   np.testing.assert_allclose(loss(params, shared, None), loss_b, rtol=1e-6)
+
+
+def test_packed_prefix_shared_rows_give_the_loss_of_one_row_per_trajectory(judged_dir):
+  """Several whole trajectories in one row (segment ids, restarting positions) train exactly as
+  one row each, with and without loss on the context tokens."""
+  _, trajectories = judged_dir
+  model = init_model(model_config("tiny"), seed=0)
+  graphdef, params = nnx.split(model)
+  loss = lambda batch: reward_weighted_nll(nnx.merge(graphdef, params), batch)
+  for context_weight in (0.0, 1.0):
+    one_each = seqio_tasks.prefix_shared_batch(trajectories, 96, reward_one=True, context_weight=context_weight)
+    packed = seqio_tasks.prefix_shared_batch([trajectories[:2], trajectories[2:]], 192, reward_one=True,
+                                             context_weight=context_weight)
+    assert packed["decoder_segment_ids"].max() >= 2
+    assert packed["decoder_loss_weights"].sum() == one_each["decoder_loss_weights"].sum()
+    np.testing.assert_allclose(loss(jax.tree.map(jnp.asarray, packed)), loss(jax.tree.map(jnp.asarray, one_each)),
+                               rtol=1e-5)
+  with pytest.raises(ValueError, match="the row holds 40"):
+    seqio_tasks.prefix_shared_batch([trajectories], 40)

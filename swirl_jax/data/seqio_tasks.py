@@ -13,7 +13,7 @@ packing several examples into one row keeps everything aligned.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -150,33 +150,47 @@ class StepwiseFeatureConverter(seqio.FeatureConverter):
     return {k: length for k in self.MODEL_FEATURES}
 
 
-def shared_row_features(row: decomposition.SharedRow, length: int) -> dict[str, np.ndarray]:
-  """The prefix-shared layout as the same model features (one trajectory, one row)."""
-  n = len(row.tokens)
+def shared_row_features(rows: decomposition.SharedRow | Sequence[decomposition.SharedRow],
+                        length: int) -> dict[str, np.ndarray]:
+  """The prefix-shared layout as the model's features: one trajectory per row, or several packed
+  into one row (segment ids 1, 2, ...; positions restart; no target crosses a boundary)."""
+  rows = [rows] if isinstance(rows, decomposition.SharedRow) else list(rows)
+  n = sum(len(r.tokens) for r in rows)
   if n > length:
-    raise ValueError(f"trajectory {row.trajectory_id} has {n} tokens; the row holds {length}")
-  pad = lambda x, dtype: np.pad(np.asarray(x, dtype), (0, length - len(x)))
-  shift = lambda x: np.concatenate([x[1:], np.zeros(1, x.dtype)])
+    raise ValueError(f"trajectories {[r.trajectory_id for r in rows]} have {n} tokens; the row holds {length}")
+  shift = lambda x: np.concatenate([np.asarray(x)[1:], np.zeros(1, np.asarray(x).dtype)])
+  join = lambda parts, dtype: np.pad(np.concatenate([np.asarray(p, dtype) for p in parts]), (0, length - n))
   return {
-      "decoder_input_tokens": pad(row.tokens, np.int32),
-      "decoder_target_tokens": pad(shift(row.tokens), np.int32),
-      "decoder_loss_weights": pad(shift(row.loss_weights), np.float32),
-      "decoder_rewards": pad(shift(row.rewards), np.float32),
-      "decoder_behaviour_logprobs": pad(shift(row.behaviour_logprobs), np.float32),
-      "decoder_segment_ids": pad(np.ones(n), np.int32),
-      "decoder_positions": pad(np.arange(n), np.int32),
+      "decoder_input_tokens": join([r.tokens for r in rows], np.int32),
+      "decoder_target_tokens": join([shift(r.tokens) for r in rows], np.int32),
+      "decoder_loss_weights": join([shift(r.loss_weights) for r in rows], np.float32),
+      "decoder_rewards": join([shift(r.rewards) for r in rows], np.float32),
+      "decoder_behaviour_logprobs": join([shift(r.behaviour_logprobs) for r in rows], np.float32),
+      "decoder_segment_ids": join([np.full(len(r.tokens), k + 1) for k, r in enumerate(rows)], np.int32),
+      "decoder_positions": join([np.arange(len(r.tokens)) for r in rows], np.int32),
   }
 
 
-def prefix_shared_batch(trajectories, length: int, reward_one: bool = False) -> dict[str, np.ndarray]:
-  """A batch of prefix-shared rows (one per trajectory) in the model's feature format.
+def _shared_row(trajectory, reward_one: bool, context_weight: float) -> decomposition.SharedRow:
+  row = decomposition.prefix_shared(trajectory)
+  if reward_one:
+    if context_weight:
+      row.loss_weights = np.where(row.loss_weights > 0, 1.0, context_weight).astype(np.float32)
+    row.rewards = (row.loss_weights > 0).astype(np.float32)
+  return row
 
-  `reward_one` puts reward 1 on every action token (the SFT baseline).
+
+def prefix_shared_batch(trajectories, length: int, reward_one: bool = False,
+                        context_weight: float = 0.0) -> dict[str, np.ndarray]:
+  """A batch of prefix-shared rows in the model's feature format: one row per trajectory, or
+  per list of trajectories to pack into one row.
+
+  `reward_one` puts reward 1 on every action token (the SFT baseline);
+  `context_weight` > 0 (with reward_one) also trains on the context tokens
+  (prompt, tool results), as when a model is taught the protocol from scratch.
   """
   rows = []
   for t in trajectories:
-    row = decomposition.prefix_shared(t)
-    if reward_one:
-      row.rewards = row.loss_weights.copy()
-    rows.append(shared_row_features(row, length))
+    group = t if isinstance(t, (list, tuple)) else [t]
+    rows.append(shared_row_features([_shared_row(x, reward_one, context_weight) for x in group], length))
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -129,6 +129,14 @@ NAMED_CONFIGS: dict[str, GemmaConfig] = {
         layer_types=("local", "global", "local", "global"),
         sliding_window=8, query_pre_attn_scalar=16.0, use_qk_norm=False,
         attn_logit_softcap=50.0, final_logit_softcap=30.0),
+    # About 2.4M parameters: the policy the miniature reproduction trains from
+    # scratch with its own 1,024-piece vocabulary (experiments/miniature).
+    "tiny_2m": GemmaConfig(
+        vocab_size=1024, embed_dim=192, mlp_dim=768, num_heads=4,
+        num_kv_heads=2, head_dim=48,
+        layer_types=("local", "global", "local", "global"),
+        sliding_window=256, query_pre_attn_scalar=48.0, use_qk_norm=True,
+        local_rope_base=10_000.0, global_rope_base=1_000_000.0),
     "gemma3_270m": _gemma3(262_144, 640, 2048, 18, 4, 1, 256, 512, 256),
     "gemma3_1b": _gemma3(262_144, 1152, 6912, 26, 4, 1, 256, 512, 256),
     "gemma3_4b": _gemma3(262_208, 2560, 10240, 34, 8, 4, 256, 1024, 256, 8.0),

@@ -1,7 +1,8 @@
 """A judge for the built-in tasks, where the true quality of each step is known.
 
 Process, calculator task: a step is GOOD when its expression evaluates without
-error to one of the gold chain's intermediate values not reached before; an
+error to one of the gold chain's intermediate values not reached before (as
+often as the chain passes it); an
 answer is GOOD when it is correct. Search task: a query is GOOD when it names a
 gold hop's subject whose passage was not retrieved before (BM25 ranks that
 passage first for such queries, see the search test). Outcome:
@@ -58,7 +59,7 @@ class RuleJudge:
       value = self._value(action.query)
       if value is None:
         return self._verdict(False, "the expression does not evaluate")
-      good = value in gold_values and value not in earlier
+      good = gold_values.count(value) > earlier.count(value)  # a chain may pass a value twice
       return self._verdict(good, f"value {value} {'advances' if good else 'does not advance'} the solution")
     # Search: the query must name a gold hop's subject whose passage was not retrieved yet.
     subjects = {self._subject(step) for step in question.gold_steps} - {None}

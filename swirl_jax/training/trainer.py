@@ -45,11 +45,13 @@ class TrainConfig:
   mode: str = "online"  # online | offline | sft
   steps: int = 100
   batch_size: int = 8  # states per step (online) or trajectory rows per step (offline, sft)
+  pack_rows: bool = False  # offline, sft: pack whole trajectories into each row (first fit, in data order)
   samples_per_state: int = 4  # G
   baseline: str = "rloo"  # none | rloo
   kl_coef: float = 0.0
   clip_epsilon: float | None = None  # set to use the clipped ratio (with updates_per_batch > 1)
   updates_per_batch: int = 1
+  sft_context_weight: float = 0.0  # sft mode: loss weight on context tokens (teaching a model from scratch)
   temperature: float = 1.0
   max_action_tokens: int = 128
   sequence_length: int = 2048
@@ -125,6 +127,8 @@ class Trainer:
     self.opt_shardings = None
     self.opt_state = self._init_opt_state(params)
     self.step = 0
+    self.position = 0  # items of the epoch-permuted data stream consumed so far
+    self._orders: dict = {}
     self.metrics_dir = metrics_dir or os.path.join(os.path.dirname(os.path.abspath(config.checkpoint_dir)), "metrics")
     self.checkpoints = ocp.CheckpointManager(
         os.path.abspath(config.checkpoint_dir),
@@ -147,8 +151,7 @@ class Trainer:
     return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
 
   def _meta(self) -> dict:
-    return {"step": self.step, "seed": self.config.seed, "data_position": self.step * self.config.batch_size,
-            "mode": self.config.mode}
+    return {"step": self.step, "seed": self.config.seed, "data_position": self.position, "mode": self.config.mode}
 
   def save(self) -> None:
     self.checkpoints.save(self.step, args=ocp.args.Composite(
@@ -172,28 +175,52 @@ class Trainer:
     nnx.update(self.model, restored["params"])
     self.opt_state = restored["opt_state"]
     self.step = int(meta["step"])
+    self.position = int(meta.get("data_position", self.step * self.config.batch_size))
     return True
 
   # -- data --------------------------------------------------------------------
 
   def _order(self, n: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.config.seed, epoch]).permutation(n)
+    if self._orders.get((n, epoch)) is None:
+      self._orders = {(n, epoch): np.random.default_rng([self.config.seed, epoch]).permutation(n)}
+    return self._orders[(n, epoch)]
 
-  def _pick(self, items: list, step: int) -> list:
-    """The batch of `step`: a fresh permutation each epoch, a function of (seed, step) only."""
-    b = self.config.batch_size
-    out = []
-    for i in range(step * b, (step + 1) * b):
-      epoch, index = divmod(i, len(items))
-      out.append(items[self._order(len(items), epoch)[index]])
-    return out
+  def _at(self, items: list, position: int):
+    """Item `position` of the data stream: a fresh permutation each epoch, a function of the seed."""
+    epoch, index = divmod(position, len(items))
+    return items[self._order(len(items), epoch)[index]]
 
-  def _offline_batch(self, step: int) -> dict:
-    return seqio_tasks.prefix_shared_batch(self._pick(self.trajectories, step), self.config.sequence_length,
-                                           reward_one=self.config.mode == "sft")
+  def _pick(self, items: list) -> list:
+    """The next batch_size items of the stream."""
+    batch = [self._at(items, i) for i in range(self.position, self.position + self.config.batch_size)]
+    self.position += self.config.batch_size
+    return batch
+
+  def _pack(self) -> list[list]:
+    """batch_size rows filled first-fit with whole trajectories, in stream order, until the next
+    one fits nowhere."""
+    rows, used, limit = [[] for _ in range(self.config.batch_size)], [0] * self.config.batch_size, \
+        self.config.sequence_length
+    while True:
+      trajectory = self._at(self.trajectories, self.position)
+      n = sum(len(s.context_tokens) + len(s.action_tokens) for s in trajectory.steps)
+      if n > limit:
+        raise ValueError(f"trajectory {trajectory.id} has {n} tokens; rows hold {limit} "
+                         "(raise TrainConfig.sequence_length)")
+      row = next((i for i, u in enumerate(used) if u + n <= limit), None)
+      if row is None:
+        return rows
+      rows[row].append(trajectory)
+      used[row] += n
+      self.position += 1
+
+  def _offline_batch(self) -> dict:
+    batch = self._pack() if self.config.pack_rows else self._pick(self.trajectories)
+    return seqio_tasks.prefix_shared_batch(batch, self.config.sequence_length, reward_one=self.config.mode == "sft",
+                                           context_weight=self.config.sft_context_weight)
 
   def _online_batch(self, step: int):
-    states = self._pick(self.states, step)
+    states = self._pick(self.states)
     self.sampler.set_rng(jax.random.fold_in(jax.random.key(self.config.seed), step))
     feats, rewards, actions = online.online_batch(
         self.sampler, self.scorer, states, self.config.samples_per_state, self.sampling,
@@ -206,11 +233,11 @@ class Trainer:
 
   def _loss_slots(self, feats) -> int:
     """Loss positions to gather per micro-batch: the most any micro-batch has, rounded up to a
-    multiple of 128 so that only a few step shapes compile."""
+    power of two (at most every position) so that only a few step shapes ever compile."""
     k = self.config.grad_accum_steps
-    weights = np.asarray(feats["decoder_loss_weights"])
-    per_micro = (weights.reshape(k, -1) > 0).sum(axis=1).max()
-    return int(max(128, -(-per_micro // 128) * 128))
+    weights = np.asarray(feats["decoder_loss_weights"]).reshape(k, -1)
+    per_micro = int((weights > 0).sum(axis=1).max())
+    return min(weights.shape[1], max(128, 1 << (per_micro - 1).bit_length()))
 
   def _loss(self, params, feats, reference, n):
     model = nnx.merge(self.graphdef, params)
@@ -261,7 +288,7 @@ class Trainer:
     if self.config.mode == "online":
       feats, extra = self._online_batch(self.step)
     else:
-      feats, extra = self._offline_batch(self.step), {}
+      feats, extra = self._offline_batch(), {}
     batch = self._place_batch(feats)
     loss_slots = self._loss_slots(feats)
     params = nnx.state(self.model)

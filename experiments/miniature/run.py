@@ -1,0 +1,361 @@
+"""The miniature reproduction: SWiRL's claims on the built-in tasks, from nothing, on a CPU.
+
+  python experiments/miniature/run.py --gin_file=experiments/miniature/miniature.gin
+
+1. A 1,024-piece vocabulary and noisy demonstrations of both built-in tasks;
+   SFT of a `tiny_2m` policy on them: the base policy.
+2. Per task: Stage 1 (N samples per training question), the rule judge, the
+   four filters; Stage 2 online step-wise RL from the base for each filter on
+   the same number of states; the SFT baseline (logged actions, weight 1) on
+   each filter's data, on the same number of states.
+3. Every model on held-out questions of its task with the tool loop; the
+   process-filtered SWiRL models also on the other task (cross-task rows).
+4. results.json, results.md (the tables) and results.png under the run dir.
+
+Every stage skips what its outputs already hold (checkpoints, shards, reports),
+so a killed run, started again, resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+from absl import app, flags
+import gin
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from swirl_jax import atomic_io, evaluation, generation, judging, tasks  # noqa: E402
+from swirl_jax.checkpoints.policy import load_policy  # noqa: E402
+from swirl_jax.checkpoints.vocabulary_training import train_vocabulary  # noqa: E402
+from swirl_jax.data import demonstrations, filters, trajectory_io  # noqa: E402
+from swirl_jax.environment.episode import EpisodeConfig  # noqa: E402
+from swirl_jax.pipeline import build_trainer  # noqa: E402
+from swirl_jax.rewards.rule_judge import RuleJudge  # noqa: E402
+from swirl_jax.training.trainer import TrainConfig, load_trained_params  # noqa: E402
+
+FLAGS = flags.DEFINE_multi_string("gin_file", [], "gin files, in order")
+BINDINGS = flags.DEFINE_multi_string("gin", [], "gin bindings, e.g. --gin=MiniatureConfig.seed=1")
+
+# One line each: a policy trained from scratch needs no worked examples.
+INSTRUCTIONS = {"builtin_arithmetic": "Solve the problem with the calculator, one step per turn.",
+                "builtin_encyclopedia": "Answer the question with the search tool, one step per turn."}
+SHORT = {"builtin_arithmetic": "calculator", "builtin_encyclopedia": "search"}
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MiniatureConfig:
+  run_dir: str = "runs/miniature"
+  model: str = "tiny_2m"
+  vocab_size: int = 1024
+  seed: int = 0
+  tasks: tuple[str, ...] = ("builtin_arithmetic", "builtin_encyclopedia")
+  encyclopedia_organizations: int = 600  # 4 questions each; 30% held out
+  arithmetic_max_steps: int = 6  # problems take 2 to this many calculator steps
+  # The base policy: SFT on noisy demonstrations (NoiseConfig) of both tasks.
+  demo_arithmetic_questions: int = 3000
+  sft_steps: int = 320
+  sft_rows: int = 16  # rows of sequence_length tokens, packed with whole demonstrations
+  sft_learning_rate: float = 2e-3
+  sft_context_weight: float = 1.0  # also learn the prompts and tool results (a model from scratch)
+  sequence_length: int = 512
+  # Stage 1.
+  stage1_questions: int = 300  # per task, training questions the demonstrations did not use
+  samples_per_question: int = 5
+  stage1_temperature: float = 1.0
+  # Stage 2 and the SFT baseline: every filter trains on the same number of states.
+  filters: tuple[str, ...] = ("none", "process", "outcome", "process_and_outcome")
+  states_per_strategy: int = 512
+  rl_batch: int = 16  # states per step
+  rl_samples: int = 4  # G fresh actions per state
+  rl_temperature: float = 1.0
+  rl_learning_rate: float = 5e-4
+  baseline_batch: int = 16  # trajectories per SFT-baseline step
+  baseline_learning_rate: float = 5e-4
+  sft_baseline: bool = True
+  # Evaluation.
+  eval_questions: int = 500  # per task
+  eval_temperature: float = 0.0  # greedy
+  eval_rows: int = 128
+  max_action_tokens: int = 32
+  cross_task_filters: tuple[str, ...] = ("process",)
+
+
+def build(name: str, split: str, config: MiniatureConfig, vocab=None, num_questions: int | None = None):
+  return tasks.build_task(name, split=split, num_questions=num_questions, seed=config.seed, few_shot=False,
+                          instructions=INSTRUCTIONS[name],
+                          encyclopedia_organizations=config.encyclopedia_organizations,
+                          arithmetic_max_steps=config.arithmetic_max_steps, vocab=vocab)
+
+
+class Miniature:
+  """The run's tasks, judge, base policy and the stages that use them."""
+
+  def __init__(self, config: MiniatureConfig):
+    self.config = config
+    self.start = time.perf_counter()
+    os.makedirs(config.run_dir, exist_ok=True)
+    self.path = lambda *parts: os.path.join(config.run_dir, *parts)
+
+  def log(self, message: str) -> None:
+    print(f"[{time.perf_counter() - self.start:7.1f} s] {message}", flush=True)
+
+  # -- data ------------------------------------------------------------------
+
+  def splits(self, vocab=None) -> dict[str, dict[str, tasks.Task]]:
+    """Per task: demo (SFT of the base), train (Stage 1) and test (held out) questions."""
+    c, out = self.config, {}
+    for name in c.tasks:
+      if name == "builtin_arithmetic":
+        demo = build(name, "demo", c, vocab, c.demo_arithmetic_questions)
+        train = build(name, "train", c, vocab, c.stage1_questions)
+      else:
+        full = build(name, "train", c, vocab)
+        demo = dataclasses.replace(full, questions=full.questions[c.stage1_questions:])
+        train = dataclasses.replace(full, questions=full.questions[:c.stage1_questions])
+      test = build(name, "test", c, vocab, c.eval_questions)
+      if len(test.questions) < c.eval_questions:
+        raise ValueError(f"{name}: only {len(test.questions)} held-out questions; raise "
+                         "MiniatureConfig.encyclopedia_organizations")
+      out[name] = {"demo": demo, "train": train, "test": test}
+    return out
+
+  def vocabulary(self):
+    """Trained on the prompts, gold actions and tool results of the demonstration questions."""
+    texts = []
+    for name, split in self.splits().items():
+      for task in split.values():
+        texts += [task.template.prompt(q.question) for q in task.questions]
+        texts += [f"<math_exp>{s}</math_exp>\n{s} -> 0.5" if name == "builtin_arithmetic"
+                  else f"<search_query>{s}</search_query>" for q in task.questions for s in q.gold_steps]
+        texts += [f"{p.title}: {p.text}" for tool in task.tools for p in getattr(tool, "passages", [])]
+    return train_vocabulary(texts, self.path("vocabulary.model"), self.config.vocab_size)
+
+  # -- models ----------------------------------------------------------------
+
+  def fresh_model(self):
+    model, _ = load_policy(source="init", config_name=self.config.model,
+                           tokenizer_model=self.path("vocabulary.model"), seed=self.config.seed,
+                           vocab_size=self.config.vocab_size)
+    return model
+
+  def train(self, name: str, trajectories, train_task, judge, config: TrainConfig, start_from: str | None):
+    """A model trained from `start_from`'s checkpoint (or from scratch); resumes its own checkpoint."""
+    model = self.fresh_model()
+    if start_from is not None:
+      load_trained_params(model, start_from)
+    directory = self.path("models", name)
+    config = dataclasses.replace(config, checkpoint_dir=os.path.join(directory, "checkpoints"),
+                                 seed=self.config.seed, max_action_tokens=self.config.max_action_tokens,
+                                 keep_checkpoints=1)
+    trainer = build_trainer(model, self.vocab, trajectories, train_task, judge, config,
+                            metrics_dir=os.path.join(directory, "metrics"))
+    if trainer.checkpoints.latest_step() != config.steps:
+      self.log(f"training {name}: {config.mode}, {config.steps} steps on {len(trajectories)} trajectories")
+      trainer.train()
+    else:
+      trainer.restore_latest()
+    return model
+
+  @property
+  def capacity(self) -> int:
+    """Tokens per episode: Stage 1, evaluation, and the rows that train on Stage 1 data."""
+    return self.config.sequence_length + 2 * self.config.max_action_tokens
+
+  def evaluate(self, model, name: str, task: tasks.Task) -> dict:
+    c = self.config
+    eval_config = evaluation.EvalConfig(output_dir=self.path("eval", SHORT[task.name]), rows=c.eval_rows,
+                                        capacity=self.capacity,
+                                        temperature=c.eval_temperature, max_action_tokens=c.max_action_tokens)
+    report = evaluation.evaluate(task, model, self.vocab, name, eval_config, self.judge)
+    self.log(f"{name} on {SHORT[task.name]}: accuracy {report['accuracy']:.3f} "
+             f"[{report['accuracy_95ci'][0]:.3f}, {report['accuracy_95ci'][1]:.3f}], "
+             f"GOOD steps {report['good_step_share']:.3f}, mean steps {report['mean_steps']:.2f}")
+    return report
+
+  # -- the run ---------------------------------------------------------------
+
+  def run(self) -> dict:
+    c = self.config
+    self.vocab = self.vocabulary()
+    split = self.splits(self.vocab)
+    every = [q for s in split.values() for t in s.values() for q in t.questions]
+    titles = [p.title for s in split.values() for tool in s["test"].tools for p in getattr(tool, "passages", [])]
+    self.judge = RuleJudge(every, titles)
+
+    self.log("[1/4] the base policy: SFT on noisy demonstrations of both tasks")
+    demos, noise = [], {}
+    for name, s in split.items():
+      made, noise[name] = demonstrations.demonstrations(s["demo"], self.vocab, demonstrations.NoiseConfig(),
+                                                        seed=c.seed)
+      demos += [t for t in made if trajectory_length(t) <= c.sequence_length]
+    base_dir = self.path("models", "base", "checkpoints")
+    sft = TrainConfig(mode="sft", steps=c.sft_steps, batch_size=c.sft_rows, pack_rows=True,
+                      sequence_length=c.sequence_length,
+                      learning_rate=c.sft_learning_rate, sft_context_weight=c.sft_context_weight,
+                      warmup_steps=max(1, c.sft_steps // 20), checkpoint_every=max(1, c.sft_steps // 4),
+                      log_every=10)
+    base = self.train("base", demos, next(iter(split.values()))["train"], self.judge, sft, None)
+    reports = [self.evaluate(base, "base", s["test"]) for s in split.values()]
+
+    stage1 = {}
+    for name, s in split.items():
+      self.log(f"[2/4] Stage 1 on {SHORT[name]}: {len(s['train'].questions)} questions x {c.samples_per_question}")
+      out = self.path("stage1", SHORT[name])
+      gen = generation.GenerateConfig(output_dir=os.path.join(out, "trajectories"),
+                                      samples_per_question=c.samples_per_question, rows=c.eval_rows,
+                                      capacity=self.capacity, questions_per_shard=50, seed=c.seed)
+      generation.generate(s["train"], base, self.vocab, gen, EpisodeConfig(
+          temperature=c.stage1_temperature, max_action_tokens=c.max_action_tokens))
+      summary = judging.judge_directory(os.path.join(out, "trajectories"), os.path.join(out, "judged"), self.judge)
+      stage1[name] = {"judged": summary, "trajectories": list(trajectory_io.read_all(os.path.join(out, "judged")))}
+      self.log(f"Stage 1 on {SHORT[name]}: GOOD steps {summary['good_step_share']}, "
+               f"kept per filter {summary['filter_survival']}")
+
+    for name, s in split.items():
+      other = [n for n in split if n != name]
+      for strategy in c.filters:
+        kept = filters.filter_trajectories(stage1[name]["trajectories"], strategy)
+        if not kept:
+          self.log(f"{strategy} on {SHORT[name]}: the filter kept no trajectory; no model")
+          continue
+        tag = f"{SHORT[name]}/{strategy}"
+        self.log(f"[3/4] SWiRL {tag}: online RL on {c.states_per_strategy} states")
+        rl = TrainConfig(mode="online", steps=c.states_per_strategy // c.rl_batch, batch_size=c.rl_batch,
+                         samples_per_state=c.rl_samples, temperature=c.rl_temperature,
+                         learning_rate=c.rl_learning_rate, warmup_steps=1, baseline="rloo",
+                         sequence_length=self.capacity,
+                         checkpoint_every=10_000, log_every=4)
+        model = self.train(f"swirl-{SHORT[name]}-{strategy}", kept, s["train"], self.judge, rl, base_dir)
+        report = self.evaluate(model, f"swirl-{SHORT[name]}-{strategy}", s["test"])
+        reports.append(report | {"method": "swirl", "filter": strategy, "trained_on": name})
+        if strategy in c.cross_task_filters:
+          for o in other:
+            reports.append(self.evaluate(model, f"swirl-{SHORT[name]}-{strategy}", split[o]["test"])
+                           | {"method": "swirl", "filter": strategy, "trained_on": name})
+        if c.sft_baseline:
+          steps_per_trajectory = sum(len(t.steps) for t in kept) / len(kept)
+          steps = max(1, math.ceil(c.states_per_strategy / (c.baseline_batch * steps_per_trajectory)))
+          sft_config = TrainConfig(mode="sft", steps=steps, batch_size=c.baseline_batch,
+                                   sequence_length=self.capacity,
+                                   learning_rate=c.baseline_learning_rate, warmup_steps=1,
+                                   checkpoint_every=10_000, log_every=4)
+          model = self.train(f"sft-{SHORT[name]}-{strategy}", kept, s["train"], self.judge, sft_config, base_dir)
+          reports.append(self.evaluate(model, f"sft-{SHORT[name]}-{strategy}", s["test"])
+                         | {"method": "sft", "filter": strategy, "trained_on": name})
+    for r in reports[:len(split)]:
+      r.update(method="base", filter="-", trained_on="-")
+
+    self.log("[4/4] results")
+    results = {"config": dataclasses.asdict(c), "noise": dataclasses.asdict(demonstrations.NoiseConfig()),
+               "demonstration_noise_counts": noise,
+               "stage1": {SHORT[n]: v["judged"] for n, v in stage1.items()},
+               "reports": reports, "seconds": round(time.perf_counter() - self.start, 1)}
+    results["claims"] = claims(reports)
+    with atomic_io.atomic_open(self.path("results.json")) as f:
+      json.dump(results, f, indent=1)
+    table = results_table(results)
+    with atomic_io.atomic_open(self.path("results.md")) as f:
+      f.write(table)
+    results_chart(reports, self.path("results.png"))
+    print("\n" + table)
+    self.log(f"done: {self.path('results.md')}, {self.path('results.png')}")
+    return results
+
+
+def trajectory_length(trajectory) -> int:
+  return sum(len(s.context_tokens) + len(s.action_tokens) for s in trajectory.steps)
+
+
+def _find(reports, method, strategy, trained_on, task):
+  return next((r for r in reports if r["method"] == method and r["filter"] == strategy
+               and r["trained_on"] == trained_on and r["task"] == task), None)
+
+
+def claims(reports) -> dict:
+  """Per task: does process-filtered SWiRL beat the base by more than the 95% intervals?
+
+  'More than the interval' is read strictly: SWiRL's interval lies wholly above the base's.
+  """
+  out = {}
+  for task in dict.fromkeys(r["task"] for r in reports):
+    base, swirl = _find(reports, "base", "-", "-", task), _find(reports, "swirl", "process", task, task)
+    if base and swirl:
+      out[SHORT[task]] = {"base": base["accuracy"], "swirl_process": swirl["accuracy"],
+                          "gain": swirl["accuracy"] - base["accuracy"],
+                          "beats_base_beyond_95ci": swirl["accuracy_95ci"][0] > base["accuracy_95ci"][1]}
+  return out
+
+
+def results_table(results: dict) -> str:
+  reports = results["reports"]
+  ci = lambda r: f"{r['accuracy']:.3f} [{r['accuracy_95ci'][0]:.3f}, {r['accuracy_95ci'][1]:.3f}]"
+  good = lambda r: "-" if r.get("good_step_share") is None else f"{r['good_step_share']:.3f}"
+  lines = ["### Accuracy on held-out questions (tool loop, 95% Wilson intervals)", "",
+           "| model | trained on | filter | evaluated on | n | accuracy [95% CI] | vs base | GOOD steps | mean steps |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  base = {r["task"]: r for r in reports if r["method"] == "base"}
+  for r in reports:
+    gain = r["accuracy"] - base[r["task"]]["accuracy"] if r["method"] != "base" else 0.0
+    lines.append(f"| {r['method']} | {SHORT.get(r['trained_on'], '-')} | {r['filter']} | {SHORT[r['task']]} | "
+                 f"{r['questions']} | {ci(r)} | {gain:+.3f} | {good(r)} | {r['mean_steps']:.2f} |")
+  lines += ["", "### Stage 1 data (5 samples per training question, rule judge)", "",
+            "| task | trajectories | GOOD steps | kept: none | process | outcome | process+outcome |",
+            "|---|---|---|---|---|---|---|"]
+  for task, s in results["stage1"].items():
+    kept = s["filter_survival"]
+    lines.append(f"| {task} | {kept.get('none')} | {s['good_step_share']} | {kept.get('none')} | "
+                 f"{kept.get('process')} | {kept.get('outcome')} | {kept.get('process_and_outcome')} |")
+  lines += ["", "### The claim", ""]
+  for task, claim in results["claims"].items():
+    lines.append(f"- {task}: base {claim['base']:.3f} -> SWiRL (process filter) {claim['swirl_process']:.3f} "
+                 f"({claim['gain']:+.3f}); intervals disjoint: {claim['beats_base_beyond_95ci']}")
+  return "\n".join(lines) + "\n"
+
+
+def results_chart(reports, path: str) -> None:
+  """Accuracy with 95% intervals: one panel per evaluation task, bars per model."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = list(dict.fromkeys(r["task"] for r in reports))
+  fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.2), squeeze=False)
+  axes = axes[0]
+  colour = {"base": "#8c8c8c", "sft": "#dd8452", "swirl": "#4c72b0"}
+  for ax, task in zip(axes, panels):
+    rows = [r for r in reports if r["task"] == task]
+    labels = [r["name"].replace("swirl-", "SWiRL ").replace("sft-", "SFT ") for r in rows]
+    acc = [r["accuracy"] for r in rows]
+    err = [[a - r["accuracy_95ci"][0] for a, r in zip(acc, rows)], [r["accuracy_95ci"][1] - a for a, r in zip(acc, rows)]]
+    ax.bar(range(len(rows)), acc, yerr=err, capsize=3, color=[colour[r["method"]] for r in rows])
+    ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("held-out accuracy (95% interval)")
+    ax.set_title(f"evaluated on the {SHORT[task]} task")
+  fig.tight_layout()
+  with atomic_io.atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
+  gin.parse_config_files_and_bindings(FLAGS.value, BINDINGS.value)
+  import jax
+  config = MiniatureConfig()
+  # Every trainer compiles the same few step shapes; the persistent cache compiles each once per run dir.
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(config.run_dir, "jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  Miniature(config).run()
+
+
+if __name__ == "__main__":
+  app.run(main)

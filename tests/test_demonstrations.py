@@ -1,0 +1,91 @@
+"""Noisy demonstrations and the small trained vocabulary of the miniature reproduction."""
+
+import collections
+import random
+
+import pytest
+
+from swirl_jax import tasks
+from swirl_jax.checkpoints.vocabulary_training import train_vocabulary
+from swirl_jax.data import demonstrations
+from swirl_jax.judging import judge_trajectories
+from swirl_jax.rewards.answers import answer_correct
+from swirl_jax.rewards.rule_judge import RuleJudge
+
+
+@pytest.fixture(scope="module")
+def small_tasks():
+  arithmetic = tasks.build_task("builtin_arithmetic", split="demo", num_questions=60, few_shot=False,
+                                instructions="Use the calculator.")
+  encyclopedia = tasks.build_task("builtin_encyclopedia", split="train", num_questions=60, few_shot=False,
+                                  instructions="Use the search tool.", encyclopedia_organizations=60)
+  return arithmetic, encyclopedia
+
+
+@pytest.fixture(scope="module")
+def vocab(small_tasks, tmp_path_factory):
+  texts = []
+  for task in small_tasks:
+    texts += [task.template.prompt(q.question) for q in task.questions]
+    texts += [f"<math_exp>{s}</math_exp> {s} -> 1.5" for q in task.questions for s in q.gold_steps]
+    texts += [f"{p.title}: {p.text}" for tool in task.tools for p in getattr(tool, "passages", [])]
+  return train_vocabulary(texts, str(tmp_path_factory.mktemp("vocab") / "v.model"), vocab_size=700)
+
+
+def _judge(task):
+  return RuleJudge(task.questions, [p.title for tool in task.tools for p in getattr(tool, "passages", [])])
+
+
+def test_vocabulary_keeps_protocol_text_exact(vocab):
+  assert vocab.vocab_size == 700 and vocab.eos_id == 1 and vocab.tokenizer.bos_id() == 2
+  text = "<start_of_turn>user\n  Ada has 12 apples.<end_of_turn>\n<start_of_turn>model\n<math_exp>12 * 3</math_exp>"
+  ids = vocab.encode(text)
+  assert vocab.decode(ids) == text
+  for symbol in ("<start_of_turn>", "<end_of_turn>", "<math_exp>", "</math_exp>", "</answer>"):
+    assert len(vocab.encode(symbol)) == 1, symbol
+  assert [vocab.decode([i]) for i in vocab.encode("1234")] == ["1", "2", "3", "4"]  # digits split
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_noise_free_demonstrations_are_gold_and_judged_good(small_tasks, vocab, which):
+  task = small_tasks[which]
+  made, kinds = demonstrations.demonstrations(task, vocab, demonstrations.NoiseConfig(step_noise=0.0))
+  assert kinds == {} and len(made) == len(task.questions)
+  judge_trajectories(made, _judge(task))
+  for t in made:
+    assert t.finish == "answered" and answer_correct(t.final_answer, t.gold_answers), t.id
+    assert all(s.process["verdict"] == "GOOD" for s in t.steps), t.id
+    # Token ids are exactly what the episode loop feeds and what the vocabulary makes of the action.
+    for s in t.steps:
+      assert s.action_tokens == list(vocab.encode(s.action_text))
+      assert s.context_tokens[:1] == ([2] if s.index == 0 else s.context_tokens[:1])
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_noisy_demonstrations_mix_in_bad_steps_of_every_kind(small_tasks, vocab, which):
+  task = small_tasks[which]
+  noise = demonstrations.NoiseConfig(step_noise=0.5, carry_error=0.5, misconception=1.0)
+  made, kinds = demonstrations.demonstrations(task, vocab, noise, samples_per_question=3, seed=1)
+  expected = ({"wrong_operand", "wrong_operation", "redundant", "premature_answer", "misconception"} if which == 0
+              else {"off_target", "redundant", "premature_answer", "misconception"})
+  assert set(kinds) == expected
+  judge_trajectories(made, _judge(task))
+  verdicts = collections.Counter(s.process["verdict"] for t in made for s in t.steps)
+  assert verdicts["GOOD"] > 0 and verdicts["BAD"] > 0
+  assert all(t.finish == "answered" and len([s for s in t.steps if s.kind == "tool"]) <= task.max_steps
+             for t in made)
+  correct = sum(answer_correct(t.final_answer, t.gold_answers) for t in made)
+  assert 0 < correct < len(made)
+
+
+def test_misconception_is_systematic(small_tasks):
+  """Division steps become subtractions (arithmetic); 3-hop questions stop one hop early (search)."""
+  arithmetic, encyclopedia = small_tasks
+  rng, noise = random.Random(0), demonstrations.NoiseConfig(step_noise=0.0, misconception=1.0)
+  division = next(q for q in arithmetic.questions if any(" / " in s for s in q.gold_steps))
+  plan = demonstrations.plan_arithmetic(division, rng, noise, 10)
+  assert not any(" / " in a for a in plan) and len(plan) == len(division.gold_steps) + 1
+  three_hops = next(q for q in encyclopedia.questions if len(q.gold_steps) == 3)
+  titles = [p.title for p in encyclopedia.tools[0].passages]
+  plan = demonstrations.plan_search(three_hops, rng, noise, 5, titles)
+  assert len(plan) == 3 and plan[-1].startswith("<answer>") and plan[-1] != f"<answer>{three_hops.answers[0]}</answer>"
