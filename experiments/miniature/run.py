@@ -60,7 +60,7 @@ class MiniatureConfig:
   arithmetic_max_steps: int = 6  # problems take 2 to this many calculator steps
   # The base policy: SFT on noisy demonstrations (NoiseConfig) of both tasks.
   demo_arithmetic_questions: int = 3000
-  sft_steps: int = 320
+  sft_steps: int = 420
   sft_rows: int = 16  # rows of sequence_length tokens, packed with whole demonstrations
   sft_learning_rate: float = 2e-3
   sft_context_weight: float = 1.0  # also learn the prompts and tool results (a model from scratch)
@@ -68,16 +68,16 @@ class MiniatureConfig:
   # Stage 1.
   stage1_questions: int = 300  # per task, training questions the demonstrations did not use
   samples_per_question: int = 5
-  stage1_temperature: float = 1.0
+  stage1_temperature: float = 0.5
   # Stage 2 and the SFT baseline: every filter trains on the same number of states.
   filters: tuple[str, ...] = ("none", "process", "outcome", "process_and_outcome")
-  states_per_strategy: int = 512
+  states_per_strategy: int = 384
   rl_batch: int = 16  # states per step
   rl_samples: int = 4  # G fresh actions per state
   rl_temperature: float = 1.0
-  rl_learning_rate: float = 5e-4
+  rl_learning_rate: float = 1e-4
   baseline_batch: int = 16  # trajectories per SFT-baseline step
-  baseline_learning_rate: float = 5e-4
+  baseline_learning_rate: float = 1e-4
   sft_baseline: bool = True
   # Evaluation.
   eval_questions: int = 500  # per task
