@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test venv benchmarks clean
+.PHONY: demo test venv benchmarks miniature clean
 
 $(STAMP): requirements/lock.txt setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
+
+# The miniature reproduction of the paper's claims (docs/miniature.md): about 45 minutes on 2 cores.
+miniature: $(STAMP)
+	$(VENV)/bin/python experiments/miniature/run.py --gin_file=experiments/miniature/miniature.gin
 
 benchmarks: $(STAMP)
 	$(VENV)/bin/python benchmarks/forward_flops.py
