@@ -194,7 +194,7 @@ class Miniature:
     for name, s in split.items():
       made, noise[name] = demonstrations.demonstrations(s["demo"], self.vocab, demonstrations.NoiseConfig(),
                                                         seed=c.seed)
-      demos += [t for t in made if trajectory_length(t) <= c.sequence_length]
+      demos += [t for t in made if t.num_tokens <= c.sequence_length]
     base_dir = self.path("models", "base", "checkpoints")
     sft = TrainConfig(mode="sft", steps=c.sft_steps, batch_size=c.sft_rows, pack_rows=True,
                       sequence_length=c.sequence_length,
@@ -267,10 +267,6 @@ class Miniature:
     print("\n" + table)
     self.log(f"done: {self.path('results.md')}, {self.path('results.png')}")
     return results
-
-
-def trajectory_length(trajectory) -> int:
-  return sum(len(s.context_tokens) + len(s.action_tokens) for s in trajectory.steps)
 
 
 def _find(reports, method, strategy, trained_on, task):

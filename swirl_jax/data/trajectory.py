@@ -44,6 +44,11 @@ class Trajectory:
   finish: str  # "answered" | "step_cap" | "malformed" | "capacity"
   outcome: dict | None = None  # the outcome judge's Verdict (judged files only)
 
+  @property
+  def num_tokens(self) -> int:
+    """Every context and action token: the length of its prefix-shared row."""
+    return sum(len(s.context_tokens) + len(s.action_tokens) for s in self.steps)
+
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
 

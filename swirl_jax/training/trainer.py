@@ -203,7 +203,7 @@ class Trainer:
         self.config.sequence_length
     while True:
       trajectory = self._at(self.trajectories, self.position)
-      n = sum(len(s.context_tokens) + len(s.action_tokens) for s in trajectory.steps)
+      n = trajectory.num_tokens
       if n > limit:
         raise ValueError(f"trajectory {trajectory.id} has {n} tokens; rows hold {limit} "
                          "(raise TrainConfig.sequence_length)")
