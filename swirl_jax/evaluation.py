@@ -2,7 +2,13 @@
 
 Accuracy (rule matchers or an outcome judge) with a 95% Wilson interval, token
 F1 for QA, mean steps, and the share of steps the process judge calls GOOD
-(the paper's Table 3 measure). Writes report.json, report.md and report.png.
+(the paper's Table 3 measure). Writes report.json per model, and report.md, report.png and
+comparison.json for several side by side.
+
+Multi-host: questions are cut into shards as in Stage 1 (shard k belongs to
+process k % process_count); each process runs and grades (judges) only its own
+shards, and the per-question grades of all processes are gathered, so every
+process holds the same report, equal to a one-process run's.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import math
 import os
 
 import gin
+import jax
 
-from swirl_jax import atomic_io
+from swirl_jax import atomic_io, multihost
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
+from swirl_jax.generation import run_sharded_episodes
 from swirl_jax.judging import process_requests
 from swirl_jax.rewards.answers import answer_correct, token_f1
 from swirl_jax.rewards.judge import Judge, OutcomeRequest
@@ -33,6 +41,7 @@ class EvalConfig:
   temperature: float = 0.0  # greedy
   max_action_tokens: int = 192
   grade_with_judge: bool = False  # outcome judge instead of the rule matchers
+  questions_per_shard: int = 64
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -46,8 +55,9 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
   return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def grade(trajectories, judge: Judge | None = None, grade_with_judge: bool = False) -> dict:
-  """Accuracy, interval, F1, steps and the GOOD-step share of finished trajectories."""
+def grade_each(trajectories, judge: Judge | None = None, grade_with_judge: bool = False) -> list[dict]:
+  """One record per trajectory (correct, F1, steps, answered, GOOD and judged steps): what a
+  process contributes to a report."""
   trajectories = list(trajectories)
   if grade_with_judge and judge is not None:
     verdicts = judge.judge_outcomes([OutcomeRequest(t.question, t.final_answer, tuple(t.gold_answers), t.question_id)
@@ -55,37 +65,69 @@ def grade(trajectories, judge: Judge | None = None, grade_with_judge: bool = Fal
     correct = [v.verdict == "YES" for v in verdicts]
   else:
     correct = [answer_correct(t.final_answer, t.gold_answers) for t in trajectories]
-  n, k = len(trajectories), sum(correct)
+  records = [{"question_id": t.question_id, "correct": bool(c), "f1": token_f1(t.final_answer or "", t.gold_answers),
+              "steps": len(t.steps), "answered": t.final_answer is not None}
+             for t, c in zip(trajectories, correct)]
+  if judge is not None:
+    verdicts = iter(judge.judge_steps([r for t in trajectories for r in process_requests(t)]))
+    for record, t in zip(records, trajectories):
+      step_verdicts = [next(verdicts).verdict for _ in t.steps]
+      record["good_steps"] = sum(v == "GOOD" for v in step_verdicts)
+      record["judged_steps"] = sum(v is not None for v in step_verdicts)
+  return records
+
+
+def report_of(records: list[dict]) -> dict:
+  """Accuracy, interval, F1, steps and the GOOD-step share of graded records (in a fixed order)."""
+  n, k = len(records), sum(r["correct"] for r in records)
   low, high = wilson_interval(k, n)
   report = {
       "questions": n, "correct": k, "accuracy": k / n if n else 0.0, "accuracy_95ci": [low, high],
-      "token_f1": sum(token_f1(t.final_answer or "", t.gold_answers) for t in trajectories) / max(n, 1),
-      "mean_steps": sum(len(t.steps) for t in trajectories) / max(n, 1),
-      "answered": sum(t.final_answer is not None for t in trajectories) / max(n, 1),
+      "token_f1": sum(r["f1"] for r in records) / max(n, 1),
+      "mean_steps": sum(r["steps"] for r in records) / max(n, 1),
+      "answered": sum(r["answered"] for r in records) / max(n, 1),
   }
-  if judge is not None:
-    verdicts = judge.judge_steps([r for t in trajectories for r in process_requests(t)])
-    judged = [v for v in verdicts if v.verdict is not None]
-    report["good_step_share"] = sum(v.verdict == "GOOD" for v in judged) / len(judged) if judged else None
+  if records and "judged_steps" in records[0]:
+    judged = sum(r["judged_steps"] for r in records)
+    report["good_step_share"] = sum(r["good_steps"] for r in records) / judged if judged else None
   return report
 
 
+def grade(trajectories, judge: Judge | None = None, grade_with_judge: bool = False) -> dict:
+  """Accuracy, interval, F1, steps and the GOOD-step share of finished trajectories."""
+  return report_of(grade_each(trajectories, judge, grade_with_judge))
+
+
 def evaluate(task: Task, model, vocab, name: str, config: EvalConfig = EvalConfig(),
-             judge: Judge | None = None, mesh=None) -> dict:
-  """Runs the tool loop once per held-out question; writes trajectories and the report."""
+             judge: Judge | None = None, mesh=None, rules=None) -> dict:
+  """Runs the tool loop once per held-out question; writes trajectories and the report.
+
+  Collective: every process of a run calls it; each returns the whole run's report.
+  """
   directory = os.path.join(config.output_dir, name)
-  path = trajectory_io.shard_path(directory, 0)
-  if not os.path.exists(path):
-    sampler = Sampler(model, rows=config.rows, capacity=config.capacity, vocab=vocab, mesh=mesh)
+  process, processes = jax.process_index(), jax.process_count()
+  n_shards = -(-len(task.questions) // config.questions_per_shard)
+  mine = [k for k in range(n_shards) if k % processes == process]
+  todo = [k for k in mine if not os.path.exists(trajectory_io.shard_path(directory, k))]
+  if multihost.any_process(bool(todo)):  # the sampler is collective: all build it, or none
+    sampler = Sampler(model, rows=config.rows, capacity=config.capacity, vocab=vocab, mesh=mesh, rules=rules)
     episode = EpisodeConfig(max_steps=task.max_steps, temperature=config.temperature,
                             max_action_tokens=config.max_action_tokens)
     runner = EpisodeRunner(sampler, vocab, task.tools, task.template, episode)
-    trajectories = sorted(runner.run([(q, 0) for q in task.questions]), key=lambda t: t.question_id)
-    trajectory_io.write_shard(path, trajectories)
-  report = grade(trajectory_io.read_shard(path), judge, config.grade_with_judge)
+    per_shard = config.questions_per_shard
+    run_sharded_episodes(
+        runner, {k: [(q, 0) for q in task.questions[k * per_shard:(k + 1) * per_shard]] for k in todo},
+        lambda k, done: trajectory_io.write_shard(trajectory_io.shard_path(directory, k), done))
+  mine_done = [t for k in mine for t in trajectory_io.read_shard(trajectory_io.shard_path(directory, k))]
+  records = [r for part in multihost.allgather_json(grade_each(mine_done, judge, config.grade_with_judge))
+             for r in part]
+  order = {q.id: i for i, q in enumerate(task.questions)}
+  records.sort(key=lambda r: order.get(r["question_id"], len(order)))
+  report = report_of(records)
   report.update(name=name, task=task.name)
-  with atomic_io.atomic_open(os.path.join(directory, "report.json")) as f:
-    json.dump(report, f, indent=1)
+  if process == 0:
+    with atomic_io.atomic_open(os.path.join(directory, "report.json")) as f:
+      json.dump(report, f, indent=1)
   return report
 
 
@@ -115,6 +157,7 @@ def write_comparison(reports: list[dict], output_dir: str) -> str:
   with atomic_io.atomic_path(os.path.join(output_dir, "report.png")) as tmp:
     fig.savefig(tmp, format="png", dpi=120)
   plt.close(fig)
-  with atomic_io.atomic_open(os.path.join(output_dir, "report.json")) as f:
+  # comparison.json, not report.json: the directory may be a report's own (run_evaluate's).
+  with atomic_io.atomic_open(os.path.join(output_dir, "comparison.json")) as f:
     json.dump(reports, f, indent=1)
   return table

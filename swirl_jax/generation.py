@@ -3,9 +3,12 @@
 Work is cut into shards of whole questions. A shard's file is written at once
 (temp file + rename) when all its trajectories are done, and a re-run skips
 shards whose file exists: a run killed at any moment, then restarted, ends
-with every trajectory exactly once and no partial file. Each shard's sampling
-seed depends only on the run seed and the shard, so a resumed run writes what
-an uninterrupted one would. Shard k belongs to process k % process_count.
+with every trajectory exactly once and no partial file. Each turn's sampling
+key depends only on the run seed, the question, the sample index and the turn,
+so a resumed run writes what an uninterrupted one would, and N processes write
+what one does. Shard k belongs to process k % process_count; each process
+writes its own shards and its own summary-pNNN.json, and every process then
+holds the run's summary (summary.json), aggregated exactly over processes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import gin
 import jax
 from tqdm import tqdm
 
-from swirl_jax import atomic_io
+from swirl_jax import atomic_io, multihost
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.sampling.sampler import Sampler
@@ -38,30 +41,67 @@ class GenerateConfig:
   seed: int = 0
 
 
-def summarize(trajectories, seconds: float | None = None, new_tokens: int | None = None) -> dict:
-  trajectories = list(trajectories)
-  steps = [s for t in trajectories for s in t.steps]
+def _counts(trajectories) -> dict:
+  """Counts that add up across processes."""
   finishes: dict[str, int] = {}
+  steps = [s for t in trajectories for s in t.steps]
   for t in trajectories:
     finishes[t.finish] = finishes.get(t.finish, 0) + 1
-  summary = {
-      "trajectories": len(trajectories),
-      "steps": len(steps),
-      "steps_per_trajectory": round(len(steps) / max(len(trajectories), 1), 3),
-      "malformed_rate": round(sum(s.kind == "malformed" for s in steps) / max(len(steps), 1), 4),
-      "tool_calls": sum(s.kind == "tool" for s in steps),
-      "tool_errors": sum(s.tool_error for s in steps),
-      "finish": finishes,
+  return {"trajectories": len(trajectories), "steps": len(steps),
+          "malformed": sum(s.kind == "malformed" for s in steps),
+          "tool_calls": sum(s.kind == "tool" for s in steps), "tool_errors": sum(s.tool_error for s in steps),
+          "finish": finishes}
+
+
+def _summary_of(counts: dict) -> dict:
+  n, steps = counts.get("trajectories", 0), counts.get("steps", 0)
+  return {
+      "trajectories": n,
+      "steps": steps,
+      "steps_per_trajectory": round(steps / max(n, 1), 3),
+      "malformed_rate": round(counts.get("malformed", 0) / max(steps, 1), 4),
+      "tool_calls": counts.get("tool_calls", 0),
+      "tool_errors": counts.get("tool_errors", 0),
+      "finish": dict(sorted(counts.get("finish", {}).items())),
   }
+
+
+def summarize(trajectories, seconds: float | None = None, new_tokens: int | None = None) -> dict:
+  summary = _summary_of(_counts(list(trajectories)))
   if seconds:
     summary.update(seconds=round(seconds, 2), new_tokens=new_tokens,
                    tokens_per_second=round((new_tokens or 0) / seconds, 1))
   return summary
 
 
+def run_sharded_episodes(runner: EpisodeRunner, shard_jobs: dict[int, list], write_shard,
+                         on_trajectory=None, on_step=None) -> None:
+  """Runs the jobs of several shards through one episode loop (rows stay full across shard
+  boundaries) and hands each shard's trajectories to `write_shard(k, trajectories)` as soon as its
+  last one is done. Collective: every process calls it, with its own shards (or none)."""
+  shard_of = {}
+  for k, jobs in shard_jobs.items():
+    for question, sample in jobs:
+      shard_of[(question.id, sample)] = k
+  pending = {k: len(jobs) for k, jobs in shard_jobs.items()}
+  done: dict[int, list] = {k: [] for k in shard_jobs}
+  for k in [k for k, n in pending.items() if n == 0]:
+    write_shard(k, [])
+  all_jobs = [job for k in sorted(shard_jobs) for job in shard_jobs[k]]
+  for trajectory in runner.run(all_jobs, on_step=on_step):
+    k = shard_of[(trajectory.question_id, trajectory.sample_index)]
+    done[k].append(trajectory)
+    pending[k] -= 1
+    if on_trajectory is not None:
+      on_trajectory(trajectory)
+    if pending[k] == 0:
+      write_shard(k, sorted(done.pop(k), key=lambda t: (t.question_id, t.sample_index)))
+
+
 def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig(),
-             episode: EpisodeConfig | None = None, mesh=None) -> dict:
-  """Writes this process's shards of `task` to config.output_dir; returns the summary."""
+             episode: EpisodeConfig | None = None, mesh=None, rules=None) -> dict:
+  """Writes this process's shards of `task` to config.output_dir; returns the run's summary (all
+  processes). Collective: every process of a run calls it."""
   episode = episode or EpisodeConfig()
   if episode.max_steps is None:
     episode = dataclasses.replace(episode, max_steps=task.max_steps)
@@ -75,26 +115,21 @@ def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig()
     for stale in glob.glob(trajectory_io.shard_path(config.output_dir, k).replace(
         "trajectories-", ".trajectories-") + ".*.tmp"):
       os.unlink(stale)
-  sampler = Sampler(model, rows=config.rows, capacity=config.capacity, vocab=vocab, mesh=mesh)
-  runner = EpisodeRunner(sampler, vocab, task.tools, task.template, episode)
-  total = len(todo) * config.questions_per_shard * config.samples_per_question
+  sampler = Sampler(model, rows=config.rows, capacity=config.capacity, vocab=vocab, mesh=mesh, rules=rules)
+  runner = EpisodeRunner(sampler, vocab, task.tools, task.template, episode, seed=config.seed)
+  shard_jobs = {k: [(q, s) for q in questions[k * config.questions_per_shard:(k + 1) * config.questions_per_shard]
+                    for s in range(config.samples_per_question)] for k in todo}
   new_tokens, start = 0, time.perf_counter()
 
   def count(tokens):
     nonlocal new_tokens
     new_tokens += tokens
 
-  with tqdm(total=total, desc=f"generate {task.name}", unit="traj", disable=None) as bar:
-    for k in todo:
-      shard_questions = questions[k * config.questions_per_shard:(k + 1) * config.questions_per_shard]
-      jobs = [(q, s) for q in shard_questions for s in range(config.samples_per_question)]
-      sampler.set_rng(jax.random.fold_in(jax.random.key(config.seed), k))
-      done = []
-      for trajectory in runner.run(jobs, on_step=count):
-        done.append(trajectory)
-        bar.update(1)
-      done.sort(key=lambda t: (t.question_id, t.sample_index))
-      trajectory_io.write_shard(trajectory_io.shard_path(config.output_dir, k), done)
+  total = sum(len(jobs) for jobs in shard_jobs.values())
+  with tqdm(total=total, desc=f"generate {task.name} (process {process})", unit="traj", disable=None) as bar:
+    run_sharded_episodes(runner, shard_jobs,
+                         lambda k, done: trajectory_io.write_shard(trajectory_io.shard_path(config.output_dir, k), done),
+                         on_trajectory=lambda _: bar.update(1), on_step=count)
   seconds = time.perf_counter() - start
   written = [t for k in mine for t in trajectory_io.read_shard(trajectory_io.shard_path(config.output_dir, k))]
   summary = summarize(written, seconds if todo else None, new_tokens if todo else None)
@@ -102,4 +137,11 @@ def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig()
                  compile_seconds={k: round(v, 2) for k, v in sampler.compile_seconds.items()})
   with atomic_io.atomic_open(os.path.join(config.output_dir, f"summary-p{process:03d}.json")) as f:
     json.dump(summary, f, indent=1)
-  return summary
+  # The run's summary: counts from every process, added up (the same on every process).
+  parts = multihost.allgather_json({"counts": _counts(written), "shards": len(mine), "new_shards": len(todo)})
+  run_summary = _summary_of(multihost.merge_counts([p["counts"] for p in parts]))
+  run_summary.update(task=task.name, shards=sum(p["shards"] for p in parts), processes=processes)
+  if process == 0:
+    with atomic_io.atomic_open(os.path.join(config.output_dir, "summary.json")) as f:
+      json.dump(run_summary, f, indent=1)
+  return {**summary, "run": run_summary}

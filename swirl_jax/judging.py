@@ -4,6 +4,10 @@ Reads Stage 1 shards, writes judged shards of the same names, each written
 whole and atomically. A re-run skips judged shards that are complete and
 redoes those with unjudged entries (a judge server that failed); a caching
 judge (HttpJudge) then pays only for what is missing.
+
+Multi-host: shard k is judged by process k % process_count (the process that
+generated it), so no request is sent twice; the summary adds up every
+process's counts.
 """
 
 from __future__ import annotations
@@ -11,16 +15,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import gin
+import jax
 from tqdm import tqdm
 
-from swirl_jax import atomic_io
+from swirl_jax import atomic_io, multihost
 from swirl_jax.data import filters, trajectory_io
 from swirl_jax.data.trajectory import Trajectory, judge_transcript
 from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest
 from swirl_jax.rewards.model_judge import ModelJudge
+from swirl_jax.rewards.request_log import RequestLog
 from swirl_jax.rewards.rule_judge import RuleJudge
 
 
@@ -58,12 +65,19 @@ def _unparseable_only(trajectories: list[Trajectory]) -> bool:
 @gin.configurable
 def make_judge(kind: str = "rule", model_source: str | None = None, model_path: str | None = None,
                mode: str = "score", http_base_url: str | None = None, http_model: str | None = None,
-               cache_dir: str = "runs/judge_cache", questions=None, task=None) -> Judge:
+               cache_dir: str = "runs/judge_cache", request_log_dir: str | None = None, questions=None,
+               task=None) -> Judge:
   """The configured judge: rule (built-in tasks), model (any loadable checkpoint) or http.
 
   The rule judge knows the gold steps of `questions` (default: the gin task's)
-  and the search titles of `task`'s corpus.
+  and the search titles of `task`'s corpus. With `request_log_dir`, every
+  request is logged there (`rewards.request_log.RequestLog`).
   """
+  judge = _make_judge(kind, model_source, model_path, mode, http_base_url, http_model, cache_dir, questions, task)
+  return RequestLog(judge, request_log_dir) if request_log_dir else judge
+
+
+def _make_judge(kind, model_source, model_path, mode, http_base_url, http_model, cache_dir, questions, task):
   from swirl_jax.tasks import build_task
   if kind == "rule":
     task = task or build_task()
@@ -80,11 +94,21 @@ def make_judge(kind: str = "rule", model_source: str | None = None, model_path: 
   raise ValueError(f"make_judge(kind={kind!r}): use rule, model or http")
 
 
+def _shard_number(path: str) -> int:
+  match = re.search(r"-s(\d+)\.jsonl$", path)
+  if match is None:
+    raise ValueError(f"{path}: not a trajectory shard name (trajectories-sNNNNN.jsonl)")
+  return int(match.group(1))
+
+
 @gin.configurable
 def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
-  """Judges every shard of input_dir into output_dir; returns counts of each verdict."""
+  """Judges this process's shards of input_dir into output_dir; returns counts of each verdict over
+  every process's shards (the same on every process)."""
   os.makedirs(output_dir, exist_ok=True)
-  for path in tqdm(trajectory_io.shard_files(input_dir), desc="judge shards", disable=None):
+  process, processes = jax.process_index(), jax.process_count()
+  mine = [p for p in trajectory_io.shard_files(input_dir) if _shard_number(p) % processes == process]
+  for path in tqdm(mine, desc=f"judge shards (process {process})", disable=None):
     out = os.path.join(output_dir, os.path.basename(path))
     if os.path.exists(out):
       done = list(trajectory_io.read_shard(out))
@@ -92,15 +116,16 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
         continue
     trajectories = judge_trajectories(list(trajectory_io.read_shard(path)), judge)
     trajectory_io.write_shard(out, trajectories)
-  summary = judged_summary(trajectory_io.read_all(output_dir))
-  with atomic_io.atomic_open(os.path.join(output_dir, "judge_summary.json")) as f:
-    json.dump(summary, f, indent=1)
+  judged = [t for p in mine for t in trajectory_io.read_shard(os.path.join(output_dir, os.path.basename(p)))]
+  summary = _with_share(multihost.merge_counts(multihost.allgather_json(_judged_counts(judged))))
+  if process == 0:
+    with atomic_io.atomic_open(os.path.join(output_dir, "judge_summary.json")) as f:
+      json.dump(summary, f, indent=1)
+  multihost.barrier("judge_directory")  # every judged shard is written before anyone reads them
   return summary
 
 
-def judged_summary(trajectories) -> dict:
-  """Verdict counts, the share of GOOD steps, and how many trajectories each filter keeps."""
-  trajectories = list(trajectories)
+def _judged_counts(trajectories) -> dict:
   counts = {"steps": {}, "outcomes": {}, "filter_survival": filters.survival(trajectories)}
   for t in trajectories:
     key = str((t.outcome or {}).get("verdict"))
@@ -108,7 +133,18 @@ def judged_summary(trajectories) -> dict:
     for s in t.steps:
       key = str((s.process or {}).get("verdict"))
       counts["steps"][key] = counts["steps"].get(key, 0) + 1
+  return counts
+
+
+def _with_share(counts: dict) -> dict:
+  counts = {**counts, "steps": dict(sorted(counts["steps"].items())),
+            "outcomes": dict(sorted(counts["outcomes"].items()))}
   good = counts["steps"].get("GOOD", 0)
   judged = sum(v for k, v in counts["steps"].items() if k != "None")
   counts["good_step_share"] = round(good / judged, 4) if judged else None
   return counts
+
+
+def judged_summary(trajectories) -> dict:
+  """Verdict counts, the share of GOOD steps, and how many trajectories each filter keeps."""
+  return _with_share(_judged_counts(list(trajectories)))

@@ -7,6 +7,7 @@ pick the mode and the gin files. `--gin.NAME=VALUE` is shorthand for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ import jax
 from absl import app, flags, logging
 
 # Everything gin can bind must be imported before the config is parsed.
-from swirl_jax import evaluation, generation, judging, partitioning, pipeline, tasks  # noqa: F401
+from swirl_jax import evaluation, generation, judging, multihost, partitioning, pipeline, runtime, tasks  # noqa: F401
 from swirl_jax.checkpoints import policy  # noqa: F401
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
@@ -29,13 +30,13 @@ _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files, applied in or
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Individual gin bindings.")
 _GIN_SEARCH_PATHS = flags.DEFINE_multi_string("gin_search_paths", ["."], "Where gin files are looked up.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 for multi-host runs; on Cloud TPU leave "
-    "unset and jax.distributed.initialize() finds the slice by itself.")
+    "coordinator_address", None, "host:port of process 0 for multi-host runs (overrides "
+    "RuntimeConfig.coordinator_address); on Cloud TPU use --distributed_tpu instead.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 _DISTRIBUTED_TPU = flags.DEFINE_bool(
     "distributed_tpu", False, "Call jax.distributed.initialize() with no arguments (Cloud TPU slices: "
-    "the runtime names the coordinator). The launch scripts set it.")
+    "the runtime names the coordinator); sets RuntimeConfig.auto_detect. The launch scripts set it.")
 
 
 def rewrite_gin_args(argv: list[str]) -> list[str]:
@@ -52,71 +53,86 @@ def rewrite_gin_args(argv: list[str]) -> list[str]:
   return out
 
 
-def run_generate():
+def _print_json(value) -> None:
+  if jax.process_index() == 0:
+    print(json.dumps(value, indent=1), flush=True)
+
+
+def run_generate(rt: runtime.Runtime):
   """Stage 1 with the gin-configured policy, task and settings (GenerateConfig.output_dir...)."""
-  model, vocab = policy.load_policy()
+  model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   task = tasks.build_task(vocab=vocab)
-  summary = generation.generate(task, model, vocab, generation.GenerateConfig())
-  print(json.dumps(summary, indent=1))
+  summary = generation.generate(task, model, vocab, generation.GenerateConfig(), mesh=rt.mesh, rules=rt.rules)
+  _print_json(summary)
   return summary
 
 
-def run_judge():
+def run_judge(rt: runtime.Runtime):
   """Process and outcome verdicts for Stage 1's files (judge_directory.input_dir / output_dir)."""
   summary = judging.judge_directory(judge=judging.make_judge())
-  print(json.dumps(summary, indent=1))
+  _print_json(summary)
   return summary
 
 
 @gin.configurable
-def run_train(judged_dir: str = gin.REQUIRED, filter_strategy: str = "process"):
+def run_train(rt: runtime.Runtime, judged_dir: str = gin.REQUIRED, filter_strategy: str = "process"):
   """Stage 2 on the trajectories of `judged_dir` kept by `filter_strategy`."""
   from swirl_jax.data import filters, trajectory_io
   train_config = trainer.TrainConfig()
-  model, vocab = policy.load_policy()
+  model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   kept = filters.filter_trajectories(trajectory_io.read_all(judged_dir), filter_strategy)
   task = tasks.build_task(vocab=vocab)
   judge = judging.make_judge() if train_config.mode == "online" else None
-  metrics = pipeline.build_trainer(model, vocab, kept, task, judge, train_config).train()
-  print(json.dumps({"kept_trajectories": len(kept), **metrics}, indent=1))
+  metrics = pipeline.build_trainer(model, vocab, kept, task, judge, train_config, mesh=rt.mesh,
+                                   rules=rt.rules).train()
+  _print_json({"kept_trajectories": len(kept), **metrics})
   return metrics
 
 
 @gin.configurable
-def run_evaluate(name: str = "model", checkpoint_dir: str | None = None):
+def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str | None = None):
   """The tool loop on the gin task's held-out split, graded; restores `checkpoint_dir` if given."""
-  model, vocab = policy.load_policy()
+  model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   if checkpoint_dir:
     trainer.load_trained_params(model, checkpoint_dir)
   task = tasks.build_task(split="test", vocab=vocab)
   judge = judging.make_judge(questions=task.questions, task=task)
-  report = evaluation.evaluate(task, model, vocab, name, evaluation.EvalConfig(), judge)
-  evaluation.write_comparison([report], os.path.join(evaluation.EvalConfig().output_dir, name))
-  print(json.dumps(report, indent=1))
+  report = evaluation.evaluate(task, model, vocab, name, evaluation.EvalConfig(), judge, mesh=rt.mesh,
+                               rules=rt.rules)
+  if jax.process_index() == 0:
+    evaluation.write_comparison([report], os.path.join(evaluation.EvalConfig().output_dir, name))
+  _print_json(report)
   return report
+
+
+def runtime_config() -> runtime.RuntimeConfig:
+  """gin's RuntimeConfig, with the multi-host flags (the launch scripts' interface) on top."""
+  config = runtime.RuntimeConfig()
+  if _DISTRIBUTED_TPU.value:
+    config = dataclasses.replace(config, auto_detect=True, coordinator_address=None, num_processes=None,
+                                 process_id=None)
+  elif _COORDINATOR.value or _NUM_PROCESSES.value is not None:
+    config = dataclasses.replace(config, coordinator_address=_COORDINATOR.value,
+                                 num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  return config
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _DISTRIBUTED_TPU.value:
-    jax.distributed.initialize()
-  elif _COORDINATOR.value or _NUM_PROCESSES.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   for path in _GIN_SEARCH_PATHS.value:
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
+  rt = runtime.setup_runtime(runtime_config())
   logging.info("gin config:\n%s", gin.config_str())
-  if _MODE.value == "generate":
-    run_generate()
-  elif _MODE.value == "judge":
-    run_judge()
-  elif _MODE.value == "train":
-    run_train()
-  elif _MODE.value == "evaluate":
-    run_evaluate()
-  elif _MODE.value == "pipeline":
-    pipeline.run_pipeline(pipeline.PipelineConfig())
+  modes = {"generate": run_generate, "judge": run_judge, "train": run_train, "evaluate": run_evaluate,
+           "pipeline": lambda rt: pipeline.run_pipeline(rt, pipeline.PipelineConfig())}
+  try:
+    modes[_MODE.value](rt)
+  except multihost.Preempted as preempted:
+    # A preemption notice: every process saved the same step; exit cleanly so the job is restarted.
+    logging.warning("%s", preempted)
+    print(str(preempted), flush=True)
 
 
 def run():

@@ -68,10 +68,29 @@ class MeshConfig:
     return tuple(dims)
 
 
-def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over `devices` (default: all devices)."""
+def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = None, *,
+              num_slices: int = 1, granule: str = "slice") -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all devices).
+
+  With `num_slices` > 1 the data axis spans the slices (data-center network)
+  and everything else stays inside a slice (ICI): a hybrid mesh. `granule`
+  names what a slice is: "slice" (TPU slices, by their slice_index) or
+  "process" (each process plays one slice, e.g. CPU processes in tests).
+  """
+  config = config or MeshConfig()
   devices = list(jax.devices() if devices is None else devices)
   shape = config.shape(len(devices))
+  if num_slices > 1:
+    if shape[0] % num_slices:
+      raise ValueError(f"MeshConfig data={shape[0]} must be a multiple of num_slices={num_slices} "
+                       "(the data axis spans the slices)")
+    if granule not in ("slice", "process"):
+      raise ValueError(f"make_mesh(granule={granule!r}): use 'slice' or 'process'")
+    from jax.experimental import mesh_utils
+    per_slice = (shape[0] // num_slices,) + tuple(shape[1:])
+    grid = mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices,
+                                                process_is_granule=granule == "process")
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   if devices == list(jax.devices()):
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
@@ -87,6 +106,13 @@ def logical_rules(overrides: LogicalRules = ()) -> LogicalRules:
 
 
 _active_rules: list[LogicalRules] = [DEFAULT_RULES]
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh | None, rules: LogicalRules) -> Iterator[None]:
+  """The mesh (if any) and the rules that jitted steps and `constrain` see inside the block."""
+  with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), use_rules(rules):
+    yield
 
 
 @contextlib.contextmanager
@@ -184,6 +210,13 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules, shape: Sequence[int]) -> Nam
   A batch the data axes do not divide is replicated rather than refused.
   """
   names = ("activation_batch",) + (None,) * (len(shape) - 1)
+  return NamedSharding(mesh, logical_to_spec(names, rules, shape, mesh))
+
+
+def cache_sharding(mesh: Mesh, rules: LogicalRules, shape: Sequence[int]) -> NamedSharding:
+  """Sharding of one layer's KV cache [batch, slots, kv_heads, head_dim]: rows as the batch, heads
+  as the tensor axis says."""
+  names = ("activation_batch", None, "activation_kv_heads", None)
   return NamedSharding(mesh, logical_to_spec(names, rules, shape, mesh))
 
 

@@ -3,6 +3,11 @@
 Each stage skips what its outputs already hold (finished shards, judged shards,
 the last checkpoint, evaluation files), so a killed pipeline run again resumes
 where it stopped. Everything lands under one run directory.
+
+Every process of a multi-host run runs the pipeline together (the set-up is
+`runtime.setup_runtime`): each generates, judges and evaluates its own shards
+and samples for its own states; process 0 writes the run's summary and report.
+The run directory must be one that every host sees (a shared file system).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 import gin
 import jax
 
-from swirl_jax import atomic_io, evaluation, generation, judging, partitioning, tasks
+from swirl_jax import atomic_io, evaluation, generation, judging, multihost, runtime, tasks
 from swirl_jax.checkpoints.policy import load_policy
 from swirl_jax.data import filters, trajectory_io
 from swirl_jax.data.trajectory import format_trajectory
@@ -32,46 +37,50 @@ class PipelineConfig:
   eval_questions: int = 64
 
 
-def run_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = PipelineConfig()) -> dict:
+  """All stages in order, resumably; returns the summary (the same on every process)."""
   start = time.perf_counter()
+  rt = rt or runtime.setup_runtime()
+  main = rt.is_main_process
+  say = (lambda message: print(message, flush=True)) if main else (lambda message: None)
   paths = {name: os.path.join(config.run_dir, name) for name in
            ("trajectories", "judged", "checkpoints", "eval", "metrics")}
-  mesh, rules = None, partitioning.logical_rules()
-  if jax.device_count() > 1:
-    mesh = partitioning.make_mesh(partitioning.MeshConfig())
-    print(f"mesh: {partitioning.describe(mesh)} over {jax.device_count()} devices", flush=True)
+  say(f"runtime: {rt.describe()}")
+  mesh, rules = rt.mesh, rt.rules
   model, vocab = load_policy(mesh=mesh, rules=rules)
   train_task = tasks.build_task(split="train", vocab=vocab)
   eval_task = tasks.build_task(split="test", num_questions=config.eval_questions, vocab=vocab)
   judge = judging.make_judge(questions=train_task.questions + eval_task.questions, task=train_task)
   eval_config = dataclasses.replace(evaluation.EvalConfig(), output_dir=paths["eval"])
 
-  print(f"[1/5] evaluating the base model on {len(eval_task.questions)} held-out questions", flush=True)
-  base = evaluation.evaluate(eval_task, model, vocab, "base", eval_config, judge, mesh=mesh)
-  print("[2/5] Stage 1: generating trajectories", flush=True)
+  say(f"[1/5] evaluating the base model on {len(eval_task.questions)} held-out questions")
+  base = evaluation.evaluate(eval_task, model, vocab, "base", eval_config, judge, mesh=mesh, rules=rules)
+  say("[2/5] Stage 1: generating trajectories")
   generation.generate(train_task, model, vocab,
                       dataclasses.replace(generation.GenerateConfig(), output_dir=paths["trajectories"]),
-                      mesh=mesh)
-  print("[3/5] judging every step and outcome", flush=True)
+                      mesh=mesh, rules=rules)
+  say("[3/5] judging every step and outcome")
   judged = judging.judge_directory(paths["trajectories"], paths["judged"], judge)
   kept = filters.filter_trajectories(trajectory_io.read_all(paths["judged"]), config.filter_strategy)
-  print(f"[4/5] Stage 2: training on {len(kept)} trajectories kept by the {config.filter_strategy!r} filter",
-        flush=True)
+  say(f"[4/5] Stage 2: training on {len(kept)} trajectories kept by the {config.filter_strategy!r} filter")
   train_config = dataclasses.replace(TrainConfig(), checkpoint_dir=paths["checkpoints"])
   trainer = build_trainer(model, vocab, kept, train_task, judge, train_config,
                           metrics_dir=paths["metrics"], mesh=mesh, rules=rules)
   last_metrics = trainer.train()
-  print("[5/5] evaluating the trained model", flush=True)
-  trained = evaluation.evaluate(eval_task, model, vocab, "trained", eval_config, judge, mesh=mesh)
-  table = evaluation.write_comparison([base, trained], paths["eval"])
+  say("[5/5] evaluating the trained model")
+  trained = evaluation.evaluate(eval_task, model, vocab, "trained", eval_config, judge, mesh=mesh, rules=rules)
   summary = {
       "base_accuracy": base["accuracy"], "base_accuracy_95ci": base["accuracy_95ci"],
       "trained_accuracy": trained["accuracy"], "trained_accuracy_95ci": trained["accuracy_95ci"],
       "filter_survival": judged["filter_survival"], "good_step_share": judged["good_step_share"],
-      "train_steps": trainer.step, "last_train_metrics": last_metrics,
+      "train_steps": trainer.step, "last_train_metrics": last_metrics, "processes": rt.process_count,
       "paths": {**paths, "tensorboard": paths["metrics"], "report": os.path.join(paths["eval"], "report.md")},
       "seconds": round(time.perf_counter() - start, 1),
   }
+  if not main:
+    multihost.barrier("pipeline_done")
+    return summary
+  table = evaluation.write_comparison([base, trained], paths["eval"])
   with atomic_io.atomic_open(os.path.join(config.run_dir, "summary.json")) as f:
     json.dump(summary, f, indent=1)
   shown = max(trajectory_io.read_shard(trajectory_io.shard_path(os.path.join(paths["eval"], "trained"), 0)),
@@ -88,6 +97,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
            "tensorboard": paths["metrics"], "report": os.path.join(paths["eval"], "report.md")}
   for name, path in where.items():
     print(f"{name:>12}: {path}")
+  multihost.barrier("pipeline_done")
   return summary
 
 

@@ -45,11 +45,16 @@ class ScriptedSampler:
 
   def __init__(self, script, rows=2, capacity=100_000):
     self.script, self.rows, self.capacity = script, rows, capacity
+    self.local_rows = tuple(range(rows))
+    self.collective = False
     self.vocab = CharVocab()
     self.fed = {r: [] for r in range(rows)}
     self.turn = {r: 0 for r in range(rows)}
     self.question_of = {}
     self.max_rows_busy = 0
+
+  def any_process(self, *flags):
+    return flags[0] if len(flags) == 1 else flags
 
   def reset(self, rows):
     for r in rows:
@@ -62,7 +67,7 @@ class ScriptedSampler:
     for r, tokens in new.items():
       self.fed[r] += list(tokens)
 
-  def generate(self, rows, config):
+  def generate(self, rows, config, row_keys=None):
     self.max_rows_busy = max(self.max_rows_busy, len(rows))
     out = {}
     for r in rows:

@@ -123,7 +123,7 @@ def test_fifty_online_steps_raise_the_mean_reward():
 
   means = []
   for _ in range(50):
-    feats, rewards, _ = online.online_batch(sampler, scorer, states, 4, config, 16)
+    feats, rewards, _, _ = online.online_batch(sampler, scorer, states, 4, config, 16)
     means.append(float(rewards.mean()))
     params, opt_state = step(params, opt_state, jax.tree.map(jnp.asarray, feats))
     nnx.update(model, params)  # the sampler samples with the updated params

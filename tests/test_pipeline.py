@@ -30,7 +30,7 @@ def test_pipeline_runs_and_resumes(tmp_path, tokenizer_gguf):
   assert first.returncode == 0, first.stderr[-3000:]
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["train_steps"] == 2 and summary["filter_survival"]["none"] == 8
-  for name in ("report.md", "report.png", "report.json"):
+  for name in ("report.md", "report.png", "comparison.json", "base/report.json", "trained/report.json"):
     assert (run_dir / "eval" / name).stat().st_size > 0
   assert "base accuracy" in first.stdout and "trained" in first.stdout
   assert "One held-out episode of the trained model" in first.stdout and "--- step 0: action" in first.stdout

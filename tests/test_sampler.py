@@ -128,15 +128,16 @@ def test_finish_reasons(model):
 
 def test_choose_tokens_options():
   logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50)) * 3, jnp.float32)
-  greedy, logp = choose_tokens(logits, jax.random.key(0), 0.0, 0, 1.0)
+  row_keys = lambda seed: jax.random.split(jax.random.key(seed), 4)
+  greedy, logp = choose_tokens(logits, row_keys(0), 0.0, 0, 1.0)
   np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1))
   np.testing.assert_allclose(logp, jax.nn.log_softmax(logits)[jnp.arange(4), greedy], atol=1e-6)
   for top_k, top_p in ((1, 1.0), (0, 1e-6)):
-    token, _ = choose_tokens(logits, jax.random.key(1), 1.0, top_k, top_p)
+    token, _ = choose_tokens(logits, row_keys(1), 1.0, top_k, top_p)
     np.testing.assert_array_equal(token, greedy)
   # top_k=3 only ever picks among the 3 best; sampling follows the softmax.
   keys = jax.random.split(jax.random.key(2), 2000)
-  picks = jax.vmap(lambda k: choose_tokens(logits[:1], k, 1.0, 3, 1.0)[0][0])(keys)
+  picks = jax.vmap(lambda k: choose_tokens(logits[:1], k[None], 1.0, 3, 1.0)[0][0])(keys)
   allowed = set(np.argsort(-np.asarray(logits[0]))[:3].tolist())
   assert set(np.asarray(picks).tolist()) <= allowed
   probs = np.asarray(jax.nn.softmax(logits[0]))

@@ -30,7 +30,7 @@ import gin
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from swirl_jax import atomic_io, evaluation, generation, judging, tasks  # noqa: E402
+from swirl_jax import atomic_io, evaluation, generation, judging, partitioning, runtime, tasks  # noqa: E402
 from swirl_jax.checkpoints.policy import load_policy  # noqa: E402
 from swirl_jax.checkpoints.vocabulary_training import train_vocabulary  # noqa: E402
 from swirl_jax.data import demonstrations, filters, trajectory_io  # noqa: E402
@@ -97,8 +97,9 @@ def build(name: str, split: str, config: MiniatureConfig, vocab=None, num_questi
 class Miniature:
   """The run's tasks, judge, base policy and the stages that use them."""
 
-  def __init__(self, config: MiniatureConfig):
+  def __init__(self, config: MiniatureConfig, rt: runtime.Runtime | None = None):
     self.config = config
+    self.rt = rt or runtime.Runtime(mesh=None, rules=partitioning.DEFAULT_RULES)
     self.start = time.perf_counter()
     os.makedirs(config.run_dir, exist_ok=True)
     self.path = lambda *parts: os.path.join(config.run_dir, *parts)
@@ -142,7 +143,7 @@ class Miniature:
   def fresh_model(self):
     model, _ = load_policy(source="init", config_name=self.config.model,
                            tokenizer_model=self.path("vocabulary.model"), seed=self.config.seed,
-                           vocab_size=self.config.vocab_size)
+                           vocab_size=self.config.vocab_size, mesh=self.rt.mesh, rules=self.rt.rules)
     return model
 
   def train(self, name: str, trajectories, train_task, judge, config: TrainConfig, start_from: str | None):
@@ -155,7 +156,7 @@ class Miniature:
                                  seed=self.config.seed, max_action_tokens=self.config.max_action_tokens,
                                  keep_checkpoints=1)
     trainer = build_trainer(model, self.vocab, trajectories, train_task, judge, config,
-                            metrics_dir=os.path.join(directory, "metrics"))
+                            metrics_dir=os.path.join(directory, "metrics"), mesh=self.rt.mesh, rules=self.rt.rules)
     if trainer.checkpoints.latest_step() != config.steps:
       self.log(f"training {name}: {config.mode}, {config.steps} steps on {len(trajectories)} trajectories")
       trainer.train()
@@ -173,7 +174,8 @@ class Miniature:
     eval_config = evaluation.EvalConfig(output_dir=self.path("eval", SHORT[task.name]), rows=c.eval_rows,
                                         capacity=self.capacity,
                                         temperature=c.eval_temperature, max_action_tokens=c.max_action_tokens)
-    report = evaluation.evaluate(task, model, self.vocab, name, eval_config, self.judge)
+    report = evaluation.evaluate(task, model, self.vocab, name, eval_config, self.judge, mesh=self.rt.mesh,
+                                 rules=self.rt.rules)
     self.log(f"{name} on {SHORT[task.name]}: accuracy {report['accuracy']:.3f} "
              f"[{report['accuracy_95ci'][0]:.3f}, {report['accuracy_95ci'][1]:.3f}], "
              f"GOOD steps {report['good_step_share']:.3f}, mean steps {report['mean_steps']:.2f}")
@@ -212,7 +214,8 @@ class Miniature:
                                       samples_per_question=c.samples_per_question, rows=c.eval_rows,
                                       capacity=self.capacity, questions_per_shard=50, seed=c.seed)
       generation.generate(s["train"], base, self.vocab, gen, EpisodeConfig(
-          temperature=c.stage1_temperature, max_action_tokens=c.max_action_tokens))
+          temperature=c.stage1_temperature, max_action_tokens=c.max_action_tokens), mesh=self.rt.mesh,
+          rules=self.rt.rules)
       summary = judging.judge_directory(os.path.join(out, "trajectories"), os.path.join(out, "judged"), self.judge)
       stage1[name] = {"judged": summary, "trajectories": list(trajectory_io.read_all(os.path.join(out, "judged")))}
       self.log(f"Stage 1 on {SHORT[name]}: GOOD steps {summary['good_step_share']}, "
@@ -375,7 +378,7 @@ def main(argv):
   # Every trainer compiles the same few step shapes; the persistent cache compiles each once per run dir.
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(config.run_dir, "jax_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  Miniature(config).run()
+  Miniature(config, runtime.setup_runtime()).run()
 
 
 if __name__ == "__main__":

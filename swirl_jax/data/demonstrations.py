@@ -142,9 +142,14 @@ class ScriptedSampler:
 
   def __init__(self, vocab, plans: dict[str, list[list[str]]], rows: int = 64, capacity: int = 1 << 16):
     self.vocab, self.rows, self.capacity = vocab, rows, capacity
+    self.local_rows = tuple(range(rows))  # one host: every row is this process's
+    self.collective = False
     self._plans = {q: collections.deque(p) for q, p in plans.items()}
     self._tokens: list[list[int]] = [[] for _ in range(rows)]
     self._script: list[collections.deque | None] = [None] * rows
+
+  def any_process(self, *flags: bool):
+    return flags[0] if len(flags) == 1 else flags
 
   def reset(self, rows: Sequence[int] | None = None) -> None:
     for row in range(self.rows) if rows is None else rows:
@@ -157,7 +162,7 @@ class ScriptedSampler:
     for row, tokens in new_tokens.items():
       self._tokens[row] += list(tokens)
 
-  def generate(self, rows: Sequence[int], config=None) -> dict[int, TurnOutput]:
+  def generate(self, rows: Sequence[int], config=None, row_keys=None) -> dict[int, TurnOutput]:
     out = {}
     for row in rows:
       if self._script[row] is None:

@@ -4,6 +4,11 @@ Many (question, sample) jobs share the sampler's rows; when an episode ends its
 row takes the next waiting job at once, so the batch stays full. Every context
 delta and action is kept as token ids, exactly as the sampler consumed and
 produced them.
+
+Multi-host: each process runs its own jobs in its own rows of the sampler, and
+keeps calling the (collective) sampler until every process is done. A turn's
+sampling key comes from (seed, question id, sample index, turn), so a job
+samples the same trajectory whichever process, row or batch runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from swirl_jax.data.question import Question
 from swirl_jax.data.trajectory import Step, Trajectory, trajectory_id
 from swirl_jax.environment import protocol
 from swirl_jax.environment.tool import Tool, format_tool_result
-from swirl_jax.sampling.sampler import Sampler, SamplingConfig
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig, row_key
 
 
 @gin.configurable
@@ -54,7 +59,7 @@ class EpisodeRunner:
   """Runs episodes of a prompt template and tools on a sampler."""
 
   def __init__(self, sampler: Sampler, vocab, tools: Sequence[Tool],
-               template: protocol.PromptTemplate, config: EpisodeConfig = EpisodeConfig()):
+               template: protocol.PromptTemplate, config: EpisodeConfig = EpisodeConfig(), seed: int = 0):
     if config.max_steps is None:
       raise ValueError("EpisodeConfig.max_steps is not set (generate() fills in the task's cap)")
     self.sampler = sampler
@@ -62,6 +67,7 @@ class EpisodeRunner:
     self.tools = {t.tag: t for t in tools}
     self.template = template
     self.config = config
+    self.seed = seed
     self.sampling = SamplingConfig(
         temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
         max_new_tokens=config.max_action_tokens, stop_strings=protocol.stop_strings(list(self.tools)),
@@ -72,37 +78,40 @@ class EpisodeRunner:
 
   def run(self, jobs: Iterable[tuple[Question, int]],
           on_step: Callable[[int], None] | None = None) -> Iterator[Trajectory]:
-    """Yields one finished trajectory per (question, sample index) job, as they finish."""
+    """Yields one finished trajectory per (question, sample index) job, as they finish.
+
+    Every process calls it (with its own jobs, possibly none) and iterates it to the end.
+    """
     waiting = iter(jobs)
     episodes: dict[int, _Episode] = {}
-    free = list(range(self.sampler.rows))[::-1]
+    free = list(self.sampler.local_rows)[::-1]
     exhausted = False
     while True:
-      while free and not exhausted:
-        job = next(waiting, None)
-        if job is None:
-          exhausted = True
-          break
-        question, sample_index = job
-        row = free.pop()
-        self.sampler.reset([row])
-        text = self.template.prompt(question.question)
-        episodes[row] = _Episode(question, sample_index, [], self._encode(text, bos=True), text)
-      if not episodes:
+      ended_at_capacity = True
+      while ended_at_capacity:  # host work only: fill free rows, end contexts that cannot fit
+        while free and not exhausted:
+          job = next(waiting, None)
+          if job is None:
+            exhausted = True
+            break
+          question, sample_index = job
+          row = free.pop()
+          self.sampler.reset([row])
+          text = self.template.prompt(question.question)
+          episodes[row] = _Episode(question, sample_index, [], self._encode(text, bos=True), text)
+        ended_at_capacity = False
+        for row, episode in list(episodes.items()):
+          room = self.sampler.capacity - self.sampler.lengths()[row]
+          if len(episode.pending_tokens) + self.config.max_action_tokens > room:
+            del episodes[row]
+            free.append(row)
+            ended_at_capacity = True
+            yield self._finish(episode, "capacity", None)
+      if not self.sampler.any_process(bool(episodes)):
         return
-      done = []
-      for row, episode in episodes.items():  # a context that cannot fit ends its episode
-        room = self.sampler.capacity - self.sampler.lengths()[row]
-        if len(episode.pending_tokens) + self.config.max_action_tokens > room:
-          done.append((row, self._finish(episode, "capacity", None)))
-      for row, trajectory in done:
-        del episodes[row]
-        free.append(row)
-        yield trajectory
-      if not episodes:
-        continue
       self.sampler.append({row: e.pending_tokens for row, e in episodes.items()})
-      outputs = self.sampler.generate(list(episodes), self.sampling)
+      keys = {row: row_key(self.seed, e.question.id, e.sample_index, len(e.steps)) for row, e in episodes.items()}
+      outputs = self.sampler.generate(list(episodes), self.sampling, row_keys=keys)
       if on_step is not None:
         on_step(sum(len(o.tokens) for o in outputs.values()))
       for row, output in outputs.items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import bm25s
 import gin
 
 from swirl_jax.environment.tool import ToolResult
@@ -66,6 +65,10 @@ class BM25Search:
     self.top_k = top_k
     self.max_result_tokens = max_result_tokens
     self.vocab = vocab
+    # Imported here: bm25s runs a JAX computation when imported (its top-k backend), which would
+    # start the XLA backend before jax.distributed.initialize() in a multi-host run.
+    import bm25s
+    self._bm25s = bm25s
     self._index = bm25s.BM25()
     corpus_tokens = bm25s.tokenize([f"{p.title} {p.text}" for p in self.passages],
                                    stopwords="en", show_progress=False)
@@ -74,7 +77,7 @@ class BM25Search:
   def search(self, query: str, k: int | None = None) -> list[tuple[Passage, float]]:
     """The best k passages with their scores; passages that share no term are left out."""
     k = min(k or self.top_k, len(self.passages))
-    tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
+    tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False)
     if not tokens.vocab:
       return []
     ids, scores = self._index.retrieve(tokens, k=k, show_progress=False)

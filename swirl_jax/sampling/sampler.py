@@ -10,14 +10,22 @@ Shapes are fixed per sampler (rows, capacity, decode chunk) and prefill chunks
 are padded to a small set of buckets, so an episode compiles nothing after its
 first turn. The model is re-split at every call: the sampler always uses the
 params the trainer currently holds, without copying them.
+
+Multi-host: every process runs `append` and `generate` together (they are
+collective), but each owns only the rows of its addressable shard of the
+batch: it passes tokens for, and gets turns of, its own rows, and host work
+(stop strings, finish reasons) runs only there. Each row samples with its own
+key, made from global ids by the caller (`row_key(seed, question, sample,
+turn)`), so a row samples the same tokens whichever process or row slot runs it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import hashlib
+import json
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import gin
 import jax
@@ -26,7 +34,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from swirl_jax import partitioning
+from swirl_jax import multihost, partitioning
 from swirl_jax.models.transformer import KVCache, Transformer
 
 
@@ -53,8 +61,16 @@ class TurnOutput:
   finish_reason: str  # "stop_id" | "stop_string" | "max_new_tokens" | "capacity"
 
 
-def choose_tokens(logits_BxV, rng, temperature: float, top_k: int, top_p: float):
-  """Picks a token per row; returns it and its log-prob under the untempered model."""
+def row_key(*ids) -> np.ndarray:
+  """A row's sampling key (threefry key data, uint32[2]) from global ids such as (seed, question id,
+  sample index, turn): the same in every process and row slot, so N processes sample what 1 does."""
+  digest = hashlib.blake2b(json.dumps(ids, default=str).encode(), digest_size=8).digest()
+  return np.frombuffer(digest, np.uint32).copy()
+
+
+def choose_tokens(logits_BxV, keys_B, temperature: float, top_k: int, top_p: float):
+  """Picks a token per row (row b with its own key keys_B[b]); returns it and its log-prob under the
+  untempered model."""
   logits_BxV = logits_BxV.astype(jnp.float32)
   if temperature == 0.0:
     token_B = jnp.argmax(logits_BxV, axis=-1)
@@ -71,7 +87,7 @@ def choose_tokens(logits_BxV, rng, temperature: float, top_k: int, top_p: float)
       kept_BxV = mass_before_BxV < top_p
       threshold_Bx1 = jnp.min(jnp.where(kept_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
       scaled_BxV = jnp.where(scaled_BxV < threshold_Bx1, -jnp.inf, scaled_BxV)
-    token_B = jax.random.categorical(rng, scaled_BxV, axis=-1)
+    token_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BxV)
   token_B = token_B.astype(jnp.int32)
   # logit - logsumexp: one fused pass over the vocabulary, no [B, V] log-softmax.
   chosen_B = jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0]
@@ -91,17 +107,22 @@ def _append(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B):
   return cache, _last_hidden(hidden_BxCxD, num_new_B, last_hidden_BxD)
 
 
-def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, rng,
+def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, key_data_Bx2,
                   stop_ids_S, limit_B, *, steps: int, temperature: float, top_k: int, top_p: float):
-  """`steps` decode steps for the active rows; tokens land in [B, steps] buffers."""
+  """`steps` decode steps for the active rows; tokens land in [B, steps] buffers.
+
+  Row b's token number n of this turn is drawn with fold_in(key_b, n): what a
+  row samples does not depend on the other rows or on chunk boundaries.
+  """
   model = nnx.merge(graphdef, params)
   b = active_B.shape[0]
   capacity = cache.capacity
+  keys_B = jax.random.wrap_key_data(key_data_Bx2)
 
   def step(i, carry):
-    cache, last_hidden_BxD, active_B, count_B, tokens_BxT, logprobs_BxT, reasons_B, rng = carry
-    rng, key = jax.random.split(rng)
-    token_B, logprob_B = choose_tokens(model.logits_at(last_hidden_BxD), key, temperature, top_k, top_p)
+    cache, last_hidden_BxD, active_B, count_B, tokens_BxT, logprobs_BxT, reasons_B = carry
+    step_keys_B = jax.vmap(jax.random.fold_in)(keys_B, count_B)
+    token_B, logprob_B = choose_tokens(model.logits_at(last_hidden_BxD), step_keys_B, temperature, top_k, top_p)
     tokens_BxT = tokens_BxT.at[:, i].set(jnp.where(active_B, token_B, -1))
     logprobs_BxT = logprobs_BxT.at[:, i].set(logprob_B)
     num_new_B = active_B.astype(jnp.int32)
@@ -114,10 +135,10 @@ def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, r
                                    jnp.where(count_B >= limit_B, 2, 0)))
     reasons_B = jnp.where(active_B & (reason_B > 0), reason_B, reasons_B)
     active_B = active_B & (reason_B == 0)
-    return cache, last_hidden_BxD, active_B, count_B, tokens_BxT, logprobs_BxT, reasons_B, rng
+    return cache, last_hidden_BxD, active_B, count_B, tokens_BxT, logprobs_BxT, reasons_B
 
   carry = (cache, last_hidden_BxD, active_B, count_B, jnp.full((b, steps), -1, jnp.int32),
-           jnp.zeros((b, steps), jnp.float32), jnp.zeros((b,), jnp.int32), rng)
+           jnp.zeros((b, steps), jnp.float32), jnp.zeros((b,), jnp.int32))
   return jax.lax.fori_loop(0, steps, step, carry)
 
 
@@ -131,69 +152,92 @@ class Sampler:
   def __init__(self, model: Transformer, *, rows: int, capacity: int,
                buckets: Sequence[int] = (16, 32, 64, 128, 256, 512, 1024, 2048),
                decode_steps: int = 16, mesh: Mesh | None = None,
-               rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES, vocab=None,
-               seed: int = 0):
+               rules: partitioning.LogicalRules | None = None, vocab=None, seed: int = 0):
     self.model = model
     self.rows = rows
     self.capacity = capacity
     self.buckets = tuple(sorted(b for b in buckets if b <= capacity)) or (capacity,)
     self.decode_steps = decode_steps
     self.mesh = mesh
-    self.rules = rules
+    self.rules = rules if rules is not None else partitioning.DEFAULT_RULES
     self.vocab = vocab
+    self.seed = seed
     self.compile_seconds: dict[str, float] = {}
-    self._rng = jax.random.key(seed)
+    self._calls = 0  # generate calls made without row keys (their default keys count them)
     self._graphdef = nnx.graphdef(model)
     self._append = jax.jit(_append, static_argnums=0, donate_argnums=(2, 3))
     self._decode = jax.jit(_decode_chunk, static_argnums=0, donate_argnums=(2, 3),
                            static_argnames=("steps", "temperature", "top_k", "top_p"))
+    # On a mesh that spans processes, append and generate are collective.
+    self.collective = multihost.spans_processes(mesh)
+    self._row_sharding = (partitioning.batch_sharding(mesh, self.rules, (rows,)) if mesh is not None else None)
+    # The rows whose host work is this process's: its addressable shard of the batch.
+    self.local_rows: tuple[int, ...] = tuple(
+        int(r) for r in (multihost.owned_rows(self._row_sharding, rows) if mesh is not None else range(rows)))
+    self._owned = np.zeros(rows, bool)
+    self._owned[list(self.local_rows)] = True
     self.reset()
 
   # -- state ---------------------------------------------------------------
 
   def reset(self, rows: Sequence[int] | None = None) -> None:
-    """Empties the given rows (all rows by default) for new contexts."""
+    """Empties the given rows (all rows by default) for new contexts. Not collective."""
     if rows is None:
-      cache = KVCache.zeros(self.model.config, self.rows, self.capacity)
-      self._cache = self._place(cache)
-      self._last_hidden = self._place(jnp.zeros((self.rows, self.model.config.embed_dim), jnp.float32))
+      config = self.model.config
+      self._cache = self._zeros(lambda: KVCache.zeros(config, self.rows, self.capacity))
+      self._last_hidden = self._zeros(lambda: jnp.zeros((self.rows, config.embed_dim), jnp.float32))
       self._lengths = np.zeros(self.rows, np.int64)
       return
+    self._check_owned(rows, "reset")
     self._lengths[list(rows)] = 0
     self._sync_lengths()
+
+  def _zeros(self, make):
+    """Zeros made on the devices, each process writing only its shards."""
+    if self.mesh is None:
+      return make()
+    shapes = jax.eval_shape(make)
+    return jax.jit(make, out_shardings=jax.tree.map(self._sharding_of, shapes))()
+
+  def _sharding_of(self, x) -> NamedSharding:
+    if len(x.shape) == 4:  # one layer's keys or values: [B, S, K, H]
+      return partitioning.cache_sharding(self.mesh, self.rules, x.shape)
+    return partitioning.batch_sharding(self.mesh, self.rules, x.shape)
+
+  def _put(self, host: np.ndarray) -> jax.Array:
+    """A [rows, ...] host array (valid on this process's rows) as a global device array."""
+    if self.mesh is None:
+      return jnp.asarray(host)
+    return multihost.global_array(host, self._sharding_of(host))
+
+  def _check_owned(self, rows, what: str) -> None:
+    foreign = [r for r in rows if not self._owned[r]]
+    if foreign:
+      raise ValueError(f"Sampler.{what}: rows {foreign[:8]} belong to another process; this one owns "
+                       f"{self.local_rows[:1] + ('...',) + self.local_rows[-1:] if self.local_rows else '()'}")
 
   def _sync_lengths(self) -> None:
     """Writes the host's row lengths into the cache, placed like the array they replace: an
     argument committed differently from the last call makes a jitted step compile again."""
-    lengths = jnp.asarray(np.asarray(self._lengths, np.int32))
-    if self.mesh is not None:  # on a mesh every argument is committed to its sharding
-      lengths = jax.device_put(lengths, self._cache.length_B.sharding)
-    self._cache = self._cache.replace(length_B=lengths)
+    self._cache = self._cache.replace(length_B=self._put(self._lengths.astype(np.int32)))
 
-  def set_rng(self, key: jax.Array) -> None:
-    """Seeds the sampling of later `generate` calls (made without an explicit rng)."""
-    self._rng = key
+  def set_seed(self, seed: int) -> None:
+    """Seeds the default row keys of later `generate` calls made without `row_keys`."""
+    self.seed, self._calls = seed, 0
 
   def lengths(self) -> np.ndarray:
-    """Tokens held by each row."""
+    """Tokens held by each row (meaningful for this process's rows)."""
     return self._lengths.copy()
 
-  def _place(self, tree):
-    if self.mesh is None:
-      return tree
-    def put(x):
-      if x.ndim == 4:  # a layer's keys or values: [B, S, K, H]
-        names = ("activation_batch", None, "activation_kv_heads", None)
-        sharding = NamedSharding(self.mesh, partitioning.logical_to_spec(names, self.rules, x.shape, self.mesh))
-      else:
-        sharding = partitioning.batch_sharding(self.mesh, self.rules, x.shape)
-      return jax.device_put(x, sharding)
-    return jax.tree.map(put, tree)
+  def any_process(self, *flags: bool):
+    """Whether any process of this sampler's mesh has each flag set (local flags off a shared mesh)."""
+    if self.collective:
+      return multihost.any_process(*flags)
+    return flags[0] if len(flags) == 1 else flags
 
   def _call(self, name, fn, *args, **kwargs):
     """Runs a jitted step under the mesh, timing the first call of each shape."""
-    with (jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()), \
-        partitioning.use_rules(self.rules):
+    with partitioning.activate(self.mesh, self.rules):
       if name in self.compile_seconds:
         return fn(*args, **kwargs)
       start = time.perf_counter()
@@ -201,17 +245,22 @@ class Sampler:
       self.compile_seconds[name] = time.perf_counter() - start
       return out
 
-  # -- the two operations --------------------------------------------------
+  # -- the two operations (collective: every process calls them together) --
 
-  def append(self, new_tokens: dict[int, Sequence[int]]) -> None:
-    """Prefills `new_tokens[row]` after what each row holds (other rows unchanged)."""
-    if not new_tokens:
-      return
-    longest = max(len(t) for t in new_tokens.values())
+  def append(self, new_tokens: Mapping[int, Sequence[int]]) -> None:
+    """Prefills `new_tokens[row]` after what each row holds (other rows unchanged).
+
+    Every process calls it, with tokens for its own rows only (or none).
+    """
+    self._check_owned(new_tokens, "append")
     for row, tokens in new_tokens.items():
       if self._lengths[row] + len(tokens) > self.capacity:
         raise ValueError(f"Sampler.append: row {row} would hold {self._lengths[row] + len(tokens)} "
                          f"tokens; capacity is {self.capacity}")
+    # All processes run the same chunks: as many as the longest append anywhere needs.
+    longest = max((len(t) for t in new_tokens.values()), default=0)
+    if self.collective:
+      longest = multihost.max_over_processes(longest)
     # Chunks are padded to a bucket (padding is never stored); a long append
     # runs as several chunks.
     offset = 0
@@ -225,44 +274,53 @@ class Sampler:
         num_new_B[row] = len(piece)
       self._cache, self._last_hidden = self._call(
           f"prefill[{bucket}]", self._append, self._graphdef, nnx.state(self.model), self._cache,
-          self._last_hidden, jnp.asarray(tokens_BxC), jnp.asarray(num_new_B))
+          self._last_hidden, self._put(tokens_BxC), self._put(num_new_B))
       self._lengths += num_new_B
       offset += bucket
 
   def generate(self, rows: Sequence[int], config: SamplingConfig,
-               rng: jax.Array | None = None) -> dict[int, TurnOutput]:
-    """Samples the next turn of each row in `rows` from its current context."""
-    if rng is None:
-      self._rng, rng = jax.random.split(self._rng)
-    rows = list(rows)
-    stop_ids = jnp.asarray(np.array(list(config.stop_ids) or [-2], np.int32))
-    active = np.zeros(self.rows, bool)
-    active[rows] = True
+               row_keys: Mapping[int, np.ndarray] | None = None) -> dict[int, TurnOutput]:
+    """Samples the next turn of each row in `rows` (this process's) from its current context.
+
+    `row_keys[row]` (from `row_key`) seeds a row's turn; without it a row's key
+    comes from (seed, call count, row), which is reproducible on one process.
+    Every process calls it, with its own rows (or none).
+    """
+    rows = [int(r) for r in rows]
+    self._check_owned(rows, "generate")
     for row in rows:
       if self._lengths[row] == 0:
         raise ValueError(f"Sampler.generate: row {row} is empty; append a prompt first")
+    key_data = np.zeros((self.rows, 2), np.uint32)
+    for row in rows:
+      key_data[row] = row_keys[row] if row_keys is not None else row_key("sampler", self.seed, self._calls, row)
+    self._calls += 1
+    stop_ids = jnp.asarray(np.array(list(config.stop_ids) or [-2], np.int32))
+    in_call = np.zeros(self.rows, bool)
+    in_call[rows] = True
     count = np.zeros(self.rows, np.int32)
     room = self.capacity - self._lengths
     limit = np.minimum(config.max_new_tokens, np.maximum(room, 0)).astype(np.int32)
     tokens = {r: [] for r in rows}
     logprobs = {r: [] for r in rows}
     reasons: dict[int, str] = {}
-    active &= limit > 0
+    active = in_call & (limit > 0)
     for row in rows:
       if not active[row]:
         reasons[row] = "capacity"
-    while active.any():
-      rng, key = jax.random.split(rng)
+    keys = self._put(key_data)
+    # One small collective per chunk: whether any process still decodes, or must re-append.
+    running = self.any_process(active.any())
+    while running:
       out = self._call(
           "decode", self._decode, self._graphdef, nnx.state(self.model), self._cache, self._last_hidden,
-          jnp.asarray(active), jnp.asarray(count), key, stop_ids, jnp.asarray(limit),
+          self._put(active), self._put(count), keys, stop_ids, self._put(limit),
           steps=self.decode_steps, temperature=config.temperature, top_k=config.top_k,
           top_p=config.top_p)
-      self._cache, self._last_hidden, active_after, count_after, chunk_tokens, chunk_logprobs, \
-          chunk_reasons, _ = out
-      chunk_tokens, chunk_logprobs = np.asarray(chunk_tokens), np.asarray(chunk_logprobs)
-      active_after, chunk_reasons = np.array(active_after), np.asarray(chunk_reasons)
-      self._lengths = np.asarray(self._cache.length_B).astype(np.int64)
+      self._cache, self._last_hidden, active_after, count_after, chunk_tokens, chunk_logprobs, chunk_reasons = out
+      chunk_tokens, chunk_logprobs = multihost.host_rows(chunk_tokens), multihost.host_rows(chunk_logprobs)
+      active_after, chunk_reasons = multihost.host_rows(active_after).copy(), multihost.host_rows(chunk_reasons)
+      self._lengths = multihost.host_rows(self._cache.length_B).astype(np.int64)
       recompute = {}
       for row in rows:
         if not active[row]:
@@ -281,9 +339,10 @@ class Sampler:
           del tokens[row][cut:], logprobs[row][cut:]
           reasons[row] = "stop_string"
           active_after[row] = False
-      active = active_after & np.isin(np.arange(self.rows), rows)
-      count = np.asarray(count_after).astype(np.int32)
-      if recompute:  # the device lengths are the host's unless a cut rolled some back
+      active = active_after & in_call
+      count = multihost.host_rows(count_after).astype(np.int32)
+      running, rolled_back = self.any_process(active.any(), bool(recompute))
+      if rolled_back:  # a stop-string cut rolled some rows back: every process re-appends
         self._sync_lengths()
         self.append(recompute)
     return {r: TurnOutput(tokens[r], logprobs[r], self._decode_text(tokens[r]), reasons[r])

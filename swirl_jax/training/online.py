@@ -3,18 +3,25 @@
 At each recorded state s_i the *current* policy samples G actions in the
 training mesh (the sampler runs on the trainer's params); a scorer (the
 judge) rates each; advantages become token-aligned features for the loss.
+
+Multi-host: the batch's S x G sampler rows are split by process; a process
+samples, judges and lays out only the states whose rows it owns (the G samples
+of a state stay together, so RLOO needs no communication). Sampling keys come
+from (key ids, state slot, sample), never from the process count.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
+
+from swirl_jax import multihost
 
 from swirl_jax.data.decomposition import StateExample
 from swirl_jax.environment.protocol import parse_action
 from swirl_jax.rewards.judge import Judge, ProcessRequest
-from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput, row_key
 from swirl_jax.training.losses import advantages
 
 
@@ -42,34 +49,65 @@ class JudgeScorer:
                     np.float32)
 
 
-def sample_actions(sampler: Sampler, contexts: Sequence[Sequence[int]], samples_per_state: int,
-                   config: SamplingConfig) -> list[TurnOutput]:
-  """G actions for each context, state-major ([s0 g0, s0 g1, ..., s1 g0, ...])."""
-  jobs = [c for c in contexts for _ in range(samples_per_state)]
-  outputs: list[TurnOutput] = []
-  for start in range(0, len(jobs), sampler.rows):
-    chunk = jobs[start:start + sampler.rows]
-    sampler.reset()
-    sampler.append({row: list(c) for row, c in enumerate(chunk)})
-    turn = sampler.generate(range(len(chunk)), config)
-    outputs += [turn[row] for row in range(len(chunk))]
-  return outputs
+def local_state_slots(sampler: Sampler, num_states: int, samples_per_state: int) -> list[int]:
+  """Slots (positions in the batch) of the states whose G rows this process owns.
+
+  State slot s takes rows s*G .. s*G+G-1; each state's rows must be on one process.
+  """
+  if num_states * samples_per_state != sampler.rows:
+    raise ValueError(f"{num_states} states x {samples_per_state} samples need {num_states * samples_per_state} "
+                     f"sampler rows; the sampler has {sampler.rows}")
+  owned = set(sampler.local_rows)
+  slots = []
+  for slot in range(num_states):
+    rows = {slot * samples_per_state + g for g in range(samples_per_state)}
+    if rows & owned and not rows <= owned:
+      raise ValueError(f"the {samples_per_state} samples of state slot {slot} would be split across processes: "
+                       "make the rows per process a multiple of samples_per_state")
+    if rows <= owned:
+      slots.append(slot)
+  return slots
+
+
+def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples_per_state: int,
+                   config: SamplingConfig, key_ids: Sequence | None = None) -> dict[int, list[TurnOutput]]:
+  """G actions for each state slot in `contexts` (this process's), each sampled in its own row.
+
+  Collective: every process calls it together. Sample g of slot s is seeded by
+  row_key(*key_ids, s, g) when key_ids are given.
+  """
+  g_count = samples_per_state
+  sampler.reset()
+  sampler.append({slot * g_count + g: list(c) for slot, c in contexts.items() for g in range(g_count)})
+  rows = [slot * g_count + g for slot in contexts for g in range(g_count)]
+  keys = None
+  if key_ids is not None:
+    keys = {slot * g_count + g: row_key(*key_ids, slot, g) for slot in contexts for g in range(g_count)}
+  turn = sampler.generate(rows, config, row_keys=keys)
+  return {slot: [turn[slot * g_count + g] for g in range(g_count)] for slot in contexts}
+
+
+def _padded_length(longest: int, length: int) -> int:
+  if longest > length:
+    raise ValueError(f"a state and its action need {longest} tokens; rows hold {length} "
+                     "(raise TrainConfig.sequence_length)")
+  return min(length, -(-longest // 128) * 128)
 
 
 def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput], advantage_per_action,
-                    length: int) -> dict[str, np.ndarray]:
+                    length: int, row_length: int | None = None) -> dict[str, np.ndarray]:
   """One row per (state, sample): context + action, loss on the action, its advantage per token.
 
   Rows are `length` long at most; shorter batches are padded only to the next
-  multiple of 128, so a step does not pay for padding (a few shapes compile).
+  multiple of 128 (or to `row_length`, when processes agree on one), so a step
+  does not pay for padding (a few shapes compile).
   """
   n = len(actions)
   per_state = n // len(contexts)
   longest = max(len(contexts[i // per_state]) + len(a.tokens) for i, a in enumerate(actions))
+  length = row_length if row_length is not None else _padded_length(longest, length)
   if longest > length:
-    raise ValueError(f"a state and its action need {longest} tokens; rows hold {length} "
-                     "(raise TrainConfig.sequence_length)")
-  length = min(length, -(-longest // 128) * 128)
+    raise ValueError(f"a state and its action need {longest} tokens; rows hold {length}")
   feats = {k: np.zeros((n, length), np.int32) for k in
            ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids", "decoder_positions")}
   feats.update({k: np.zeros((n, length), np.float32) for k in
@@ -90,12 +128,32 @@ def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOut
   return feats
 
 
+class OnlineBatch(NamedTuple):
+  """This process's part of one online batch: its rows' features, its states' rewards [S_local, G],
+  their actions (state-major), and the slots of its states in the global batch."""
+
+  features: dict[str, np.ndarray]
+  rewards: np.ndarray
+  actions: list[TurnOutput]
+  state_slots: list[int]
+
+
 def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample], samples_per_state: int,
-                 config: SamplingConfig, length: int, baseline: str = "rloo"):
-  """Samples, scores and lays out one online batch; returns (features, rewards [S, G], actions)."""
-  contexts = [s.context for s in states]
-  actions = sample_actions(sampler, contexts, samples_per_state, config)
-  expanded_states = [s for s in states for _ in range(samples_per_state)]
-  rewards = scorer.score(expanded_states, actions).reshape(len(states), samples_per_state)
+                 config: SamplingConfig, length: int, baseline: str = "rloo",
+                 key_ids: Sequence | None = None) -> OnlineBatch:
+  """Samples, scores and lays out this process's part of one online batch of `states` (the global
+  batch, the same list on every process). Collective: every process calls it together."""
+  slots = local_state_slots(sampler, len(states), samples_per_state)
+  contexts = {slot: states[slot].context for slot in slots}
+  sampled = sample_actions(sampler, contexts, samples_per_state, config, key_ids)
+  actions = [a for slot in slots for a in sampled[slot]]
+  expanded_states = [states[slot] for slot in slots for _ in range(samples_per_state)]
+  rewards = (scorer.score(expanded_states, actions) if actions else np.zeros(0, np.float32))
+  rewards = rewards.reshape(len(slots), samples_per_state)
   adv = advantages(rewards, baseline).reshape(-1)
-  return online_features(contexts, actions, adv, length), rewards, actions
+  # Every process pads its rows to the same length: the global batch has one shape.
+  local_longest = max((len(states[slot].context) + len(a.tokens) for slot in slots for a in sampled[slot]), default=1)
+  row_length = _padded_length(multihost.max_over_processes(local_longest) if sampler.collective else local_longest,
+                               length)
+  feats = online_features([contexts[slot] for slot in slots], actions, adv, length, row_length) if slots else {}
+  return OnlineBatch(feats, rewards, actions, slots)

@@ -10,11 +10,18 @@ Everything a step uses is a function of (seed, step): the batch, the sampling
 key. A checkpoint holds params, optimizer state, step, seed and data position,
 so a run killed at any moment and restarted ends with exactly the params of an
 uninterrupted run. A NaN or inf loss stops the run before anything is saved.
+A preemption notice (SIGTERM) makes every process save the same step and stop
+(`multihost.Preempted`); the same command then resumes.
+
+Multi-host: in online mode each process samples and judges only the states
+whose rows it owns and contributes those rows to the global batch
+(`jax.make_array_from_process_local_data`); offline, every process lays out the
+batch and contributes its rows. Shapes every process must agree on (row
+length, loss slots) and the metrics are agreed through small collectives.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -31,7 +38,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
-from swirl_jax import partitioning
+from swirl_jax import multihost, partitioning
 from swirl_jax.data import decomposition, seqio_tasks
 from swirl_jax.data.trajectory import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
@@ -221,23 +228,35 @@ class Trainer:
 
   def _online_batch(self, step: int):
     states = self._pick(self.states)
-    self.sampler.set_rng(jax.random.fold_in(jax.random.key(self.config.seed), step))
-    feats, rewards, actions = online.online_batch(
+    batch = online.online_batch(
         self.sampler, self.scorer, states, self.config.samples_per_state, self.sampling,
-        self.config.sequence_length, self.config.baseline)
-    extra = {"mean_reward": float(rewards.mean()), "logged_reward": float(np.mean([s.reward for s in states])),
-             "sampled_tokens": int(sum(len(a.tokens) for a in actions))}
-    return feats, extra
+        self.config.sequence_length, self.config.baseline, key_ids=("online", self.config.seed, step))
+    reward_sum, reward_count, sampled = np.sum(
+        multihost.allgather_json([float(batch.rewards.sum()), int(batch.rewards.size),
+                                  int(sum(len(a.tokens) for a in batch.actions))]), axis=0)
+    g = self.config.samples_per_state
+    rows = np.array([slot * g + i for slot in batch.state_slots for i in range(g)], np.int64)
+    extra = {"mean_reward": float(reward_sum / max(reward_count, 1)),
+             "logged_reward": float(np.mean([s.reward for s in states])), "sampled_tokens": int(sampled)}
+    return batch.features, rows, extra
 
   # -- the step ----------------------------------------------------------------
 
-  def _loss_slots(self, feats) -> int:
+  def _loss_slots(self, feats, rows: np.ndarray, total_rows: int, local: bool) -> int:
     """Loss positions to gather per micro-batch: the most any micro-batch has, rounded up to a
-    power of two (at most every position) so that only a few step shapes ever compile."""
+    power of two (at most every position) so that only a few step shapes ever compile.
+
+    `feats` holds rows `rows` of the global batch; `local`: each process holds only its own rows,
+    so the counts are summed over processes.
+    """
     k = self.config.grad_accum_steps
-    weights = np.asarray(feats["decoder_loss_weights"]).reshape(k, -1)
-    per_micro = int((weights > 0).sum(axis=1).max())
-    return min(weights.shape[1], max(128, 1 << (per_micro - 1).bit_length()))
+    per_row = (np.asarray(feats["decoder_loss_weights"]) > 0).sum(axis=1)
+    per_micro = np.zeros(k, np.int64)
+    np.add.at(per_micro, rows // (total_rows // k), per_row)
+    if local:
+      per_micro = multihost.sum_over_processes(per_micro)
+    positions = (total_rows // k) * feats["decoder_loss_weights"].shape[1]
+    return min(positions, max(128, 1 << (int(per_micro.max()) - 1).bit_length()))
 
   def _loss(self, params, feats, reference, n):
     model = nnx.merge(self.graphdef, params)
@@ -268,33 +287,42 @@ class Trainer:
                **{name: jnp.mean(v) for name, v in aux_k.items()}}
     return params, opt_state, metrics
 
-  def _place_batch(self, feats):
-    """The global batch on the mesh; with several processes each contributes only its rows."""
+  def _place_batch(self, feats, rows: np.ndarray, total_rows: int):
+    """The global batch on the mesh, from this process's rows (`rows` of the global batch)."""
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, feats)
-    index, count = jax.process_index(), jax.process_count()
 
     def place(x):
-      sharding = partitioning.batch_sharding(self.mesh, self.rules, x.shape)
-      if count == 1:
+      shape = (total_rows,) + x.shape[1:]
+      sharding = partitioning.batch_sharding(self.mesh, self.rules, shape)
+      if not multihost.is_multiprocess():
         return jax.device_put(x, sharding)
-      rows = x.shape[0] // count
-      return jax.make_array_from_process_local_data(sharding, x[index * rows:(index + 1) * rows], x.shape)
+      owned = multihost.owned_rows(sharding, total_rows)
+      if len(rows) == total_rows:  # every process laid out the whole batch: contribute our rows
+        x, rows_here = x[owned], owned
+      else:
+        rows_here = rows
+      if not np.array_equal(rows_here, owned) or np.any(np.diff(owned) != 1):
+        raise ValueError(f"process {jax.process_index()} holds batch rows {rows_here[:4]}...; the mesh gives it "
+                         f"{owned[:4]}... (its rows must be one contiguous block)")
+      return jax.make_array_from_process_local_data(sharding, x, shape)
     return jax.tree.map(place, feats)
 
   def run_step(self) -> dict:
     """One step: its batch (sampled and scored in online mode), the update(s); returns metrics."""
     start = time.perf_counter()
     if self.config.mode == "online":
-      feats, extra = self._online_batch(self.step)
+      feats, rows, extra = self._online_batch(self.step)
+      total_rows, local = self.config.batch_size * self.config.samples_per_state, True
     else:
       feats, extra = self._offline_batch(), {}
-    batch = self._place_batch(feats)
-    loss_slots = self._loss_slots(feats)
+      total_rows, local = feats["decoder_input_tokens"].shape[0], False
+      rows = np.arange(total_rows)
+    batch = self._place_batch(feats, rows, total_rows)
+    loss_slots = self._loss_slots(feats, rows, total_rows, local)
     params = nnx.state(self.model)
     for _ in range(self.config.updates_per_batch):
-      with (jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()), \
-          partitioning.use_rules(self.rules):
+      with partitioning.activate(self.mesh, self.rules):
         params, self.opt_state, metrics = self._train_step(params, self.opt_state, batch, self.reference,
                                                            loss_slots)
       loss = float(metrics["loss"])
@@ -306,7 +334,10 @@ class Trainer:
     nnx.update(self.model, params)
     self.step += 1
     seconds = time.perf_counter() - start
-    tokens = int(np.sum(feats["decoder_segment_ids"] > 0)) * self.config.updates_per_batch
+    tokens = int(np.sum(feats["decoder_segment_ids"] > 0))
+    if local:
+      tokens = int(multihost.sum_over_processes([tokens])[0])
+    tokens *= self.config.updates_per_batch
     result = {k: float(v) for k, v in metrics.items()} | extra
     result.update(step=self.step, step_seconds=seconds, trained_tokens=tokens, tokens_per_second=tokens / seconds)
     # MFU estimate: 6 FLOPs per parameter per trained token, 2 per sampled token.
@@ -316,14 +347,19 @@ class Trainer:
     return result
 
   def train(self) -> dict:
-    """Runs to config.steps from the latest checkpoint; returns the last metrics."""
+    """Runs to config.steps from the latest checkpoint; returns the last metrics.
+
+    Raises `multihost.Preempted` after saving, on every process at the same step, when a
+    preemption notice (SIGTERM) arrives.
+    """
     self.restore_latest()
     os.makedirs(self.metrics_dir, exist_ok=True)
     from clu import metric_writers
     writer = metric_writers.create_default_writer(self.metrics_dir, just_logging=jax.process_index() > 0)
     log_path = os.path.join(self.metrics_dir, "metrics.jsonl")
     last: dict = {}
-    with tqdm(total=self.config.steps, initial=self.step, desc=f"train ({self.config.mode})", disable=None) as bar:
+    with multihost.PreemptionWatch() as preemption, \
+        tqdm(total=self.config.steps, initial=self.step, desc=f"train ({self.config.mode})", disable=None) as bar:
       while self.step < self.config.steps:
         last = self.run_step()
         if self.step % self.config.log_every == 0 or self.step == self.config.steps:
@@ -331,9 +367,13 @@ class Trainer:
           if jax.process_index() == 0:
             with open(log_path, "a") as f:
               f.write(json.dumps(last) + "\n")
-        if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+        preempted = preemption.reached(self.step)
+        if preempted or self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
           self.save()
         bar.set_postfix(loss=f"{last['loss']:.4f}")
         bar.update(1)
+        if preempted and self.step < self.config.steps:
+          writer.flush()
+          raise multihost.Preempted(self.step, self.config.checkpoint_dir)
     writer.flush()
     return last
