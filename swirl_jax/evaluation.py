@@ -24,7 +24,7 @@ import jax
 from swirl_jax import atomic_io, multihost
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
-from swirl_jax.generation import run_sharded_episodes
+from swirl_jax.generation import check_unique_ids, run_sharded_episodes
 from swirl_jax.judging import process_requests
 from swirl_jax.rewards.answers import answer_correct, token_f1
 from swirl_jax.rewards.judge import Judge, OutcomeRequest
@@ -41,7 +41,7 @@ class EvalConfig:
   temperature: float = 0.0  # greedy
   max_action_tokens: int = 192
   grade_with_judge: bool = False  # outcome judge instead of the rule matchers
-  questions_per_shard: int = 64
+  questions_per_shard: int = 16  # shards are the unit of work per process: have more than processes
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -77,7 +77,7 @@ def grade_each(trajectories, judge: Judge | None = None, grade_with_judge: bool 
   return records
 
 
-def report_of(records: list[dict]) -> dict:
+def report_of(records: list[dict], judged: bool | None = None) -> dict:
   """Accuracy, interval, F1, steps and the GOOD-step share of graded records (in a fixed order)."""
   n, k = len(records), sum(r["correct"] for r in records)
   low, high = wilson_interval(k, n)
@@ -87,9 +87,9 @@ def report_of(records: list[dict]) -> dict:
       "mean_steps": sum(r["steps"] for r in records) / max(n, 1),
       "answered": sum(r["answered"] for r in records) / max(n, 1),
   }
-  if records and "judged_steps" in records[0]:
-    judged = sum(r["judged_steps"] for r in records)
-    report["good_step_share"] = sum(r["good_steps"] for r in records) / judged if judged else None
+  if judged if judged is not None else bool(records and "judged_steps" in records[0]):
+    steps = sum(r["judged_steps"] for r in records)
+    report["good_step_share"] = sum(r["good_steps"] for r in records) / steps if steps else None
   return report
 
 
@@ -106,6 +106,7 @@ def evaluate(task: Task, model, vocab, name: str, config: EvalConfig = EvalConfi
   """
   directory = os.path.join(config.output_dir, name)
   process, processes = jax.process_index(), jax.process_count()
+  check_unique_ids(task)
   n_shards = -(-len(task.questions) // config.questions_per_shard)
   mine = [k for k in range(n_shards) if k % processes == process]
   todo = [k for k in mine if not os.path.exists(trajectory_io.shard_path(directory, k))]
@@ -118,12 +119,21 @@ def evaluate(task: Task, model, vocab, name: str, config: EvalConfig = EvalConfi
     run_sharded_episodes(
         runner, {k: [(q, 0) for q in task.questions[k * per_shard:(k + 1) * per_shard]] for k in todo},
         lambda k, done: trajectory_io.write_shard(trajectory_io.shard_path(directory, k), done))
-  mine_done = [t for k in mine for t in trajectory_io.read_shard(trajectory_io.shard_path(directory, k))]
+  mine_done, stale = [], None
+  for k in mine:
+    path = trajectory_io.shard_path(directory, k)
+    shard = list(trajectory_io.read_shard(path))
+    expected = [q.id for q in task.questions[k * config.questions_per_shard:(k + 1) * config.questions_per_shard]]
+    if sorted(t.question_id for t in shard) != sorted(expected):
+      stale = stale or (f"{path} holds other questions than shard {k} of {task.name} ({len(expected)} per shard): "
+                        f"an older run's output; remove {directory} to evaluate afresh")
+    mine_done += shard
+  multihost.raise_together(stale)
   records = [r for part in multihost.allgather_json(grade_each(mine_done, judge, config.grade_with_judge))
              for r in part]
   order = {q.id: i for i, q in enumerate(task.questions)}
-  records.sort(key=lambda r: order.get(r["question_id"], len(order)))
-  report = report_of(records)
+  records.sort(key=lambda r: order[r["question_id"]])
+  report = report_of(records, judged=judge is not None)
   report.update(name=name, task=task.name)
   if process == 0:
     with atomic_io.atomic_open(os.path.join(directory, "report.json")) as f:

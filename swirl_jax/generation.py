@@ -98,6 +98,16 @@ def run_sharded_episodes(runner: EpisodeRunner, shard_jobs: dict[int, list], wri
       write_shard(k, sorted(done.pop(k), key=lambda t: (t.question_id, t.sample_index)))
 
 
+def check_unique_ids(task: Task) -> None:
+  """Trajectories, shards and judge caches are keyed by question id: refuse duplicates (every
+  process sees the same task, so every process refuses)."""
+  seen: dict[str, int] = {}
+  for index, question in enumerate(task.questions):
+    if question.id in seen:
+      raise ValueError(f"task {task.name}: questions {seen[question.id]} and {index} share the id {question.id!r}")
+    seen[question.id] = index
+
+
 def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig(),
              episode: EpisodeConfig | None = None, mesh=None, rules=None) -> dict:
   """Writes this process's shards of `task` to config.output_dir; returns the run's summary (all
@@ -106,6 +116,7 @@ def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig()
   if episode.max_steps is None:
     episode = dataclasses.replace(episode, max_steps=task.max_steps)
   process, processes = jax.process_index(), jax.process_count()
+  check_unique_ids(task)
   questions = task.questions
   n_shards = -(-len(questions) // config.questions_per_shard)
   mine = [k for k in range(n_shards) if k % processes == process]

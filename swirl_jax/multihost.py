@@ -32,14 +32,13 @@ def spans_processes(mesh) -> bool:
 # -- rows a process owns ---------------------------------------------------------------------------
 
 
-def owned_rows(sharding: jax.sharding.Sharding, num_rows: int) -> np.ndarray:
-  """The rows of a [num_rows, ...] array laid out by `sharding` whose host work is this process's.
+def row_owners(sharding: jax.sharding.Sharding, num_rows: int) -> np.ndarray:
+  """The process that owns each row of a [num_rows, ...] array laid out by `sharding` (the same
+  answer on every process: it reads only the sharding).
 
   Every row must live on one process only: a row replicated across processes
   would need the same host work done twice, or its copies would drift.
   """
-  if not is_multiprocess():
-    return np.arange(num_rows)
   holders: list[set[int]] = [set() for _ in range(num_rows)]
   for device, index in sharding.devices_indices_map((num_rows,)).items():
     for row in range(num_rows)[index[0]]:
@@ -50,17 +49,30 @@ def owned_rows(sharding: jax.sharding.Sharding, num_rows: int) -> np.ndarray:
         f"{num_rows} rows are not split across the {jax.process_count()} processes (rows {shared[:4]}... live "
         f"on several): make the row count a multiple of the mesh's data x fsdp size and put the axes that "
         f"span hosts on data or fsdp")
-  return np.array([row for row, h in enumerate(holders) if jax.process_index() in h], np.int64)
+  return np.array([min(h) for h in holders], np.int64)
 
 
-def host_rows(x: jax.Array) -> np.ndarray:
+def owned_rows(sharding: jax.sharding.Sharding, num_rows: int) -> np.ndarray:
+  """The rows of a [num_rows, ...] array laid out by `sharding` whose host work is this process's."""
+  if not is_multiprocess():
+    return np.arange(num_rows)
+  return np.flatnonzero(row_owners(sharding, num_rows) == jax.process_index())
+
+
+def host_rows(x: jax.Array, required_rows: Sequence[int] | None = None) -> np.ndarray:
   """`x` as a host array of its global shape, filled only where this process addresses it (zeros
-  elsewhere): a process never fetches what it cannot address."""
+  elsewhere): a process never fetches what it cannot address. `required_rows` must be among
+  what it addresses (checked)."""
   if x.is_fully_addressable:
     return np.asarray(x)
   out = np.zeros(x.shape, x.dtype)
+  covered = np.zeros(x.shape[0], bool)
   for shard in x.addressable_shards:
     out[shard.index] = np.asarray(shard.data)
+    covered[shard.index[0]] = True
+  if required_rows is not None and not covered[np.asarray(required_rows, np.int64)].all():
+    raise RuntimeError(f"rows {np.asarray(required_rows)[~covered[np.asarray(required_rows, np.int64)]][:4]} "
+                       "of this process are not addressable here (an output left the batch sharding)")
   return out
 
 
@@ -96,6 +108,15 @@ def allgather_ints(values: Sequence[int]) -> np.ndarray:
   if np.abs(local).max(initial=0) >= 2**31:
     raise OverflowError(f"allgather_ints: {local} does not fit int32")
   return np.asarray(multihost_utils.process_allgather(local.astype(np.int32))).reshape(-1, local.size)
+
+
+def raise_together(error: str | None) -> None:
+  """Raises on every process if any process has an error (one raising alone would leave the
+  others waiting in the next collective)."""
+  messages = allgather_json(error) if is_multiprocess() else [error]
+  failed = [(i, m) for i, m in enumerate(messages) if m]
+  if failed:
+    raise ValueError("; ".join(m if i == jax.process_index() else f"process {i}: {m}" for i, m in failed))
 
 
 def any_process(*flags: bool) -> tuple[bool, ...] | bool:

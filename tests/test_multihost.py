@@ -14,11 +14,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent('''
     import sys
     import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from swirl_jax import runtime
     mode, out, ckpt = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "multi":
       port, index = sys.argv[4], int(sys.argv[5])
-      jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=index)
+      runtime.setup_runtime(runtime.RuntimeConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                                                  process_id=index))
     import numpy as np
     from flax import nnx
     from swirl_jax import partitioning

@@ -207,6 +207,13 @@ def test_generate_and_evaluate_modes_on_two_processes(runs):
   bindings = make_bindings(three)
   _run(tmp, "generate", bindings, processes=2, log_name="three")
   assert _trajectories(three / "trajectories") == _trajectories(one / "trajectories")
+  # Resume per process: only process 1's shard 3 is missing, so process 0 has nothing to do but
+  # must keep up with process 1's collective sampling until it is done.
+  os.unlink(trajectory_io.shard_path(str(three / "trajectories"), 3))
+  _run(tmp, "generate", bindings, processes=2, log_name="three-again")
+  assert _trajectories(three / "trajectories") == _trajectories(one / "trajectories")
+  summaries = [json.loads((three / "trajectories" / f"summary-p{p:03d}.json").read_text()) for p in (0, 1)]
+  assert [s["shards_generated_now"] for s in summaries] == [0, 1]
   _run(tmp, "evaluate", bindings + ["run_evaluate.name='trained'", f"run_evaluate.checkpoint_dir='{two}/checkpoints'",
                                     "build_task.num_questions=6"], processes=2, log_name="three")
   assert _report(three / "eval" / "trained" / "report.json") == _report(one / "eval" / "trained" / "report.json")
@@ -228,6 +235,8 @@ def test_sigterm_saves_one_step_everywhere_and_the_restart_ends_where_an_uninter
   codes = [p.wait(timeout=600) for p in procs]
   texts = [log.read_text() for log in logs]
   assert codes == [0, 0], "\n".join(t[-3000:] for t in texts)
+  assert all("preempted: saved step " in t for t in texts), "the run ended before the notice reached it:\n" + \
+      "\n".join(t[-2000:] for t in texts)
   saved = [int(t.split("preempted: saved step ")[1].split()[0]) for t in texts]
   assert saved[0] == saved[1] and 1 <= saved[0] < STEPS, saved
   assert _params(four / "checkpoints")[0] == saved[0]

@@ -60,7 +60,7 @@ def test_params_sharded_per_rules_and_logits_unchanged(shape):
     return model(tokens)
 
   batch = jax.device_put(tokens, partitioning.batch_sharding(mesh, rules, tokens.shape))
-  with jax.set_mesh(mesh), partitioning.use_rules(rules):
+  with partitioning.activate(mesh, rules):
     logits = forward(sharded, batch)
   # Batch split over data x fsdp, vocab over tensor.
   assert logits.addressable_shards[0].data.shape == (8 // (data * fsdp), 21, 512 // tensor)

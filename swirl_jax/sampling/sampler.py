@@ -64,7 +64,8 @@ class TurnOutput:
 def row_key(*ids) -> np.ndarray:
   """A row's sampling key (threefry key data, uint32[2]) from global ids such as (seed, question id,
   sample index, turn): the same in every process and row slot, so N processes sample what 1 does."""
-  digest = hashlib.blake2b(json.dumps(ids, default=str).encode(), digest_size=8).digest()
+  plain = [i.item() if isinstance(i, np.generic) else i for i in ids]  # np.int64(3) is 3
+  digest = hashlib.blake2b(json.dumps(plain, default=str).encode(), digest_size=8).digest()
   return np.frombuffer(digest, np.uint32).copy()
 
 
@@ -117,7 +118,7 @@ def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, k
   model = nnx.merge(graphdef, params)
   b = active_B.shape[0]
   capacity = cache.capacity
-  keys_B = jax.random.wrap_key_data(key_data_Bx2)
+  keys_B = jax.random.wrap_key_data(key_data_Bx2, impl="threefry2x32")  # whatever the default PRNG
 
   def step(i, carry):
     cache, last_hidden_BxD, active_B, count_B, tokens_BxT, logprobs_BxT, reasons_B = carry
@@ -168,36 +169,37 @@ class Sampler:
     self._append = jax.jit(_append, static_argnums=0, donate_argnums=(2, 3))
     self._decode = jax.jit(_decode_chunk, static_argnums=0, donate_argnums=(2, 3),
                            static_argnames=("steps", "temperature", "top_k", "top_p"))
-    # On a mesh that spans processes, append and generate are collective.
+    # On a mesh that spans processes, reset(), append and generate are collective.
     self.collective = multihost.spans_processes(mesh)
-    self._row_sharding = (partitioning.batch_sharding(mesh, self.rules, (rows,)) if mesh is not None else None)
-    # The rows whose host work is this process's: its addressable shard of the batch.
-    self.local_rows: tuple[int, ...] = tuple(
-        int(r) for r in (multihost.owned_rows(self._row_sharding, rows) if mesh is not None else range(rows)))
-    self._owned = np.zeros(rows, bool)
-    self._owned[list(self.local_rows)] = True
+    # Which process does each row's host work (its addressable shard of the batch).
+    self.row_owners = np.full(rows, jax.process_index(), np.int64)
+    if self.collective:
+      self.row_owners = multihost.row_owners(partitioning.batch_sharding(mesh, self.rules, (rows,)), rows)
+    self.local_rows: tuple[int, ...] = tuple(int(r) for r in np.flatnonzero(self.row_owners == jax.process_index()))
+    self._owned = self.row_owners == jax.process_index()
+    config = model.config
+    self._make_cache = self._zeros_maker(lambda: KVCache.zeros(config, rows, capacity))
+    self._make_hidden = self._zeros_maker(lambda: jnp.zeros((rows, config.embed_dim), jnp.float32))
     self.reset()
 
   # -- state ---------------------------------------------------------------
 
   def reset(self, rows: Sequence[int] | None = None) -> None:
-    """Empties the given rows (all rows by default) for new contexts. Not collective."""
+    """Empties the given rows (this process's; local) or all rows (collective) for new contexts."""
     if rows is None:
-      config = self.model.config
-      self._cache = self._zeros(lambda: KVCache.zeros(config, self.rows, self.capacity))
-      self._last_hidden = self._zeros(lambda: jnp.zeros((self.rows, config.embed_dim), jnp.float32))
+      self._cache, self._last_hidden = self._make_cache(), self._make_hidden()
       self._lengths = np.zeros(self.rows, np.int64)
       return
     self._check_owned(rows, "reset")
     self._lengths[list(rows)] = 0
     self._sync_lengths()
 
-  def _zeros(self, make):
-    """Zeros made on the devices, each process writing only its shards."""
+  def _zeros_maker(self, make):
+    """A function giving zeros made on the devices, each process writing only its shards."""
     if self.mesh is None:
-      return make()
+      return make
     shapes = jax.eval_shape(make)
-    return jax.jit(make, out_shardings=jax.tree.map(self._sharding_of, shapes))()
+    return jax.jit(make, out_shardings=jax.tree.map(self._sharding_of, shapes))
 
   def _sharding_of(self, x) -> NamedSharding:
     if len(x.shape) == 4:  # one layer's keys or values: [B, S, K, H]
@@ -210,11 +212,25 @@ class Sampler:
       return jnp.asarray(host)
     return multihost.global_array(host, self._sharding_of(host))
 
+  def _foreign(self, rows, what: str) -> str | None:
+    foreign = [r for r in rows if not 0 <= r < self.rows or not self._owned[r]]
+    if not foreign:
+      return None
+    return (f"Sampler.{what}: rows {foreign[:8]} are not this process's; it owns "
+            f"{len(self.local_rows)} rows from {self.local_rows[0] if self.local_rows else '-'}")
+
   def _check_owned(self, rows, what: str) -> None:
-    foreign = [r for r in rows if not self._owned[r]]
-    if foreign:
-      raise ValueError(f"Sampler.{what}: rows {foreign[:8]} belong to another process; this one owns "
-                       f"{self.local_rows[:1] + ('...',) + self.local_rows[-1:] if self.local_rows else '()'}")
+    error = self._foreign(rows, what)
+    if error:
+      raise ValueError(error)
+
+  def _agree_on_errors(self, error: str | None) -> None:
+    """Raises on every process of a collective call if any has an error (not just on that one,
+    which would leave the others waiting)."""
+    if self.collective:
+      multihost.raise_together(error)
+    elif error:
+      raise ValueError(error)
 
   def _sync_lengths(self) -> None:
     """Writes the host's row lengths into the cache, placed like the array they replace: an
@@ -252,11 +268,12 @@ class Sampler:
 
     Every process calls it, with tokens for its own rows only (or none).
     """
-    self._check_owned(new_tokens, "append")
+    error = self._foreign(new_tokens, "append")
     for row, tokens in new_tokens.items():
-      if self._lengths[row] + len(tokens) > self.capacity:
-        raise ValueError(f"Sampler.append: row {row} would hold {self._lengths[row] + len(tokens)} "
-                         f"tokens; capacity is {self.capacity}")
+      if error is None and self._lengths[row] + len(tokens) > self.capacity:
+        error = (f"Sampler.append: row {row} would hold {self._lengths[row] + len(tokens)} tokens; "
+                 f"capacity is {self.capacity}")
+    self._agree_on_errors(error)
     # All processes run the same chunks: as many as the longest append anywhere needs.
     longest = max((len(t) for t in new_tokens.values()), default=0)
     if self.collective:
@@ -287,10 +304,11 @@ class Sampler:
     Every process calls it, with its own rows (or none).
     """
     rows = [int(r) for r in rows]
-    self._check_owned(rows, "generate")
-    for row in rows:
-      if self._lengths[row] == 0:
-        raise ValueError(f"Sampler.generate: row {row} is empty; append a prompt first")
+    error = self._foreign(rows, "generate")
+    empty = [row for row in rows if error is None and self._lengths[row] == 0]
+    if empty:
+      error = f"Sampler.generate: row {empty[0]} is empty; append a prompt first"
+    self._agree_on_errors(error)
     key_data = np.zeros((self.rows, 2), np.uint32)
     for row in rows:
       key_data[row] = row_keys[row] if row_keys is not None else row_key("sampler", self.seed, self._calls, row)
@@ -318,9 +336,10 @@ class Sampler:
           steps=self.decode_steps, temperature=config.temperature, top_k=config.top_k,
           top_p=config.top_p)
       self._cache, self._last_hidden, active_after, count_after, chunk_tokens, chunk_logprobs, chunk_reasons = out
-      chunk_tokens, chunk_logprobs = multihost.host_rows(chunk_tokens), multihost.host_rows(chunk_logprobs)
-      active_after, chunk_reasons = multihost.host_rows(active_after).copy(), multihost.host_rows(chunk_reasons)
-      self._lengths = multihost.host_rows(self._cache.length_B).astype(np.int64)
+      mine = lambda x: multihost.host_rows(x, self.local_rows)
+      chunk_tokens, chunk_logprobs = mine(chunk_tokens), mine(chunk_logprobs)
+      active_after, chunk_reasons = mine(active_after).copy(), mine(chunk_reasons)
+      self._lengths = mine(self._cache.length_B).astype(np.int64)
       recompute = {}
       for row in rows:
         if not active[row]:
@@ -340,7 +359,7 @@ class Sampler:
           reasons[row] = "stop_string"
           active_after[row] = False
       active = active_after & in_call
-      count = multihost.host_rows(count_after).astype(np.int32)
+      count = mine(count_after).astype(np.int32)
       running, rolled_back = self.any_process(active.any(), bool(recompute))
       if rolled_back:  # a stop-string cut rolled some rows back: every process re-appends
         self._sync_lengths()

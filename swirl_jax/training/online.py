@@ -52,21 +52,19 @@ class JudgeScorer:
 def local_state_slots(sampler: Sampler, num_states: int, samples_per_state: int) -> list[int]:
   """Slots (positions in the batch) of the states whose G rows this process owns.
 
-  State slot s takes rows s*G .. s*G+G-1; each state's rows must be on one process.
+  State slot s takes rows s*G .. s*G+G-1; each state's rows must be on one
+  process (checked the same way on every process, so all raise together).
   """
   if num_states * samples_per_state != sampler.rows:
     raise ValueError(f"{num_states} states x {samples_per_state} samples need {num_states * samples_per_state} "
                      f"sampler rows; the sampler has {sampler.rows}")
-  owned = set(sampler.local_rows)
-  slots = []
-  for slot in range(num_states):
-    rows = {slot * samples_per_state + g for g in range(samples_per_state)}
-    if rows & owned and not rows <= owned:
-      raise ValueError(f"the {samples_per_state} samples of state slot {slot} would be split across processes: "
-                       "make the rows per process a multiple of samples_per_state")
-    if rows <= owned:
-      slots.append(slot)
-  return slots
+  owners = np.asarray(sampler.row_owners).reshape(num_states, samples_per_state)
+  split = np.flatnonzero((owners != owners[:, :1]).any(axis=1))
+  if split.size:
+    raise ValueError(f"the {samples_per_state} samples of state slot {int(split[0])} would be split across "
+                     "processes: make the rows per process a multiple of samples_per_state")
+  mine = set(sampler.local_rows)
+  return [slot for slot in range(num_states) if slot * samples_per_state in mine]
 
 
 def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples_per_state: int,

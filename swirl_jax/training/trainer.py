@@ -301,11 +301,15 @@ class Trainer:
       if len(rows) == total_rows:  # every process laid out the whole batch: contribute our rows
         x, rows_here = x[owned], owned
       else:
-        rows_here = rows
-      if not np.array_equal(rows_here, owned) or np.any(np.diff(owned) != 1):
-        raise ValueError(f"process {jax.process_index()} holds batch rows {rows_here[:4]}...; the mesh gives it "
-                         f"{owned[:4]}... (its rows must be one contiguous block)")
-      return jax.make_array_from_process_local_data(sharding, x, shape)
+        rows_here = np.asarray(rows)
+      if not np.array_equal(np.sort(rows_here), owned):  # the same on every process for a given mesh
+        raise ValueError(f"process {jax.process_index()} laid out batch rows {rows_here[:4]}...; the mesh gives it "
+                         f"{owned[:4]}...")
+      if np.all(np.diff(rows_here) == 1):  # one block: this process's slice of the global batch
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+      host = np.zeros(shape, x.dtype)  # rows spread over the batch (some TPU device orders)
+      host[rows_here] = x
+      return multihost.global_array(host, sharding)
     return jax.tree.map(place, feats)
 
   def run_step(self) -> dict:
