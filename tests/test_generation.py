@@ -19,6 +19,7 @@ def _command(tokenizer_gguf, output_dir):
   bindings = [
       "load_policy.source='init'", "load_policy.config_name='tiny'", f"load_policy.tokenizer_gguf='{tokenizer_gguf}'",
       "build_task.name='builtin_arithmetic'", f"build_task.num_questions={QUESTIONS}", "build_task.few_shot=False",
+      "build_task.instructions='Solve.'", "build_task.arithmetic_max_steps=2",
       f"GenerateConfig.output_dir='{output_dir}'", f"GenerateConfig.samples_per_question={SAMPLES}",
       f"GenerateConfig.questions_per_shard={PER_SHARD}", "GenerateConfig.rows=4", "GenerateConfig.capacity=1024",
       "EpisodeConfig.max_action_tokens=24", "EpisodeConfig.on_malformed='feedback'", "EpisodeConfig.max_steps=2",

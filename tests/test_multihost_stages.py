@@ -201,6 +201,24 @@ def test_pipeline_on_two_processes_matches_one(runs):
   assert sampled >= STEPS * 2 * 2  # at least the online samples: steps x states x G
 
 
+def test_pipeline_reports_and_resumes_without_redoing_anything(runs):
+  tmp, one, _, make_bindings = runs
+  summary = json.loads((one / "summary.json").read_text())
+  assert summary["train_steps"] == STEPS and summary["filter_survival"]["none"] == 16
+  for name in ("report.md", "report.png", "comparison.json"):
+    assert (one / "eval" / name).stat().st_size > 0
+  printed = (tmp / "one-pipeline-0.txt").read_text()
+  assert "base accuracy" in printed and "-> trained" in printed
+  assert "One held-out episode of the trained model" in printed and "--- step 0: action" in printed
+  assert (one / "metrics" / "metrics.jsonl").exists()
+  stamps = {p: os.stat(p).st_mtime_ns for p in one.rglob("trajectories-s*.jsonl")}
+  _run(tmp, "pipeline", make_bindings(one) + [f"make_judge.request_log_dir='{one}/judge_requests_again'"],
+       log_name="one-again")
+  assert {p: os.stat(p).st_mtime_ns for p in one.rglob("trajectories-s*.jsonl")} == stamps  # nothing redone
+  assert json.loads((one / "trajectories" / "summary-p000.json").read_text())["shards_generated_now"] == 0
+  assert json.loads((one / "summary.json").read_text())["train_steps"] == STEPS
+
+
 def test_generate_and_evaluate_modes_on_two_processes(runs):
   tmp, one, two, make_bindings = runs
   three = tmp / "three"
