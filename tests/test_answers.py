@@ -45,3 +45,12 @@ def test_token_f1(predicted, golds, f1):
 def test_helpers():
   assert numbers_match("$10.00", "10") and not numbers_match("ten", "10")
   assert exact_match("THE Paris", ["paris"])
+
+
+def test_huge_number_literals_are_no_answer():
+  from swirl_jax.rewards.answers import parse_number
+  assert parse_number("1e9999999") is None  # converting it took about 8 s, and it is no answer
+  assert parse_number("1" * 80) is None
+  assert parse_number("1" * 5000 + "/3") is None
+  assert parse_number("1.5e3") == 1500 and parse_number("80,000") == 80000
+  assert not answer_correct("1e9999999", ["1"])

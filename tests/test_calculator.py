@@ -31,6 +31,11 @@ HOSTILE = [
     "1" + "+1" * 300,
     "1" * 100_000,
     "1+" * 50_000 + "1",
+    "1e-9999999",  # 10 characters; converting the literal exactly took about 9 s
+    "0e99999999",  # about 110 s, and was answered 0.0
+    "1" * 70 + ".5",
+    "(1, 2)",  # a tuple, not thousands separators
+    "1,2",
     "\u0661\u0662\u0663 + 1",  # Arabic-Indic digits
     "\uff11\uff12 + 3",  # fullwidth digits
     "",
@@ -77,6 +82,10 @@ def test_at_least_thirty_hostile_inputs():
 
 
 @pytest.mark.parametrize("expression,value", [
+    ("80,000 * 150,000", Fraction(12_000_000_000)),  # thousands separators as GSM8K writes them
+    ("1,234.5 + 0.5", Fraction(1235)),
+    ("max(1,234)", Fraction(234)),  # arguments, not a separator: the expression parses as written
+    ("1e-50 * 1e50", Fraction(1)),
     ("2 + 3 * 4", Fraction(14)),
     ("(2 + 3) * 4", Fraction(20)),
     ("7 / 2", Fraction(7, 2)),

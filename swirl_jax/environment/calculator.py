@@ -3,8 +3,10 @@
 Model text is untrusted. Nothing here calls eval/exec/sympify: the expression
 is parsed into an AST, every node is checked against a whitelist, and the
 value is computed with `fractions.Fraction`. Sizes are bounded (input length,
-node count, exponent, operand bits, result magnitude), so every call returns
-quickly; any refusal or math error becomes an error string for the model.
+node count, literal digits and exponents before any conversion, exponent,
+operand bits, result magnitude), so every call returns quickly; any refusal or
+math error becomes an error string for the model. Thousands separators as
+GSM8K writes them (`80,000`) are read as numbers; tuples are still refused.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import re
 from fractions import Fraction
 from typing import Callable
 
@@ -22,6 +25,13 @@ from swirl_jax.environment.tool import ToolResult
 
 class CalculatorError(ValueError):
   """A refusal or a math error; its message is shown to the model."""
+
+
+# A number with thousands separators, not part of a longer token: 80,000 or 1,234,567.5
+_GROUPED = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w,])")
+_EXPONENT = re.compile(r"[eE]([-+]?\d+)")
+MAX_LITERAL_DIGITS = 64
+MAX_LITERAL_EXPONENT = 400
 
 
 def _sqrt(x: Fraction) -> Fraction:
@@ -82,10 +92,11 @@ class Calculator:
     if not text.isascii():
       raise CalculatorError("only ASCII digits, operators and function names are allowed")
     text = text.replace("^", "**")
-    try:
-      tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-      raise CalculatorError("not a valid arithmetic expression") from None
+    tree = self._parse(text)
+    if _GROUPED.search(text) and any(isinstance(n, ast.Tuple) for n in ast.walk(tree)):
+      # "80,000 * 150,000" parses as a tuple: read the separators as GSM8K means them.
+      text = _GROUPED.sub(lambda m: m.group(0).replace(",", ""), text)
+      tree = self._parse(text)
     nodes = sum(1 for _ in ast.walk(tree))
     if nodes > self.max_nodes:
       raise CalculatorError(f"expression has more than {self.max_nodes} parts")
@@ -98,6 +109,24 @@ class Calculator:
     except (OverflowError, ValueError) as e:
       raise CalculatorError(f"math error: {e}") from None
     return self._checked(value)
+
+  @staticmethod
+  def _parse(text: str) -> ast.Expression:
+    try:
+      return ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+      raise CalculatorError("not a valid arithmetic expression") from None
+
+  @staticmethod
+  def _literal(text: str) -> Fraction:
+    """A float literal as written ("0.1" is 1/10), bounded before conversion: Fraction("1e-9999999")
+    would build a ten-million-digit denominator."""
+    exponent = _EXPONENT.search(text)
+    if exponent and abs(int(exponent.group(1)[:8])) > MAX_LITERAL_EXPONENT:
+      raise CalculatorError("number out of range")
+    if sum(c.isdigit() for c in text) > MAX_LITERAL_DIGITS:
+      raise CalculatorError(f"number with more than {MAX_LITERAL_DIGITS} digits")
+    return Fraction(text)
 
   def _checked(self, value: Fraction) -> Fraction:
     if abs(value) > self.max_magnitude:
@@ -119,7 +148,7 @@ class Calculator:
           raise CalculatorError("number out of range")
         # The literal as written ("0.1" is 1/10), not its binary float.
         literal = ast.get_source_segment(source, node) or repr(number)
-        return self._checked(Fraction(literal.replace("_", "")))
+        return self._checked(self._literal(literal.replace("_", "")))
       case ast.UnaryOp(op=ast.USub(), operand=operand):
         return -self._eval(operand, depth + 1, source)
       case ast.UnaryOp(op=ast.UAdd(), operand=operand):

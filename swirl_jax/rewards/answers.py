@@ -16,6 +16,14 @@ _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
+def _bounded(literal: str, max_digits: int = 64, max_exponent: int = 400) -> bool:
+  """Whether a number literal is small enough to convert at once (checked before converting)."""
+  mantissa, _, exponent = literal.lower().partition("e")
+  if exponent and abs(int(exponent[:8])) > max_exponent:
+    return False
+  return sum(c.isdigit() for c in mantissa) <= max_digits
+
+
 def parse_number(text: str) -> Fraction | None:
   """The number a short answer states: '$1,000.50', '10 apples', '-3', '50%', '3/4'.
 
@@ -24,10 +32,14 @@ def parse_number(text: str) -> Fraction | None:
   cleaned = text.strip().replace("$", "").replace("\u20ac", "").replace("\u00a3", "")
   cleaned = cleaned.rstrip(".").strip()
   fraction = re.fullmatch(r"\s*([-+]?\d+)\s*/\s*(\d+)\s*", cleaned)
+  if fraction and not (_bounded(fraction.group(1)) and _bounded(fraction.group(2))):
+    return None
   if fraction and int(fraction.group(2)) != 0:
     return Fraction(int(fraction.group(1)), int(fraction.group(2)))
-  found = [m.group(0) for m in _NUMBER.finditer(cleaned) if re.search(r"\d", m.group(0))]
-  values = {Fraction(f.replace(",", "")) for f in found}
+  found = [m.group(0).replace(",", "") for m in _NUMBER.finditer(cleaned) if re.search(r"\d", m.group(0))]
+  if any(not _bounded(f) for f in found):  # "1e9999999" would take seconds to convert, and is no answer
+    return None
+  values = {Fraction(f) for f in found}
   if len(values) != 1:
     return None
   return values.pop()
