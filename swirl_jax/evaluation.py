@@ -21,7 +21,7 @@ import os
 import gin
 import jax
 
-from swirl_jax import atomic_io, multihost
+from swirl_jax import atomic_io, multihost, validation
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.generation import check_unique_ids, run_sharded_episodes
@@ -42,6 +42,10 @@ class EvalConfig:
   max_action_tokens: int = 192
   grade_with_judge: bool = False  # outcome judge instead of the rule matchers
   questions_per_shard: int = 16  # shards are the unit of work per process: have more than processes
+
+  def __post_init__(self):
+    validation.at_least_one(self, ("rows", "capacity", "max_action_tokens", "questions_per_shard"))
+    validation.sampling_settings(self)
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:

@@ -23,7 +23,7 @@ import gin
 import jax
 from tqdm import tqdm
 
-from swirl_jax import atomic_io, multihost
+from swirl_jax import atomic_io, multihost, validation
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.sampling.sampler import Sampler
@@ -39,6 +39,9 @@ class GenerateConfig:
   capacity: int = 2048  # tokens per episode (prompt, actions, tool results)
   questions_per_shard: int = 32
   seed: int = 0
+
+  def __post_init__(self):
+    validation.at_least_one(self, ("samples_per_question", "rows", "capacity", "questions_per_shard"))
 
 
 def _counts(trajectories) -> dict:

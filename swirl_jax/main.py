@@ -78,6 +78,8 @@ def run_judge(rt: runtime.Runtime):
 def run_train(rt: runtime.Runtime, judged_dir: str = gin.REQUIRED, filter_strategy: str = "process"):
   """Stage 2 on the trajectories of `judged_dir` kept by `filter_strategy`."""
   from swirl_jax.data import filters, trajectory_io
+  if filter_strategy not in filters.STRATEGIES:  # before the model loads
+    raise ValueError(f"run_train.filter_strategy={filter_strategy!r}; use one of {filters.STRATEGIES}")
   train_config = trainer.TrainConfig()
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   kept = filters.filter_trajectories(trajectory_io.read_all(judged_dir), filter_strategy)

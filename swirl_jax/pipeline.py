@@ -36,6 +36,12 @@ class PipelineConfig:
   filter_strategy: str = "process"
   eval_questions: int = 64
 
+  def __post_init__(self):
+    if self.filter_strategy not in filters.STRATEGIES:
+      raise ValueError(f"PipelineConfig.filter_strategy={self.filter_strategy!r}; use one of {filters.STRATEGIES}")
+    if self.eval_questions < 1:
+      raise ValueError(f"PipelineConfig.eval_questions={self.eval_questions} must be at least 1")
+
 
 def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = PipelineConfig()) -> dict:
   """All stages in order, resumably; returns the summary (the same on every process)."""

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,3 +129,54 @@ def test_packed_sft_rows_resume_at_the_same_data_position(tmp_path):
   batch = second._offline_batch()
   for key in expected:
     np.testing.assert_array_equal(batch[key], expected[key])
+
+
+def test_clipped_mode_reuses_each_batch_and_the_schedule_counts_optimizer_updates(tmp_path):
+  """updates_per_batch=3 with the clipped ratio, through the trainer: 3 optimizer updates per step,
+  and the learning rate is still above 0 at the last update (it was 0 from step steps/3 on when the
+  schedule counted trainer steps)."""
+  from swirl_jax.training.trainer import learning_rate_schedule
+  config = TrainConfig(mode="online", steps=4, batch_size=2, samples_per_state=2, max_action_tokens=2,
+                       sequence_length=64, learning_rate=1e-3, warmup_steps=1, clip_epsilon=0.2,
+                       updates_per_batch=3, checkpoint_every=100, checkpoint_dir=str(tmp_path / "ckpt"),
+                       log_every=1, peak_flops=1e9)
+  schedule = learning_rate_schedule(config)
+  assert float(schedule(3)) == pytest.approx(1e-3) and float(schedule(4 * 3 - 1)) > 1e-5
+  trainer = Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config,
+                    scorer=FirstTokenScorer(range(100, 164)))
+  last = trainer.train()
+  counts = [int(x) for x in jax.tree.leaves(trainer.opt_state)
+            if np.ndim(x) == 0 and np.issubdtype(np.asarray(x).dtype, np.integer)]
+  assert counts and set(counts) == {4 * 3}
+  assert np.isfinite(last["loss"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(grad_accum_steps=0), "grad_accum_steps=0 must be at least 1"),
+    (dict(baseline="mean"), "baseline='mean'"),
+    (dict(samples_per_state=1), "rloo baseline needs samples_per_state >= 2"),
+    (dict(updates_per_batch=2), "set clip_epsilon"),
+    (dict(temperature=-1.0), "temperature=-1.0 must not be negative"),
+    (dict(steps=-5), "steps=-5 must be at least 1"),
+    (dict(batch_size=0), "batch_size=0 must be at least 1"),
+    (dict(clip_epsilon=-0.1), "clip_epsilon=-0.1 must be positive"),
+])
+def test_bad_train_settings_are_refused_when_the_config_is_built(bad, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    TrainConfig(**bad)
+
+
+def test_bad_settings_elsewhere_are_refused_when_built():
+  from swirl_jax.environment.episode import EpisodeConfig
+  from swirl_jax.evaluation import EvalConfig
+  from swirl_jax.generation import GenerateConfig
+  from swirl_jax.pipeline import PipelineConfig
+  from swirl_jax.sampling.sampler import SamplingConfig
+  for make, message in ((lambda: PipelineConfig(filter_strategy="best"), "filter_strategy='best'"),
+                        (lambda: SamplingConfig(temperature=-0.5), "temperature=-0.5"),
+                        (lambda: SamplingConfig(top_p=0.0), "top_p=0.0"),
+                        (lambda: EpisodeConfig(temperature=-1.0), "temperature=-1.0"),
+                        (lambda: GenerateConfig(rows=0), "rows=0"),
+                        (lambda: EvalConfig(questions_per_shard=0), "questions_per_shard=0")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      make()

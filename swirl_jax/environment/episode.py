@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import gin
 
+from swirl_jax import validation
 from swirl_jax.data.question import Question
 from swirl_jax.data.trajectory import Step, Trajectory, trajectory_id
 from swirl_jax.environment import protocol
@@ -39,6 +40,8 @@ class EpisodeConfig:
   top_p: float = 1.0
 
   def __post_init__(self):
+    validation.sampling_settings(self)
+    validation.at_least_one(self, ("max_action_tokens",) + (("max_steps",) if self.max_steps is not None else ()))
     if self.on_malformed not in ("end", "feedback"):
       raise ValueError(f"EpisodeConfig.on_malformed={self.on_malformed!r}; use 'end' or 'feedback'")
     if self.at_step_cap not in ("force_answer", "end"):

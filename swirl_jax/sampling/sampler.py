@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from swirl_jax import multihost, partitioning
+from swirl_jax import multihost, partitioning, validation
 from swirl_jax.models.transformer import KVCache, Transformer
 
 
@@ -49,6 +49,10 @@ class SamplingConfig:
   max_new_tokens: int = 128
   stop_strings: tuple[str, ...] = ()
   stop_ids: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    validation.sampling_settings(self)
+    validation.at_least_one(self, ("max_new_tokens",))
 
 
 @dataclasses.dataclass

@@ -38,7 +38,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
-from swirl_jax import multihost, partitioning
+from swirl_jax import multihost, partitioning, validation
 from swirl_jax.data import decomposition, seqio_tasks
 from swirl_jax.data.trajectory import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
@@ -75,18 +75,39 @@ class TrainConfig:
   peak_flops: float | None = None  # per device, for the MFU estimate; None: measured at start
 
   def __post_init__(self):
-    if self.mode not in ("online", "offline", "sft"):
-      raise ValueError(f"TrainConfig.mode={self.mode!r}; use online, offline or sft")
-    if self.batch_size % self.grad_accum_steps:
-      raise ValueError("TrainConfig.batch_size must be a multiple of grad_accum_steps")
+    """Refuses a bad setting when the config is built, not at the first step (after sampling
+    and judging) or never."""
+    validation.check(self.mode in ("online", "offline", "sft"), self, f"mode={self.mode!r}; use online, offline or sft")
+    validation.at_least_one(self, ("steps", "batch_size", "samples_per_state", "updates_per_batch", "max_action_tokens",
+                                   "sequence_length", "grad_accum_steps", "checkpoint_every", "keep_checkpoints",
+                                   "log_every"))
+    validation.not_negative(self, ("temperature", "kl_coef", "learning_rate", "warmup_steps", "weight_decay",
+                                   "grad_clip_norm", "sft_context_weight"))
+    validation.check(self.batch_size % self.grad_accum_steps == 0, self,
+                     f"batch_size={self.batch_size} must be a multiple of grad_accum_steps={self.grad_accum_steps}")
+    validation.check(self.baseline in ("none", "rloo"), self, f"baseline={self.baseline!r}; use 'none' or 'rloo'")
+    validation.check(self.mode != "online" or self.baseline != "rloo" or self.samples_per_state >= 2, self,
+                     f"the rloo baseline needs samples_per_state >= 2 (got {self.samples_per_state})")
+    validation.check(self.clip_epsilon is None or self.clip_epsilon > 0, self,
+                     f"clip_epsilon={self.clip_epsilon} must be positive")
+    validation.check(self.updates_per_batch == 1 or self.clip_epsilon is not None, self,
+                     f"updates_per_batch={self.updates_per_batch} reuses each batch: set clip_epsilon "
+                     "(the clipped ratio)")
+    validation.check(self.peak_flops is None or self.peak_flops > 0, self,
+                     f"peak_flops={self.peak_flops} must be positive")
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+  """Linear warmup then cosine decay, counted in optimizer updates: each trainer step makes
+  `updates_per_batch` of them (steps and warmup_steps are in trainer steps)."""
+  updates, warmup = config.steps * config.updates_per_batch, config.warmup_steps * config.updates_per_batch
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1), max(updates, warmup + 1))
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """AdamW with linear warmup then cosine decay, after global-norm clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1),
-                                                max(config.steps, config.warmup_steps + 1))
+  """AdamW on `learning_rate_schedule`, after global-norm clipping."""
   return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                     optax.adamw(schedule, weight_decay=config.weight_decay))
+                     optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay))
 
 
 class NonFiniteLossError(FloatingPointError):
