@@ -180,3 +180,27 @@ def test_bad_settings_elsewhere_are_refused_when_built():
                         (lambda: EvalConfig(questions_per_shard=0), "questions_per_shard=0")):
     with pytest.raises(ValueError, match=re.escape(message)):
       make()
+
+
+def test_offline_gradient_accumulation_equals_one_large_batch(tmp_path):
+  """The micro-batches hold different numbers of action tokens; the objective is the token-mean of
+  the whole batch whatever grad_accum_steps is (it was a mean of per-micro-batch means)."""
+  def trained(accum):
+    model = init_model(model_config("tiny"), seed=0)
+    config = TrainConfig(mode="offline", steps=2, batch_size=4, grad_accum_steps=accum, sequence_length=96,
+                         learning_rate=1e-2, warmup_steps=1, grad_clip_norm=1e6, checkpoint_every=100,
+                         checkpoint_dir=str(tmp_path / f"ckpt{accum}"), log_every=1, peak_flops=1e9)
+    trainer = Trainer(model, known_trajectories(), config)
+    weights = trainer._offline_batch()["decoder_loss_weights"].sum(axis=1)
+    trainer.position = 0
+    losses_ = [trainer.run_step()["loss"] for _ in range(2)]  # the first update has learning rate 0
+    return losses_[-1], weights, jax.tree.leaves(nnx.state(model))
+
+  loss_1, weights, params_1 = trained(1)
+  loss_4, _, params_4 = trained(4)
+  initial = jax.tree.leaves(nnx.state(init_model(model_config("tiny"), seed=0)))
+  assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(params_1, initial)) > 1e-3
+  assert len(set(weights.tolist())) > 1  # unequal micro-batches: the case that differed
+  assert loss_1 == pytest.approx(loss_4, rel=1e-5)
+  for a, b in zip(params_1, params_4):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

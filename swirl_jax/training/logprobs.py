@@ -34,9 +34,17 @@ def target_logprobs(model: Transformer, features: dict, max_loss_tokens: int | N
   return jnp.where(valid_N, logp_N, 0.0), index_N, valid_N
 
 
-def reward_weighted_nll(model: Transformer, features: dict, max_loss_tokens: int | None = None):
-  """-sum(weight * reward * log p) / sum(weight): the offline step-wise loss (SFT at reward 1)."""
+def reward_weighted_nll(model: Transformer, features: dict, max_loss_tokens: int | None = None,
+                        total_weight=None):
+  """-sum(weight * reward * log p) / sum(weight): the offline step-wise loss (SFT at reward 1).
+
+  `total_weight`: divide by this instead (the weight of the whole batch when
+  `features` is one micro-batch of it, so the micro-batch losses add up to the
+  loss of the whole batch).
+  """
   logp_N, index_N, valid_N = target_logprobs(model, features, max_loss_tokens)
   weights_N = features["decoder_loss_weights"].reshape(-1)[index_N] * valid_N
   rewards_N = features["decoder_rewards"].reshape(-1)[index_N]
-  return -jnp.sum(weights_N * rewards_N * logp_N) / jnp.maximum(jnp.sum(weights_N), 1.0)
+  if total_weight is None:
+    total_weight = jnp.maximum(jnp.sum(weights_N), 1.0)
+  return -jnp.sum(weights_N * rewards_N * logp_N) / total_weight

@@ -100,8 +100,9 @@ class TrainConfig:
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
   """Linear warmup then cosine decay, counted in optimizer updates: each trainer step makes
   `updates_per_batch` of them (steps and warmup_steps are in trainer steps)."""
-  updates, warmup = config.steps * config.updates_per_batch, config.warmup_steps * config.updates_per_batch
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1), max(updates, warmup + 1))
+  updates = config.steps * config.updates_per_batch
+  warmup = max(config.warmup_steps * config.updates_per_batch, 1)
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(updates, warmup + 1))
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -279,10 +280,10 @@ class Trainer:
     positions = (total_rows // k) * feats["decoder_loss_weights"].shape[1]
     return min(positions, max(128, 1 << (int(per_micro.max()) - 1).bit_length()))
 
-  def _loss(self, params, feats, reference, n):
+  def _loss(self, params, feats, reference, n, total_weight):
     model = nnx.merge(self.graphdef, params)
     if self.config.mode != "online":
-      return reward_weighted_nll(model, feats, n), {}
+      return reward_weighted_nll(model, feats, n, total_weight=total_weight), {}
     ref_logp = None
     if reference is not None:
       ref_logp = losses.reference_logprobs(nnx.merge(self.graphdef, reference), feats, n)
@@ -295,16 +296,24 @@ class Trainer:
     k = self.config.grad_accum_steps
     micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), feats)
 
+    # Offline and SFT: each micro-batch's loss is its share of the whole batch's token-mean, so the
+    # micro-batches add up to one large batch whatever grad_accum_steps is. Online: each micro-batch
+    # holds the same number of sequences and the loss is a mean over sequences, so they average.
+    online_mode = self.config.mode == "online"
+    total_weight = None if online_mode else jnp.maximum(jnp.sum(feats["decoder_loss_weights"]), 1.0)
+
     def accumulate(grads, batch):
-      (loss, aux), g = jax.value_and_grad(self._loss, has_aux=True)(params, batch, reference, loss_slots)
+      (loss, aux), g = jax.value_and_grad(self._loss, has_aux=True)(params, batch, reference, loss_slots,
+                                                                    total_weight)
       return jax.tree.map(jnp.add, grads, g), (loss, aux)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     grads, (loss_k, aux_k) = jax.lax.scan(accumulate, zeros, micro)
-    grads = jax.tree.map(lambda g: g / k, grads)
+    if online_mode:
+      grads = jax.tree.map(lambda g: g / k, grads)
     updates, opt_state = self.tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = {"loss": jnp.mean(loss_k), "grad_norm": optax.tree.norm(grads),
+    metrics = {"loss": jnp.mean(loss_k) if online_mode else jnp.sum(loss_k), "grad_norm": optax.tree.norm(grads),
                **{name: jnp.mean(v) for name, v in aux_k.items()}}
     return params, opt_state, metrics
 
