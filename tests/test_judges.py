@@ -186,3 +186,13 @@ def test_online_scorer_judges_fresh_actions_in_the_state_s_transcript():
              ("<math_exp>36 - 10</math_exp>", "<math_exp>3 * 12</math_exp>", "<answer>26</answer>", "oops")]
   scores = JudgeScorer(RuleJudge([math])).score([states[1]] * 4, actions)
   assert scores.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_the_rule_judge_refuses_a_task_without_gold_steps():
+  from swirl_jax.data.question import Question
+  from swirl_jax.judging import make_judge
+  from swirl_jax.tasks import build_task
+  gsm8k_like = [Question("gsm8k-test-0", "How many?", ("3",), "gsm8k")]
+  with pytest.raises(ValueError, match="have none; use make_judge.kind='model' or 'http'"):
+    make_judge(kind="rule", questions=gsm8k_like, task=build_task(num_questions=2))
+  assert make_judge(kind="rule", task=build_task(num_questions=2)).name == "rule"

@@ -129,3 +129,39 @@ def test_fifty_online_steps_raise_the_mean_reward():
     nnx.update(model, params)  # the sampler samples with the updated params
   start, end = np.mean(means[:5]), np.mean(means[-5:])
   assert start < 0.3 and end > start + 0.3, (start, end)
+
+
+def test_unscored_samples_are_left_out_of_the_advantage_and_the_loss():
+  nan = float("nan")
+  rewards = np.array([[1.0, 0.0, nan, 1.0], [nan, nan, 1.0, 0.0], [nan, 1.0, nan, nan]], np.float32)
+  rloo = losses.advantages(rewards, "rloo")
+  np.testing.assert_allclose(rloo[0], [1 - 0.5, 0 - 1.0, 0.0, 1 - 0.5])  # baselines over the 3 scored
+  np.testing.assert_allclose(rloo[1], [0.0, 0.0, 1.0, -1.0])
+  np.testing.assert_allclose(rloo[2], [0.0, 0.0, 0.0, 0.0])  # one scored sample: no baseline
+  np.testing.assert_allclose(losses.advantages(rewards, "none")[2], [0.0, 1.0, 0.0, 0.0])
+
+
+class FailingScorer:
+  """Scores 1 when the first token is even, and gives no verdict when it is odd."""
+
+  def score(self, states, actions):
+    return np.array([1.0 if a.tokens[0] % 2 == 0 else np.nan for a in actions], np.float32)
+
+
+def test_judge_failures_are_counted_and_excluded_or_zeroed(tmp_path):
+  from swirl_jax.training.trainer import TrainConfig, Trainer
+  from tests.judged_data import known_trajectories
+  for mode in ("exclude", "zero"):
+    config = TrainConfig(mode="online", steps=1, batch_size=4, samples_per_state=4, max_action_tokens=2,
+                         sequence_length=64, checkpoint_every=100, checkpoint_dir=str(tmp_path / mode),
+                         log_every=1, peak_flops=1e9, judge_failures=mode, temperature=1.0)
+    trainer = Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, scorer=FailingScorer())
+    batch = online.online_batch(trainer.sampler, trainer.scorer, trainer._pick(trainer.states), 4,
+                                trainer.sampling, 64, "rloo", key_ids=(0,), judge_failures=mode)
+    failed = np.isnan(batch.rewards).reshape(-1)
+    assert 0 < failed.sum() < failed.size
+    weights = batch.features["decoder_loss_weights"].sum(axis=1)
+    assert (weights[failed] == 0).all() if mode == "exclude" else (weights > 0).all()
+    metrics = trainer.run_step()
+    assert metrics["judge_failures"] > 0
+    assert metrics["mean_reward"] == 1.0  # the mean over scored samples only

@@ -21,17 +21,23 @@ def advantages(rewards_SxG: np.ndarray, baseline: str = "rloo") -> np.ndarray:
   """Per-sample advantages for G samples of each of S states.
 
   none: the reward itself (REINFORCE); rloo: the reward minus the mean reward
-  of the *other* samples of the same state (leave-one-out).
+  of the *other* samples of the same state (leave-one-out). A NaN reward (the
+  judge gave no verdict) gets advantage 0 and is left out of its state's
+  baseline; under rloo a state with fewer than 2 scored samples has no baseline,
+  and all its advantages are 0.
   """
   rewards_SxG = np.asarray(rewards_SxG, np.float32)
+  scored_SxG = ~np.isnan(rewards_SxG)
+  filled_SxG = np.where(scored_SxG, rewards_SxG, 0.0)
   if baseline == "none":
-    return rewards_SxG
+    return filled_SxG
   if baseline == "rloo":
     g = rewards_SxG.shape[1]
     if g < 2:
       raise ValueError("the rloo baseline needs at least 2 samples per state")
-    others = (rewards_SxG.sum(axis=1, keepdims=True) - rewards_SxG) / (g - 1)
-    return rewards_SxG - others
+    count_Sx1 = scored_SxG.sum(axis=1, keepdims=True)
+    others = (filled_SxG.sum(axis=1, keepdims=True) - filled_SxG) / np.maximum(count_Sx1 - 1, 1)
+    return np.where(scored_SxG & (count_Sx1 >= 2), filled_SxG - others, 0.0).astype(np.float32)
   raise ValueError(f"unknown baseline {baseline!r}; use 'none' or 'rloo'")
 
 

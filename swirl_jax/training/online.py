@@ -32,8 +32,9 @@ class Scorer(Protocol):
 
 
 class JudgeScorer:
-  """Scores actions with a process judge, in the state's transcript (as Stage 1 steps are judged);
-  an action the judge cannot read scores 0."""
+  """Scores actions with a process judge, in the state's transcript (as Stage 1 steps are judged).
+  An action the judge gave no verdict (a failed request, unreadable judge output) scores NaN:
+  the trainer counts it, and leaves it out or scores it 0 (TrainConfig.judge_failures)."""
 
   def __init__(self, judge: Judge, tags: Sequence[str] = ("math_exp", "search_query")):
     self.judge, self.tags = judge, list(tags)
@@ -45,7 +46,7 @@ class JudgeScorer:
       tool = parsed.tag if parsed.kind != "malformed" else ""
       requests.append(ProcessRequest(state.question, state.transcript, action.text.strip(), tool,
                                      state.question_id, state.step_index))
-    return np.array([v.score if v.score is not None else 0.0 for v in self.judge.judge_steps(requests)],
+    return np.array([v.score if v.score is not None else np.nan for v in self.judge.judge_steps(requests)],
                     np.float32)
 
 
@@ -131,16 +132,22 @@ class OnlineBatch(NamedTuple):
   their actions (state-major), and the slots of its states in the global batch."""
 
   features: dict[str, np.ndarray]
-  rewards: np.ndarray
+  rewards: np.ndarray  # NaN where the judge gave no verdict
   actions: list[TurnOutput]
   state_slots: list[int]
 
 
 def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample], samples_per_state: int,
                  config: SamplingConfig, length: int, baseline: str = "rloo",
-                 key_ids: Sequence | None = None) -> OnlineBatch:
+                 key_ids: Sequence | None = None, judge_failures: str = "exclude") -> OnlineBatch:
   """Samples, scores and lays out this process's part of one online batch of `states` (the global
-  batch, the same list on every process). Collective: every process calls it together."""
+  batch, the same list on every process). Collective: every process calls it together.
+
+  judge_failures: "exclude" leaves an unscored sample out of the loss and of its state's
+  baseline; "zero" scores it 0 (a failure then reads as a bad action).
+  """
+  if judge_failures not in ("exclude", "zero"):
+    raise ValueError(f"judge_failures={judge_failures!r}; use 'exclude' or 'zero'")
   slots = local_state_slots(sampler, len(states), samples_per_state)
   contexts = {slot: states[slot].context for slot in slots}
   sampled = sample_actions(sampler, contexts, samples_per_state, config, key_ids)
@@ -148,10 +155,12 @@ def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample
   expanded_states = [states[slot] for slot in slots for _ in range(samples_per_state)]
   rewards = (scorer.score(expanded_states, actions) if actions else np.zeros(0, np.float32))
   rewards = rewards.reshape(len(slots), samples_per_state)
-  adv = advantages(rewards, baseline).reshape(-1)
+  adv = advantages(np.nan_to_num(rewards, nan=0.0) if judge_failures == "zero" else rewards, baseline).reshape(-1)
   # Every process pads its rows to the same length: the global batch has one shape.
   local_longest = max((len(states[slot].context) + len(a.tokens) for slot in slots for a in sampled[slot]), default=1)
   row_length = _padded_length(multihost.max_over_processes(local_longest) if sampler.collective else local_longest,
                                length)
   feats = online_features([contexts[slot] for slot in slots], actions, adv, length, row_length) if slots else {}
+  if judge_failures == "exclude" and slots:  # no loss on a sample nobody scored
+    feats["decoder_loss_weights"][np.isnan(rewards).reshape(-1)] = 0.0
   return OnlineBatch(feats, rewards, actions, slots)

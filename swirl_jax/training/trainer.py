@@ -55,6 +55,7 @@ class TrainConfig:
   pack_rows: bool = False  # offline, sft: pack whole trajectories into each row (first fit, in data order)
   samples_per_state: int = 4  # G
   baseline: str = "rloo"  # none | rloo
+  judge_failures: str = "exclude"  # a sample the judge gave no verdict: exclude it, or score it "zero"
   kl_coef: float = 0.0
   clip_epsilon: float | None = None  # set to use the clipped ratio (with updates_per_batch > 1)
   updates_per_batch: int = 1
@@ -86,6 +87,8 @@ class TrainConfig:
     validation.check(self.batch_size % self.grad_accum_steps == 0, self,
                      f"batch_size={self.batch_size} must be a multiple of grad_accum_steps={self.grad_accum_steps}")
     validation.check(self.baseline in ("none", "rloo"), self, f"baseline={self.baseline!r}; use 'none' or 'rloo'")
+    validation.check(self.judge_failures in ("exclude", "zero"), self,
+                     f"judge_failures={self.judge_failures!r}; use 'exclude' or 'zero'")
     validation.check(self.mode != "online" or self.baseline != "rloo" or self.samples_per_state >= 2, self,
                      f"the rloo baseline needs samples_per_state >= 2 (got {self.samples_per_state})")
     validation.check(self.clip_epsilon is None or self.clip_epsilon > 0, self,
@@ -252,13 +255,15 @@ class Trainer:
     states = self._pick(self.states)
     batch = online.online_batch(
         self.sampler, self.scorer, states, self.config.samples_per_state, self.sampling,
-        self.config.sequence_length, self.config.baseline, key_ids=("online", self.config.seed, step))
-    reward_sum, reward_count, sampled = np.sum(
-        multihost.allgather_json([float(batch.rewards.sum()), int(batch.rewards.size),
+        self.config.sequence_length, self.config.baseline, key_ids=("online", self.config.seed, step),
+        judge_failures=self.config.judge_failures)
+    scored = ~np.isnan(batch.rewards)
+    reward_sum, scored_count, failures, sampled = np.sum(
+        multihost.allgather_json([float(batch.rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
                                   int(sum(len(a.tokens) for a in batch.actions))]), axis=0)
     g = self.config.samples_per_state
     rows = np.array([slot * g + i for slot in batch.state_slots for i in range(g)], np.int64)
-    extra = {"mean_reward": float(reward_sum / max(reward_count, 1)),
+    extra = {"mean_reward": float(reward_sum / max(scored_count, 1)), "judge_failures": int(failures),
              "logged_reward": float(np.mean([s.reward for s in states])), "sampled_tokens": int(sampled)}
     return batch.features, rows, extra
 
