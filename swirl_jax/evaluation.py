@@ -81,7 +81,7 @@ def grade_each(trajectories, judge: Judge | None = None, grade_with_judge: bool 
   return records
 
 
-def report_of(records: list[dict], judged: bool | None = None) -> dict:
+def report_of(records: list[dict], judged: bool) -> dict:
   """Accuracy, interval, F1, steps and the GOOD-step share of graded records (in a fixed order)."""
   n, k = len(records), sum(r["correct"] for r in records)
   low, high = wilson_interval(k, n)
@@ -91,7 +91,7 @@ def report_of(records: list[dict], judged: bool | None = None) -> dict:
       "mean_steps": sum(r["steps"] for r in records) / max(n, 1),
       "answered": sum(r["answered"] for r in records) / max(n, 1),
   }
-  if judged if judged is not None else bool(records and "judged_steps" in records[0]):
+  if judged:
     steps = sum(r["judged_steps"] for r in records)
     report["good_step_share"] = sum(r["good_steps"] for r in records) / steps if steps else None
   return report
@@ -99,7 +99,7 @@ def report_of(records: list[dict], judged: bool | None = None) -> dict:
 
 def grade(trajectories, judge: Judge | None = None, grade_with_judge: bool = False) -> dict:
   """Accuracy, interval, F1, steps and the GOOD-step share of finished trajectories."""
-  return report_of(grade_each(trajectories, judge, grade_with_judge))
+  return report_of(grade_each(trajectories, judge, grade_with_judge), judged=judge is not None)
 
 
 def evaluate(task: Task, model, vocab, name: str, config: EvalConfig = EvalConfig(),

@@ -110,18 +110,20 @@ def allgather_ints(values: Sequence[int]) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(local.astype(np.int32))).reshape(-1, local.size)
 
 
-def raise_together(error: str | None) -> None:
+def raise_together(error: str | None, across: bool = True) -> None:
   """Raises on every process if any process has an error (one raising alone would leave the
-  others waiting in the next collective)."""
-  messages = allgather_json(error) if is_multiprocess() else [error]
+  others waiting in the next collective). across=False: this process's error only."""
+  messages = allgather_json(error) if across and is_multiprocess() else [error]
   failed = [(i, m) for i, m in enumerate(messages) if m]
   if failed:
     raise ValueError("; ".join(m if i == jax.process_index() else f"process {i}: {m}" for i, m in failed))
 
 
-def any_process(*flags: bool) -> tuple[bool, ...] | bool:
-  """Whether any process has each flag set (one collective for all flags)."""
-  merged = allgather_ints([int(bool(f)) for f in flags]).max(axis=0)
+def any_process(*flags: bool, across: bool = True) -> tuple[bool, ...] | bool:
+  """Whether any process has each flag set (one collective for all flags). across=False: this
+  process's flags, no collective (work on devices of this process only)."""
+  local = [int(bool(f)) for f in flags]
+  merged = allgather_ints(local).max(axis=0) if across else np.asarray(local)
   out = tuple(bool(v) for v in merged)
   return out[0] if len(out) == 1 else out
 

@@ -2,7 +2,6 @@
 
 import http.server
 import json
-import threading
 
 import pytest
 
@@ -11,6 +10,7 @@ from swirl_jax.data.builtin_arithmetic import arithmetic_questions
 from swirl_jax.data.builtin_encyclopedia import build_encyclopedia, encyclopedia_split
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.search import BM25Search, HttpSearch, Passage, load_passages_jsonl
+from tests.local_server import serving
 
 
 def _write_jsonl(path, records):
@@ -144,15 +144,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.mark.parametrize("mode", ["ok", "fail_once", "garbage"])
 def test_http_search_against_a_local_server(mode):
   _Handler.calls, _Handler.mode = 0, mode
-  server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  try:
-    tool = HttpSearch(f"http://127.0.0.1:{server.server_port}/search", retries=2, backoff_s=0.01, timeout_s=5)
+  with serving(_Handler) as port:
+    tool = HttpSearch(f"http://127.0.0.1:{port}/search", retries=2, backoff_s=0.01, timeout_s=5)
     result = tool.run("zebra facts")
-  finally:
-    server.shutdown()
-    server.server_close()
   if mode == "garbage":
     assert result.error and "unavailable" in result.output and _Handler.calls == 3
   else:

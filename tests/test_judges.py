@@ -17,6 +17,7 @@ from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import OutcomeRequest, ProcessRequest, parse_label
 from swirl_jax.rewards.rule_judge import RuleJudge
 from tests.judged_data import known_trajectories
+from tests.local_server import serving
 
 SECRET = "sk-test-7f3a9c1e-DO-NOT-LEAK"
 
@@ -62,12 +63,8 @@ class FlakyJudgeServer(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def server():
   FlakyJudgeServer.healthy, FlakyJudgeServer.requests = False, 0
-  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyJudgeServer)
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  yield f"http://127.0.0.1:{httpd.server_port}/v1"
-  httpd.shutdown()
-  httpd.server_close()
+  with serving(FlakyJudgeServer) as port:
+    yield f"http://127.0.0.1:{port}/v1"
 
 
 def _verdicts(directory):

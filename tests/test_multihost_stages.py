@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -31,6 +30,7 @@ import pytest
 
 from swirl_jax.data import trajectory_io
 from swirl_jax.rewards.request_log import read_request_logs
+from tests.local_server import serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -80,12 +80,8 @@ class _HashJudge(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def judge_url():
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HashJudge)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-  server.shutdown()
-  server.server_close()
+  with serving(_HashJudge) as port:
+    yield f"http://127.0.0.1:{port}/v1"
 
 
 def _free_port():

@@ -228,22 +228,10 @@ class Sampler:
     if error:
       raise ValueError(error)
 
-  def _agree_on_errors(self, error: str | None) -> None:
-    """Raises on every process of a collective call if any has an error (not just on that one,
-    which would leave the others waiting)."""
-    if self.collective:
-      multihost.raise_together(error)
-    elif error:
-      raise ValueError(error)
-
   def _sync_lengths(self) -> None:
     """Writes the host's row lengths into the cache, placed like the array they replace: an
     argument committed differently from the last call makes a jitted step compile again."""
     self._cache = self._cache.replace(length_B=self._put(self._lengths.astype(np.int32)))
-
-  def set_seed(self, seed: int) -> None:
-    """Seeds the default row keys of later `generate` calls made without `row_keys`."""
-    self.seed, self._calls = seed, 0
 
   def lengths(self) -> np.ndarray:
     """Tokens held by each row (meaningful for this process's rows)."""
@@ -251,9 +239,7 @@ class Sampler:
 
   def any_process(self, *flags: bool):
     """Whether any process of this sampler's mesh has each flag set (local flags off a shared mesh)."""
-    if self.collective:
-      return multihost.any_process(*flags)
-    return flags[0] if len(flags) == 1 else flags
+    return multihost.any_process(*flags, across=self.collective)
 
   def _call(self, name, fn, *args, **kwargs):
     """Runs a jitted step under the mesh, timing the first call of each shape."""
@@ -277,7 +263,7 @@ class Sampler:
       if error is None and self._lengths[row] + len(tokens) > self.capacity:
         error = (f"Sampler.append: row {row} would hold {self._lengths[row] + len(tokens)} tokens; "
                  f"capacity is {self.capacity}")
-    self._agree_on_errors(error)
+    multihost.raise_together(error, across=self.collective)
     # All processes run the same chunks: as many as the longest append anywhere needs.
     longest = max((len(t) for t in new_tokens.values()), default=0)
     if self.collective:
@@ -312,7 +298,7 @@ class Sampler:
     empty = [row for row in rows if error is None and self._lengths[row] == 0]
     if empty:
       error = f"Sampler.generate: row {empty[0]} is empty; append a prompt first"
-    self._agree_on_errors(error)
+    multihost.raise_together(error, across=self.collective)
     key_data = np.zeros((self.rows, 2), np.uint32)
     for row in rows:
       key_data[row] = row_keys[row] if row_keys is not None else row_key("sampler", self.seed, self._calls, row)
@@ -330,13 +316,13 @@ class Sampler:
     for row in rows:
       if not active[row]:
         reasons[row] = "capacity"
-    keys = self._put(key_data)
+    keys, limit_B = self._put(key_data), self._put(limit)
     # One small collective per chunk: whether any process still decodes, or must re-append.
     running = self.any_process(active.any())
     while running:
       out = self._call(
           "decode", self._decode, self._graphdef, nnx.state(self.model), self._cache, self._last_hidden,
-          self._put(active), self._put(count), keys, stop_ids, self._put(limit),
+          self._put(active), self._put(count), keys, stop_ids, limit_B,
           steps=self.decode_steps, temperature=config.temperature, top_k=config.top_k,
           top_p=config.top_p)
       self._cache, self._last_hidden, active_after, count_after, chunk_tokens, chunk_logprobs, chunk_reasons = out

@@ -326,25 +326,26 @@ class Trainer:
     """The global batch on the mesh, from this process's rows (`rows` of the global batch)."""
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, feats)
+    sharding_of = lambda x: partitioning.batch_sharding(self.mesh, self.rules, (total_rows,) + x.shape[1:])
+    if not multihost.is_multiprocess():
+      return jax.tree.map(lambda x: jax.device_put(x, sharding_of(x)), feats)
+    # Every feature is [rows, ...]: the rows a process owns follow from the row count alone.
+    owned = multihost.owned_rows(partitioning.batch_sharding(self.mesh, self.rules, (total_rows,)), total_rows)
+    whole = len(rows) == total_rows  # every process laid out the whole batch: contribute our rows
+    rows_here = owned if whole else np.asarray(rows)
+    if not np.array_equal(np.sort(rows_here), owned):  # the same on every process for a given mesh
+      raise ValueError(f"process {jax.process_index()} laid out batch rows {rows_here[:4]}...; the mesh gives it "
+                       f"{owned[:4]}...")
+    one_block = bool(np.all(np.diff(rows_here) == 1))
 
     def place(x):
+      x = x[owned] if whole else x
       shape = (total_rows,) + x.shape[1:]
-      sharding = partitioning.batch_sharding(self.mesh, self.rules, shape)
-      if not multihost.is_multiprocess():
-        return jax.device_put(x, sharding)
-      owned = multihost.owned_rows(sharding, total_rows)
-      if len(rows) == total_rows:  # every process laid out the whole batch: contribute our rows
-        x, rows_here = x[owned], owned
-      else:
-        rows_here = np.asarray(rows)
-      if not np.array_equal(np.sort(rows_here), owned):  # the same on every process for a given mesh
-        raise ValueError(f"process {jax.process_index()} laid out batch rows {rows_here[:4]}...; the mesh gives it "
-                         f"{owned[:4]}...")
-      if np.all(np.diff(rows_here) == 1):  # one block: this process's slice of the global batch
-        return jax.make_array_from_process_local_data(sharding, x, shape)
+      if one_block:  # this process's slice of the global batch
+        return jax.make_array_from_process_local_data(sharding_of(x), x, shape)
       host = np.zeros(shape, x.dtype)  # rows spread over the batch (some TPU device orders)
       host[rows_here] = x
-      return multihost.global_array(host, sharding)
+      return multihost.global_array(host, sharding_of(x))
     return jax.tree.map(place, feats)
 
   def run_step(self) -> dict:
