@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 
 import gin
@@ -37,6 +38,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 _DISTRIBUTED_TPU = flags.DEFINE_bool(
     "distributed_tpu", False, "Call jax.distributed.initialize() with no arguments (Cloud TPU slices: "
     "the runtime names the coordinator); sets RuntimeConfig.auto_detect. The launch scripts set it.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print the whole traceback of a failure, not one line.")
 
 
 def rewrite_gin_args(argv: list[str]) -> list[str]:
@@ -60,9 +62,11 @@ def _print_json(value) -> None:
 
 def run_generate(rt: runtime.Runtime):
   """Stage 1 with the gin-configured policy, task and settings (GenerateConfig.output_dir...)."""
+  task = tasks.build_task()  # the data is read and checked before the model loads
+  config = generation.GenerateConfig()
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
-  task = tasks.build_task(vocab=vocab)
-  summary = generation.generate(task, model, vocab, generation.GenerateConfig(), mesh=rt.mesh, rules=rt.rules)
+  task.use_vocabulary(vocab)
+  summary = generation.generate(task, model, vocab, config, mesh=rt.mesh, rules=rt.rules)
   _print_json(summary)
   return summary
 
@@ -81,10 +85,11 @@ def run_train(rt: runtime.Runtime, judged_dir: str = gin.REQUIRED, filter_strate
   if filter_strategy not in filters.STRATEGIES:  # before the model loads
     raise ValueError(f"run_train.filter_strategy={filter_strategy!r}; use one of {filters.STRATEGIES}")
   train_config = trainer.TrainConfig()
-  model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   kept = filters.filter_trajectories(trajectory_io.read_all(judged_dir), filter_strategy)
-  task = tasks.build_task(vocab=vocab)
+  task = tasks.build_task()
   judge = judging.make_judge() if train_config.mode == "online" else None
+  model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
+  task.use_vocabulary(vocab)
   metrics = pipeline.build_trainer(model, vocab, kept, task, judge, train_config, mesh=rt.mesh,
                                    rules=rt.rules).train()
   _print_json({"kept_trajectories": len(kept), **metrics})
@@ -94,11 +99,12 @@ def run_train(rt: runtime.Runtime, judged_dir: str = gin.REQUIRED, filter_strate
 @gin.configurable
 def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str | None = None):
   """The tool loop on the gin task's held-out split, graded; restores `checkpoint_dir` if given."""
+  task = tasks.build_task(split="test")
+  judge = judging.make_judge(questions=task.questions, task=task)
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
+  task.use_vocabulary(vocab)
   if checkpoint_dir:
     trainer.load_trained_params(model, checkpoint_dir)
-  task = tasks.build_task(split="test", vocab=vocab)
-  judge = judging.make_judge(questions=task.questions, task=task)
   report = evaluation.evaluate(task, model, vocab, name, evaluation.EvalConfig(), judge, mesh=rt.mesh,
                                rules=rt.rules)
   if jax.process_index() == 0:
@@ -122,6 +128,25 @@ def runtime_config() -> runtime.RuntimeConfig:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    run_mode(_MODE.value)
+  except multihost.Preempted as preempted:
+    # A preemption notice: every process saved the same step; exit cleanly so the job is restarted.
+    logging.warning("%s", preempted)
+    print(str(preempted), flush=True)
+  except Exception as error:  # noqa: BLE001 - every failure is one line unless --verbose
+    if _VERBOSE.value:
+      raise
+    # One line a user can act on; --verbose shows where it came from.
+    message = " ".join(str(error).split())
+    message = re.sub(r" In call to configurable '([\w.]+)' \(<[^>]*>\)", r" (in \1)", message)
+    print(f"swirl_jax: {type(error).__name__}: {message} (--verbose prints the traceback)", file=sys.stderr,
+          flush=True)
+    sys.exit(1)
+
+
+def run_mode(mode: str):
+  """Parses the gin files and bindings, sets up the runtime and runs one mode."""
   for path in _GIN_SEARCH_PATHS.value:
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
@@ -129,12 +154,7 @@ def main(argv):
   logging.info("gin config:\n%s", gin.config_str())
   modes = {"generate": run_generate, "judge": run_judge, "train": run_train, "evaluate": run_evaluate,
            "pipeline": lambda rt: pipeline.run_pipeline(rt, pipeline.PipelineConfig())}
-  try:
-    modes[_MODE.value](rt)
-  except multihost.Preempted as preempted:
-    # A preemption notice: every process saved the same step; exit cleanly so the job is restarted.
-    logging.warning("%s", preempted)
-    print(str(preempted), flush=True)
+  return modes[mode](rt)
 
 
 def run():

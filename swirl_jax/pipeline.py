@@ -53,10 +53,14 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = Pip
            ("trajectories", "judged", "checkpoints", "eval", "metrics")}
   say(f"runtime: {rt.describe()}")
   mesh, rules = rt.mesh, rt.rules
-  model, vocab = load_policy(mesh=mesh, rules=rules)
-  train_task = tasks.build_task(split="train", vocab=vocab)
-  eval_task = tasks.build_task(split="test", num_questions=config.eval_questions, vocab=vocab)
+  # The data and the judge are checked before the policy loads (minutes for a large model).
+  train_task = tasks.build_task(split="train")
+  eval_task = tasks.build_task(split="test", num_questions=config.eval_questions)
+  tasks.check_held_out(train_task, eval_task)
   judge = judging.make_judge(questions=train_task.questions + eval_task.questions, task=train_task)
+  model, vocab = load_policy(mesh=mesh, rules=rules)
+  train_task.use_vocabulary(vocab)
+  eval_task.use_vocabulary(vocab)
   eval_config = dataclasses.replace(evaluation.EvalConfig(), output_dir=paths["eval"])
 
   say(f"[1/5] evaluating the base model on {len(eval_task.questions)} held-out questions")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 
 import gin
 
@@ -49,22 +51,36 @@ class Task:
   template: protocol.PromptTemplate
   max_steps: int
 
+  def use_vocabulary(self, vocab) -> "Task":
+    """Tool results are cut to a length in the policy's tokens; the task is built (and its data
+    checked) before the policy loads, so the vocabulary comes in afterwards."""
+    for tool in self.tools:
+      if hasattr(tool, "vocab"):
+        tool.vocab = vocab
+    return self
+
 
 @gin.configurable
 def build_task(name: str = "builtin_arithmetic", split: str = "train", num_questions: int | None = None,
-               path: str | None = None, seed: int = 0, few_shot: bool = True,
-               search_top_k: int = 1, instructions: str | None = None, encyclopedia_organizations: int = 200,
-               arithmetic_max_steps: int = 6, vocab=None) -> Task:
+               path: str | None = None, eval_path: str | None = None, held_out_fraction: float = 0.0,
+               seed: int = 0, few_shot: bool = True, search_top_k: int = 1, instructions: str | None = None,
+               encyclopedia_organizations: int = 200, arithmetic_max_steps: int = 6, vocab=None) -> Task:
   """A task by name: builtin_arithmetic, builtin_encyclopedia, or a benchmark file.
 
-  Benchmark names (gsm8k, hotpotqa, musique, beerqa, cofca) need `path`; gsm8k_tfds
-  reads a prepared TFDS gsm8k (`path` = its data_dir, optional); QA sets
-  build their BM25 corpus from their own paragraphs. Step caps follow the
-  paper: 10 with the calculator, 5 with search. `instructions` replaces the
-  default instructions (e.g. a short line for a model trained from scratch);
-  the encyclopedia has 4 questions per organization, 30% of them held out;
+  Benchmark names (gsm8k, hotpotqa, musique, beerqa, cofca) read `path` for the
+  train split. The test split (evaluation) reads `eval_path`, or, when only one
+  file is given, the `held_out_fraction` of `path`'s questions chosen by a hash
+  of their ids (those are then left out of the train split); with neither, the
+  test split is an error rather than the training questions. gsm8k_tfds reads
+  a prepared TFDS gsm8k (`path` = its data_dir, optional); QA sets build their
+  BM25 corpus from their own file's paragraphs. Step caps follow the paper: 10
+  with the calculator, 5 with search. `instructions` replaces the default
+  instructions (e.g. a short line for a model trained from scratch); the
+  encyclopedia has 4 questions per organization, 30% of them held out;
   arithmetic problems take 2 to `arithmetic_max_steps` calculator steps.
   """
+  if not 0.0 <= held_out_fraction < 1.0:
+    raise ValueError(f"build_task.held_out_fraction={held_out_fraction} must be in [0, 1)")
   if name == "builtin_arithmetic":
     questions = builtin_arithmetic.arithmetic_questions(num_questions or 1000, seed=seed, split=split,
                                                         max_steps=arithmetic_max_steps)
@@ -76,13 +92,10 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
   elif name == "gsm8k_tfds":
     questions, passages = loaders.load_gsm8k_tfds("train" if split == "train" else "test", path).questions, None
   elif name in loaders.LOADERS:
-    if path is None:
-      raise ValueError(f"build_task(name={name!r}) needs path= to the dataset file")
-    dataset = loaders.LOADERS[name](path)
-    questions, passages = dataset.questions, (dataset.passages or None)
+    questions, passages = _file_questions(name, split, path, eval_path, held_out_fraction)
   else:
     raise ValueError(f"build_task: unknown task {name!r}; known: builtin_arithmetic, "
-                     f"builtin_encyclopedia, {', '.join(loaders.LOADERS)}")
+                     f"builtin_encyclopedia, gsm8k_tfds, {', '.join(loaders.LOADERS)}")
   if num_questions is not None:
     questions = questions[:num_questions]
   if passages is None:
@@ -94,3 +107,57 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
     template = protocol.PromptTemplate(instructions or protocol.SEARCH_INSTRUCTIONS, SEARCH_EXAMPLES if few_shot else ())
     max_steps = 5
   return Task(name, questions, tools, template, max_steps)
+
+
+QA_SETS = ("hotpotqa", "musique", "beerqa", "cofca")
+
+
+def _file_questions(name: str, split: str, path: str | None, eval_path: str | None,
+                    held_out_fraction: float) -> tuple[list[Question], list | None]:
+  """A benchmark file's questions for `split`, and its passages (None for a calculator set)."""
+  if split not in ("train", "test"):
+    raise ValueError(f"build_task(name={name!r}): split {split!r} is not 'train' or 'test'")
+  if split == "train" or eval_path is None:
+    if path is None:
+      raise ValueError(f"build_task(name={name!r}) needs path= to the dataset file")
+    source = path
+  else:
+    source = eval_path
+  if split == "test" and eval_path is None and held_out_fraction == 0.0:
+    raise ValueError(
+        f"build_task(name={name!r}, split='test'): no held-out questions; set build_task.eval_path to the "
+        f"benchmark's test file, or build_task.held_out_fraction to hold out part of {path} (evaluating on "
+        f"the training file would measure memorization)")
+  dataset = loaders.LOADERS[name](source)
+  questions = dataset.questions
+  if eval_path is None and held_out_fraction > 0.0:
+    questions = [q for q in questions if held_out(q.id, held_out_fraction) == (split == "test")]
+    if not questions:
+      raise ValueError(f"{source}: held_out_fraction={held_out_fraction} leaves no {split} questions")
+  if name not in QA_SETS:
+    return questions, None
+  if not dataset.passages:
+    raise ValueError(f"{source}: no paragraphs in any record; a {name} task searches its own paragraphs")
+  return questions, dataset.passages
+
+
+def held_out(question_id: str, fraction: float) -> bool:
+  """Whether a question belongs to the held-out part: a hash of its id, stable as a file grows."""
+  digest = hashlib.blake2b(question_id.encode(), digest_size=8).digest()
+  return int.from_bytes(digest, "big") < fraction * 2 ** 64
+
+
+def _normalized(text: str) -> str:
+  return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def check_held_out(train: Task, evaluation: Task) -> None:
+  """Refuses evaluation questions that Stage 1 also sees (the same id or the same question text)."""
+  train_ids = {q.id for q in train.questions}
+  train_texts = {_normalized(q.question) for q in train.questions}
+  shared = [q.id for q in evaluation.questions if q.id in train_ids or _normalized(q.question) in train_texts]
+  if shared:
+    raise ValueError(
+        f"{len(shared)} of {len(evaluation.questions)} evaluation questions of {evaluation.name} are also "
+        f"training questions (e.g. {', '.join(shared[:3])}); give the test split its own file "
+        f"(build_task.eval_path) or hold out part of one file (build_task.held_out_fraction)")

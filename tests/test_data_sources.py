@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from swirl_jax import tasks
 from swirl_jax.data import loaders
 from swirl_jax.data.builtin_arithmetic import arithmetic_questions
 from swirl_jax.data.builtin_encyclopedia import build_encyclopedia, encyclopedia_split
@@ -49,7 +50,7 @@ def test_hotpotqa(tmp_path):
   assert data.questions[0].answers == ("Paris",)
   assert data.passages == [Passage("A", "A is in Paris."), Passage("B", "B.")]  # deduplicated
   path.write_text(json.dumps([{**record, "context": [["A", "not a list"]]}]))
-  with pytest.raises(ValueError, match=r"hotpot\.json\[0\]: field 'context' entries"):
+  with pytest.raises(ValueError, match=r"hotpot\.json:1: field 'context' entries"):
     loaders.load_hotpotqa(str(path))
 
 
@@ -82,7 +83,7 @@ def test_cofca(tmp_path):
   loaded = loaders.load_cofca(_write_jsonl(tmp_path / "c.jsonl", records))
   assert loaded.questions[0].answers == ("3",) and loaded.passages[1] == Passage("T", "t")
   (tmp_path / "c.json").write_text(json.dumps([{"question": "Q?", "paragraphs": []}]))
-  with pytest.raises(ValueError, match=r"c\.json\[0\]: field 'answer'"):
+  with pytest.raises(ValueError, match=r"c\.json:1: field 'answer'"):
     loaders.load_cofca(str(tmp_path / "c.json"))
 
 
@@ -153,3 +154,92 @@ def test_http_search_against_a_local_server(mode):
     assert not result.error and result.output == "T: about zebra facts"
     assert _Handler.calls == (2 if mode == "fail_once" else 1)
   assert HttpSearch("http://127.0.0.1:9/none", retries=0, timeout_s=0.5).run("x").error
+
+
+# -- bad input: named file and line, both layouts, no silent emptiness -------------------------
+
+_MUSIQUE = {"id": "m1", "paragraphs": [{"title": "T", "paragraph_text": "Text."}], "question": "Q?",
+            "answer": "A"}
+_HOTPOT = {"_id": "h1", "question": "Where?", "answer": "Paris", "context": [["A", ["A is in ", "Paris."]]]}
+
+
+@pytest.mark.parametrize("loader, record", [(loaders.load_musique, _MUSIQUE), (loaders.load_hotpotqa, _HOTPOT)])
+def test_musique_and_hotpotqa_read_both_layouts(tmp_path, loader, record):
+  second = {**record, "id": "m2", "_id": "h2", "question": "Q2?"}
+  as_lines = _write_jsonl(tmp_path / "lines.jsonl", [record, second])
+  as_list = tmp_path / "list.json"
+  as_list.write_text(json.dumps([record, second], indent=2))
+  from_lines, from_list = loader(as_lines), loader(str(as_list))
+  assert from_lines.questions == from_list.questions and len(from_list.questions) == 2
+  assert from_lines.passages == from_list.passages
+  # An error in the list layout names the line the bad record starts on.
+  as_list.write_text("[\n" + json.dumps(record) + ",\n" + json.dumps({**second, "question": 7}) + "\n]")
+  with pytest.raises(ValueError, match=r"list\.json:3: field 'question'"):
+    loader(str(as_list))
+
+
+def test_non_utf8_empty_and_truncated_files_are_named_errors(tmp_path):
+  latin1 = tmp_path / "latin1.jsonl"
+  latin1.write_bytes(json.dumps({"question": "ok", "answer": "#### 1"}).encode() + b"\n"
+                     + '{"question": "caf\u00e9", "answer": "#### 2"}\n'.encode("latin-1"))
+  with pytest.raises(ValueError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte \d+"):
+    loaders.load_gsm8k(str(latin1))
+  for name, text in [("empty.jsonl", ""), ("blank.json", " \n\n"), ("nothing.json", "[]")]:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}: (the file is empty|holds no records)"):
+      loaders.load_musique(str(tmp_path / name))
+  (tmp_path / "open.json").write_text("[\n" + json.dumps(_HOTPOT) + ",\n")
+  with pytest.raises(ValueError, match=r"open\.json:3: not JSON"):
+    loaders.load_hotpotqa(str(tmp_path / "open.json"))
+  (tmp_path / "beer.json").write_text(json.dumps({"data": []}))
+  with pytest.raises(ValueError, match=r"beer\.json: field 'data' holds no records"):
+    loaders.load_beerqa(str(tmp_path / "beer.json"))
+
+
+def test_a_qa_file_without_paragraphs_is_refused_not_a_calculator_task(tmp_path):
+  path = _write_jsonl(tmp_path / "bare.jsonl", [{"question": "Q?", "answer": "A", "paragraphs": []}])
+  with pytest.raises(ValueError, match=r"bare\.jsonl: no paragraphs in any record"):
+    tasks.build_task("cofca", path=path)
+
+
+# -- held-out evaluation ---------------------------------------------------------------------------
+
+def _gsm8k_file(path, questions):
+  return _write_jsonl(path, [{"question": q, "answer": f"#### {i}"} for i, q in enumerate(questions)])
+
+
+def test_the_test_split_of_a_file_task_is_never_the_training_file(tmp_path):
+  train = _gsm8k_file(tmp_path / "train.jsonl", [f"train question {i}?" for i in range(40)])
+  test = _gsm8k_file(tmp_path / "test.jsonl", [f"test question {i}?" for i in range(10)])
+  with pytest.raises(ValueError, match="no held-out questions; set build_task.eval_path"):
+    tasks.build_task("gsm8k", split="test", path=train)
+  # A separate file: ids name their file, so the two files' ids cannot collide.
+  train_task = tasks.build_task("gsm8k", split="train", path=train, eval_path=test)
+  test_task = tasks.build_task("gsm8k", split="test", path=train, eval_path=test)
+  assert [q.question for q in test_task.questions] == [f"test question {i}?" for i in range(10)]
+  assert train_task.questions[0].id == "gsm8k:train.jsonl:0" and test_task.questions[0].id == "gsm8k:test.jsonl:0"
+  tasks.check_held_out(train_task, test_task)
+  # A held-out part of one file: disjoint from the train split, and together they are the file.
+  kept = tasks.build_task("gsm8k", split="train", path=train, held_out_fraction=0.25)
+  held = tasks.build_task("gsm8k", split="test", path=train, held_out_fraction=0.25)
+  assert 0 < len(held.questions) < 40 and len(kept.questions) + len(held.questions) == 40
+  assert not {q.id for q in kept.questions} & {q.id for q in held.questions}
+  tasks.check_held_out(kept, held)
+
+
+def test_evaluation_questions_seen_in_training_are_refused(tmp_path):
+  train = _gsm8k_file(tmp_path / "train.jsonl", [f"question {i}?" for i in range(10)])
+  copy = _gsm8k_file(tmp_path / "copy.jsonl", ["Question   3?", "a new question?"])  # same text, other file
+  train_task = tasks.build_task("gsm8k", split="train", path=train)
+  with pytest.raises(ValueError, match=r"1 of 2 evaluation questions of gsm8k are also training questions "
+                                       r"\(e\.g\. gsm8k:copy\.jsonl:0\)"):
+    tasks.check_held_out(train_task, tasks.build_task("gsm8k", split="test", path=train, eval_path=copy))
+  with pytest.raises(ValueError, match="also training questions"):
+    tasks.check_held_out(train_task, tasks.build_task("gsm8k", split="test", path=train, eval_path=train))
+
+
+def test_builtin_arithmetic_train_and_test_texts_never_meet():
+  for seed in range(3):  # the old generator shared 1 of 1000 test texts with 5000 train texts for seeds 0 and 2
+    train = {q.question for q in arithmetic_questions(5000, seed=seed)}
+    test = arithmetic_questions(1000, seed=seed, split="test")
+    assert not [q for q in test if q.question in train]

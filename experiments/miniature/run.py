@@ -121,6 +121,8 @@ class Miniature:
         demo = dataclasses.replace(full, questions=full.questions[c.stage1_questions:])
         train = dataclasses.replace(full, questions=full.questions[:c.stage1_questions])
       test = build(name, "test", c, vocab, c.eval_questions)
+      tasks.check_held_out(train, test)
+      tasks.check_held_out(demo, test)
       if len(test.questions) < c.eval_questions:
         raise ValueError(f"{name}: only {len(test.questions)} held-out questions; raise "
                          "MiniatureConfig.encyclopedia_organizations")

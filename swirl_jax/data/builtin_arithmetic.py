@@ -6,6 +6,7 @@ one expression per step, so the quality of each step can be judged by rule.
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from swirl_jax.data.question import Question
@@ -55,13 +56,27 @@ def _problem(rng: random.Random, steps: int) -> tuple[str, int, list[str]]:
   return " ".join(sentences), value, expressions
 
 
+_TEST_SHARE = 16  # one problem text in 16 may be a test problem, the others only train problems
+
+
+def _is_test_text(text: str) -> bool:
+  return hashlib.blake2b(text.encode(), digest_size=8).digest()[0] % _TEST_SHARE == 0
+
+
 def arithmetic_questions(num: int, seed: int = 0, min_steps: int = 2, max_steps: int = 6,
                          split: str = "train") -> list[Question]:
-  """`num` problems; the split is mixed into the seed so train and test differ."""
+  """`num` problems; the split is mixed into the seed so train and test differ.
+
+  The texts of the test split and of every other split never meet: a hash of
+  the text decides which side a problem may be drawn for.
+  """
   rng = random.Random(f"{seed}:{split}")
   questions = []
   for i in range(num):
-    text, answer, expressions = _problem(rng, rng.randint(min_steps, max_steps))
+    while True:
+      text, answer, expressions = _problem(rng, rng.randint(min_steps, max_steps))
+      if _is_test_text(text) == (split == "test"):
+        break
     questions.append(Question(f"arith-{split}-{seed}-{i}", text, (str(answer),),
                               "builtin_arithmetic", tuple(expressions)))
   return questions

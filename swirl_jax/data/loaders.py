@@ -1,18 +1,20 @@
 """Loaders for the benchmarks' released file formats (see PAPER.md), and TFDS gsm8k.
 
 Each returns questions and, for QA sets, the passages its search corpus is built
-from. A malformed record raises ValueError naming the file, the line (JSONL) or
-record index (JSON), and the field.
+from. Record files may be JSON lines or one JSON list (both layouts are shared
+for every set). A malformed record, bytes that are not UTF-8, or an empty file
+raise ValueError naming the file, the line and the field. Question ids name
+their file where the set has no ids of its own (GSM8K: `gsm8k:train.jsonl:7`),
+so ids of a training and a test file never collide.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import re
-from typing import Any
 
-from swirl_jax.data.jsonl import read_jsonl
+from swirl_jax.data.jsonl import read_json, read_records
 from swirl_jax.data.question import Question
 from swirl_jax.environment.search import Passage
 
@@ -21,14 +23,6 @@ from swirl_jax.environment.search import Passage
 class Dataset:
   questions: list[Question]
   passages: list[Passage]
-
-
-def _json(path: str) -> Any:
-  with open(path, encoding="utf-8") as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
 
 
 def _field(record: dict, name: str, where: str, kind=str):
@@ -47,11 +41,16 @@ def gsm8k_answer(solution: str, where: str) -> str:
   return match.group(1).replace(",", "")
 
 
+def _file_id(source: str, path: str, index: int) -> str:
+  """An id naming the file and the record's index in it, for sets whose records carry none."""
+  return f"{source}:{os.path.basename(path)}:{index}"
+
+
 def load_gsm8k(path: str) -> Dataset:
-  """GSM8K JSONL: {"question", "answer"}; the gold answer follows `#### `."""
+  """GSM8K JSONL (or a JSON list): {"question", "answer"}; the gold answer follows `#### `."""
   questions = []
-  for i, (where, r) in enumerate(read_jsonl(path)):
-    questions.append(Question(f"gsm8k-{i}", _field(r, "question", where),
+  for i, (where, r) in enumerate(read_records(path)):
+    questions.append(Question(_file_id("gsm8k", path, i), _field(r, "question", where),
                               (gsm8k_answer(_field(r, "answer", where), where),), "gsm8k"))
   return Dataset(questions, [])
 
@@ -70,7 +69,7 @@ def load_gsm8k_tfds(split: str = "test", data_dir: str | None = None) -> Dataset
   for i, example in enumerate(tfds.as_numpy(dataset)):
     where = f"tfds:gsm8k/{split}[{i}]"
     question, solution = example["question"].decode(), example["answer"].decode()
-    questions.append(Question(f"gsm8k-{split}-{i}", question, (gsm8k_answer(solution, where),), "gsm8k"))
+    questions.append(Question(f"gsm8k:tfds-{split}:{i}", question, (gsm8k_answer(solution, where),), "gsm8k"))
   return Dataset(questions, [])
 
 
@@ -79,13 +78,9 @@ def _dedup(passages: list[Passage]) -> list[Passage]:
 
 
 def load_hotpotqa(path: str) -> Dataset:
-  """HotPotQA JSON list of {_id, question, answer, context: [[title, [sentences]]], ...}."""
-  data = _json(path)
-  if not isinstance(data, list):
-    raise ValueError(f"{path}: expected a JSON list of questions")
+  """HotPotQA: a JSON list (as released) or JSON lines of {_id, question, answer, context: [[title, [sentences]]]}."""
   questions, passages = [], []
-  for i, r in enumerate(data):
-    where = f"{path}[{i}]"
+  for where, r in read_records(path):
     for title_and_sentences in _field(r, "context", where, list):
       if not (isinstance(title_and_sentences, list) and len(title_and_sentences) == 2
               and isinstance(title_and_sentences[1], list)):
@@ -98,9 +93,10 @@ def load_hotpotqa(path: str) -> Dataset:
 
 
 def load_musique(path: str) -> Dataset:
-  """MuSiQue JSONL: {id, paragraphs: [{title, paragraph_text}], question, answer, answer_aliases}."""
+  """MuSiQue: JSON lines (as released) or a JSON list of {id, paragraphs: [{title, paragraph_text}],
+  question, answer, answer_aliases}."""
   questions, passages = [], []
-  for where, r in read_jsonl(path):
+  for where, r in read_records(path):
     for j, p in enumerate(_field(r, "paragraphs", where, list)):
       passages.append(Passage(_field(p, "title", f"{where}: paragraphs[{j}]"),
                               _field(p, "paragraph_text", f"{where}: paragraphs[{j}]")))
@@ -114,10 +110,12 @@ def load_musique(path: str) -> Dataset:
 
 def load_beerqa(path: str) -> Dataset:
   """BeerQA JSON {"version", "split", "data": [{id, question, answers: [...], context: [[title, text]]}]}."""
-  data = _json(path)
+  data = read_json(path)
   records = _field(data, "data", path, list) if isinstance(data, dict) else None
   if records is None:
     raise ValueError(f"{path}: expected an object with a 'data' list")
+  if not records:
+    raise ValueError(f"{path}: field 'data' holds no records")
   questions, passages = [], []
   for i, r in enumerate(records):
     where = f"{path}: data[{i}]"
@@ -139,15 +137,8 @@ def load_cofca(path: str) -> Dataset:
   `paragraphs` entries are {"title", "text"} objects or plain strings; an `id`
   is used when present.
   """
-  if path.endswith(".jsonl"):
-    records = list(read_jsonl(path))
-  else:
-    data = _json(path)
-    if not isinstance(data, list):
-      raise ValueError(f"{path}: expected a JSON list (or a .jsonl file)")
-    records = [(f"{path}[{i}]", r) for i, r in enumerate(data)]
   questions, passages = [], []
-  for i, (where, r) in enumerate(records):
+  for i, (where, r) in enumerate(read_records(path)):
     for j, p in enumerate(_field(r, "paragraphs", where, list)):
       if isinstance(p, str):
         passages.append(Passage(f"paragraph {i}.{j}", p))
@@ -155,7 +146,7 @@ def load_cofca(path: str) -> Dataset:
         passages.append(Passage(_field(p, "title", f"{where}: paragraphs[{j}]"),
                                 _field(p, "text", f"{where}: paragraphs[{j}]")))
     answer = _field(r, "answer", where, (str, int, float))
-    questions.append(Question(str(r.get("id", f"cofca-{i}")), _field(r, "question", where),
+    questions.append(Question(str(r.get("id", _file_id("cofca", path, i))), _field(r, "question", where),
                               (str(answer),), "cofca"))
   return Dataset(questions, _dedup(passages))
 
