@@ -21,7 +21,7 @@ import os
 import gin
 import jax
 
-from swirl_jax import atomic_io, multihost, validation
+from swirl_jax import atomic_io, multihost, provenance, validation
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.generation import check_unique_ids, run_sharded_episodes
@@ -103,14 +103,21 @@ def grade(trajectories, judge: Judge | None = None, grade_with_judge: bool = Fal
 
 
 def evaluate(task: Task, model, vocab, name: str, config: EvalConfig = EvalConfig(),
-             judge: Judge | None = None, mesh=None, rules=None) -> dict:
+             judge: Judge | None = None, mesh=None, rules=None, model_id: dict | None = None) -> dict:
   """Runs the tool loop once per held-out question; writes trajectories and the report.
 
+  `model_id` says which model this is (default: the gin-configured policy, with
+  no trained checkpoint); the report records it, and trajectories of another
+  model, task or setting under `name` are refused, not graded as this model's.
   Collective: every process of a run calls it; each returns the whole run's report.
   """
   directory = os.path.join(config.output_dir, name)
   process, processes = jax.process_index(), jax.process_count()
   check_unique_ids(task)
+  model_id = model_id or provenance.policy_identity()
+  fingerprint = {"stage": "evaluate", "task": provenance.task_identity(task),
+                 "config": provenance.config_fields(config, ("output_dir", "rows")), "model": model_id}
+  provenance.claim(directory, fingerprint, has_outputs=bool(trajectory_io.shard_files(directory)))
   n_shards = -(-len(task.questions) // config.questions_per_shard)
   mine = [k for k in range(n_shards) if k % processes == process]
   todo = [k for k in mine if not os.path.exists(trajectory_io.shard_path(directory, k))]
@@ -138,7 +145,8 @@ def evaluate(task: Task, model, vocab, name: str, config: EvalConfig = EvalConfi
   order = {q.id: i for i, q in enumerate(task.questions)}
   records.sort(key=lambda r: order[r["question_id"]])
   report = report_of(records, judged=judge is not None)
-  report.update(name=name, task=task.name)
+  report.update(name=name, task=task.name, model=model_id,
+                checkpoint_step=(model_id.get("checkpoint") or {}).get("step"))
   if process == 0:
     with atomic_io.atomic_open(os.path.join(directory, "report.json")) as f:
       json.dump(report, f, indent=1)

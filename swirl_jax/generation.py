@@ -23,7 +23,7 @@ import gin
 import jax
 from tqdm import tqdm
 
-from swirl_jax import atomic_io, multihost, validation
+from swirl_jax import atomic_io, multihost, provenance, validation
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.sampling.sampler import Sampler
@@ -112,14 +112,23 @@ def check_unique_ids(task: Task) -> None:
 
 
 def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig(),
-             episode: EpisodeConfig | None = None, mesh=None, rules=None) -> dict:
+             episode: EpisodeConfig | None = None, mesh=None, rules=None, model_id: dict | None = None) -> dict:
   """Writes this process's shards of `task` to config.output_dir; returns the run's summary (all
-  processes). Collective: every process of a run calls it."""
+  processes). Collective: every process of a run calls it.
+
+  `model_id` says which model this is (default: the gin-configured policy); with
+  the task, the settings and the episode settings it is the fingerprint that an
+  existing output directory must match to be resumed.
+  """
   episode = episode or EpisodeConfig()
   if episode.max_steps is None:
     episode = dataclasses.replace(episode, max_steps=task.max_steps)
   process, processes = jax.process_index(), jax.process_count()
   check_unique_ids(task)
+  fingerprint = {"stage": "generate", "task": provenance.task_identity(task),
+                 "config": provenance.config_fields(config, ("output_dir", "rows")),
+                 "episode": dataclasses.asdict(episode), "model": model_id or provenance.policy_identity()}
+  provenance.claim(config.output_dir, fingerprint, has_outputs=bool(trajectory_io.shard_files(config.output_dir)))
   questions = task.questions
   n_shards = -(-len(questions) // config.questions_per_shard)
   mine = [k for k in range(n_shards) if k % processes == process]

@@ -13,6 +13,7 @@ process's counts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import gin
 import jax
 from tqdm import tqdm
 
-from swirl_jax import atomic_io, multihost
+from swirl_jax import atomic_io, multihost, provenance
 from swirl_jax.data import filters, trajectory_io
 from swirl_jax.data.trajectory import Trajectory, judge_transcript
 from swirl_jax.rewards.http_judge import HttpJudge
@@ -74,7 +75,21 @@ def make_judge(kind: str = "rule", model_source: str | None = None, model_path: 
   request is logged there (`rewards.request_log.RequestLog`).
   """
   judge = _make_judge(kind, model_source, model_path, mode, http_base_url, http_model, cache_dir, questions, task)
-  return RequestLog(judge, request_log_dir) if request_log_dir else judge
+  judge = RequestLog(judge, request_log_dir) if request_log_dir else judge
+  judge.identity = _identity(kind, model_source, model_path, mode, http_base_url, http_model, judge)
+  return judge
+
+
+def _identity(kind, model_source, model_path, mode, http_base_url, http_model, judge) -> dict:
+  """What decides this judge's verdicts: recorded in the fingerprint of judged outputs."""
+  if kind == "rule":
+    # Its verdict on a step depends on the step's own question (named by the input's ids) and titles.
+    return {"kind": "rule", "titles": provenance.digest(sorted(judge.titles))}
+  if kind == "model":
+    model = ({"source": model_source, "path": model_path} if model_source
+             else provenance.policy_identity()["policy"])
+    return {"kind": "model", "mode": mode, "model": model}
+  return {"kind": "http", "base_url": http_base_url, "model": http_model}
 
 
 def _make_judge(kind, model_source, model_path, mode, http_base_url, http_model, cache_dir, questions, task):
@@ -113,7 +128,15 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
   every process's shards (the same on every process)."""
   os.makedirs(output_dir, exist_ok=True)
   process, processes = jax.process_index(), jax.process_count()
-  mine = [p for p in trajectory_io.shard_files(input_dir) if _shard_number(p) % processes == process]
+  inputs = trajectory_io.shard_files(input_dir)
+  if not inputs:
+    raise FileNotFoundError(f"{input_dir}: no trajectory shards (trajectories-sNNNNN.jsonl) to judge")
+  recorded = os.path.join(input_dir, provenance.FILE_NAME)
+  fingerprint = {"stage": "judge", "judge": provenance.judge_identity(judge),
+                 "input": {"shards": provenance.digest({os.path.basename(p): os.path.getsize(p) for p in inputs}),
+                           "fingerprint": _file_digest(recorded) if os.path.exists(recorded) else None}}
+  provenance.claim(output_dir, fingerprint, has_outputs=bool(trajectory_io.shard_files(output_dir)))
+  mine = [p for p in inputs if _shard_number(p) % processes == process]
   for path in tqdm(mine, desc=f"judge shards (process {process})", disable=None):
     out = os.path.join(output_dir, os.path.basename(path))
     if os.path.exists(out):
@@ -129,6 +152,11 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
       json.dump(summary, f, indent=1)
   multihost.barrier("judge_directory")  # every judged shard is written before anyone reads them
   return summary
+
+
+def _file_digest(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.blake2b(f.read(), digest_size=12).hexdigest()
 
 
 def _judged_counts(trajectories) -> dict:

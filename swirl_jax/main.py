@@ -18,7 +18,7 @@ import jax
 from absl import app, flags, logging
 
 # Everything gin can bind must be imported before the config is parsed.
-from swirl_jax import evaluation, generation, judging, multihost, partitioning, pipeline, runtime, tasks  # noqa: F401
+from swirl_jax import evaluation, generation, judging, multihost, partitioning, pipeline, provenance, runtime, tasks  # noqa: F401
 from swirl_jax.checkpoints import policy  # noqa: F401
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
@@ -101,12 +101,13 @@ def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str |
   """The tool loop on the gin task's held-out split, graded; restores `checkpoint_dir` if given."""
   task = tasks.build_task(split="test")
   judge = judging.make_judge(questions=task.questions, task=task)
+  if checkpoint_dir and not os.path.isdir(checkpoint_dir):
+    raise FileNotFoundError(f"run_evaluate.checkpoint_dir={checkpoint_dir!r} is not a directory")
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   task.use_vocabulary(vocab)
-  if checkpoint_dir:
-    trainer.load_trained_params(model, checkpoint_dir)
+  step = trainer.load_trained_params(model, checkpoint_dir) if checkpoint_dir else None
   report = evaluation.evaluate(task, model, vocab, name, evaluation.EvalConfig(), judge, mesh=rt.mesh,
-                               rules=rt.rules)
+                               rules=rt.rules, model_id=provenance.policy_identity(checkpoint_dir, step))
   if jax.process_index() == 0:
     evaluation.write_comparison([report], os.path.join(evaluation.EvalConfig().output_dir, name))
   _print_json(report)

@@ -2,7 +2,9 @@
 
 Each stage skips what its outputs already hold (finished shards, judged shards,
 the last checkpoint, evaluation files), so a killed pipeline run again resumes
-where it stopped. Everything lands under one run directory.
+where it stopped; each output records a fingerprint of what made it, and a run
+with other settings, data or model refuses to reuse it. Everything lands under
+one run directory.
 
 Every process of a multi-host run runs the pipeline together (the set-up is
 `runtime.setup_runtime`): each generates, judges and evaluates its own shards
@@ -20,7 +22,7 @@ import time
 import gin
 import jax
 
-from swirl_jax import atomic_io, evaluation, generation, judging, multihost, runtime, tasks
+from swirl_jax import atomic_io, evaluation, generation, judging, multihost, provenance, runtime, tasks
 from swirl_jax.checkpoints.policy import load_policy
 from swirl_jax.data import filters, trajectory_io
 from swirl_jax.data.trajectory import format_trajectory
@@ -64,21 +66,25 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = Pip
   eval_config = dataclasses.replace(evaluation.EvalConfig(), output_dir=paths["eval"])
 
   say(f"[1/5] evaluating the base model on {len(eval_task.questions)} held-out questions")
-  base = evaluation.evaluate(eval_task, model, vocab, "base", eval_config, judge, mesh=mesh, rules=rules)
+  base_id = provenance.policy_identity()
+  base = evaluation.evaluate(eval_task, model, vocab, "base", eval_config, judge, mesh=mesh, rules=rules,
+                             model_id=base_id)
   say("[2/5] Stage 1: generating trajectories")
   generation.generate(train_task, model, vocab,
                       dataclasses.replace(generation.GenerateConfig(), output_dir=paths["trajectories"]),
-                      mesh=mesh, rules=rules)
+                      mesh=mesh, rules=rules, model_id=base_id)
   say("[3/5] judging every step and outcome")
   judged = judging.judge_directory(paths["trajectories"], paths["judged"], judge)
   kept = filters.filter_trajectories(trajectory_io.read_all(paths["judged"]), config.filter_strategy)
   say(f"[4/5] Stage 2: training on {len(kept)} trajectories kept by the {config.filter_strategy!r} filter")
   train_config = dataclasses.replace(TrainConfig(), checkpoint_dir=paths["checkpoints"])
   trainer = build_trainer(model, vocab, kept, train_task, judge, train_config,
-                          metrics_dir=paths["metrics"], mesh=mesh, rules=rules)
+                          metrics_dir=paths["metrics"], mesh=mesh, rules=rules, model_id=base_id)
   last_metrics = trainer.train()
   say("[5/5] evaluating the trained model")
-  trained = evaluation.evaluate(eval_task, model, vocab, "trained", eval_config, judge, mesh=mesh, rules=rules)
+  trained_id = provenance.policy_identity(paths["checkpoints"], trainer.step)
+  trained = evaluation.evaluate(eval_task, model, vocab, "trained", eval_config, judge, mesh=mesh, rules=rules,
+                                model_id=trained_id)
   summary = {
       "base_accuracy": base["accuracy"], "base_accuracy_95ci": base["accuracy_95ci"],
       "trained_accuracy": trained["accuracy"], "trained_accuracy_95ci": trained["accuracy_95ci"],

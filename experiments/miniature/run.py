@@ -158,7 +158,8 @@ class Miniature:
                                  seed=self.config.seed, max_action_tokens=self.config.max_action_tokens,
                                  keep_checkpoints=1)
     trainer = build_trainer(model, self.vocab, trajectories, train_task, judge, config,
-                            metrics_dir=os.path.join(directory, "metrics"), mesh=self.rt.mesh, rules=self.rt.rules)
+                            metrics_dir=os.path.join(directory, "metrics"), mesh=self.rt.mesh, rules=self.rt.rules,
+                            model_id={"miniature": self.config.run_dir, "start_from": start_from})
     if trainer.checkpoints.latest_step() != config.steps:
       self.log(f"training {name}: {config.mode}, {config.steps} steps on {len(trajectories)} trajectories")
       trainer.train()

@@ -38,7 +38,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
-from swirl_jax import multihost, partitioning, validation
+from swirl_jax import multihost, partitioning, provenance, validation
 from swirl_jax.data import decomposition, seqio_tasks
 from swirl_jax.data.trajectory import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
@@ -136,7 +136,7 @@ class Trainer:
   def __init__(self, model, trajectories: Sequence[Trajectory], config: TrainConfig, *, scorer=None,
                vocab=None, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
                mesh: Mesh | None = None, rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES,
-               metrics_dir: str | None = None):
+               metrics_dir: str | None = None, model_id: dict | None = None):
     if not trajectories:
       raise ValueError("Trainer: no trajectories to train on (did the filter keep none?)")
     if config.mode == "online" and scorer is None:
@@ -145,6 +145,15 @@ class Trainer:
     self.graphdef = nnx.graphdef(model)
     self.tx = make_optimizer(config)
     self.trajectories = list(trajectories)
+    # What a checkpoint here must have been trained with to be resumed: the settings that change
+    # the result, the data, the starting model and (online) the judge.
+    self.fingerprint = json.loads(json.dumps({
+        "config": provenance.config_fields(config, ("checkpoint_dir", "checkpoint_every", "keep_checkpoints",
+                                                    "log_every", "peak_flops")),
+        "data": provenance.digest([t.to_json() for t in self.trajectories]),
+        "model": model_id or provenance.policy_identity(),
+        "judge": provenance.judge_identity(scorer.judge) if scorer is not None and hasattr(scorer, "judge") else None,
+    }, default=str))
     self.states = [e for t in self.trajectories for e in decomposition.expand(t)]
     self.sampling = SamplingConfig(temperature=config.temperature, max_new_tokens=config.max_action_tokens,
                                    stop_ids=tuple(stop_ids), stop_strings=tuple(stop_strings))
@@ -183,7 +192,8 @@ class Trainer:
     return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
 
   def _meta(self) -> dict:
-    return {"step": self.step, "seed": self.config.seed, "data_position": self.position, "mode": self.config.mode}
+    return {"step": self.step, "seed": self.config.seed, "data_position": self.position, "mode": self.config.mode,
+            "fingerprint": self.fingerprint}
 
   def save(self) -> None:
     self.checkpoints.save(self.step, args=ocp.args.Composite(
@@ -201,9 +211,13 @@ class Trainer:
         params=ocp.args.StandardRestore(abstract(nnx.state(self.model))),
         opt_state=ocp.args.StandardRestore(abstract(self.opt_state)), meta=ocp.args.JsonRestore()))
     meta = restored["meta"]
-    if meta.get("seed") != self.config.seed or meta.get("mode") != self.config.mode:
-      raise ValueError(f"{self.config.checkpoint_dir}: checkpoint {step} was made with seed={meta.get('seed')} "
-                       f"mode={meta.get('mode')}; this run has seed={self.config.seed} mode={self.config.mode}")
+    fresh = f"remove {self.config.checkpoint_dir} (or set TrainConfig.checkpoint_dir) to train afresh"
+    if "fingerprint" not in meta:
+      raise ValueError(f"{self.config.checkpoint_dir}: checkpoint {step} records no fingerprint (an older "
+                       f"version's); {fresh}")
+    if meta["fingerprint"] != self.fingerprint:
+      raise ValueError(provenance.mismatch_message(f"{self.config.checkpoint_dir}: checkpoint {step}",
+                                                   meta["fingerprint"], self.fingerprint, fresh))
     nnx.update(self.model, restored["params"])
     self.opt_state = restored["opt_state"]
     self.step = int(meta["step"])

@@ -1,0 +1,116 @@
+"""Every resumable output records what made it; a run with other settings, data or model refuses it."""
+
+import dataclasses
+import json
+
+import pytest
+
+from swirl_jax import evaluation, generation, judging, provenance, tasks
+from swirl_jax.checkpoints.policy import load_policy
+from swirl_jax.data import trajectory_io
+from swirl_jax.environment.episode import EpisodeConfig
+from swirl_jax.models import init_model, model_config
+from swirl_jax.rewards.judge import Verdict
+from swirl_jax.training.trainer import TrainConfig, Trainer
+from tests.judged_data import known_trajectories
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tokenizer_gguf, tmp_path_factory):
+  import os
+  os.environ.setdefault("SWIRL_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+  return load_policy(source="init", config_name="tiny", tokenizer_gguf=tokenizer_gguf)
+
+
+def _task():
+  return tasks.build_task("builtin_arithmetic", split="test", num_questions=2, few_shot=False, instructions="Solve.",
+                          arithmetic_max_steps=2)
+
+
+def test_evaluation_of_another_model_is_refused_and_the_report_names_its_checkpoint(tmp_path, tiny_policy):
+  model, vocab = tiny_policy
+  config = evaluation.EvalConfig(output_dir=str(tmp_path), rows=2, capacity=1024, max_action_tokens=8)
+  first = provenance.policy_identity(str(tmp_path / "ckpt"), 100)
+  report = evaluation.evaluate(_task(), model, vocab, "model", config, model_id=first)
+  assert report["checkpoint_step"] == 100 and report["model"] == first
+  # Evaluating checkpoint 200 under the same name must not print checkpoint 100's numbers.
+  with pytest.raises(ValueError, match=r"model was made with other settings, data or model \(model\.checkpoint\.step: 100 -> 200\); remove "):
+    evaluation.evaluate(_task(), model, vocab, "model", config,
+                        model_id=provenance.policy_identity(str(tmp_path / "ckpt"), 200))
+  with pytest.raises(ValueError, match=r"config\.max_action_tokens: 8 -> 9"):
+    evaluation.evaluate(_task(), model, vocab, "model", dataclasses.replace(config, max_action_tokens=9),
+                        model_id=first)
+  # The same model and settings: the finished shards are reused, the same report comes back.
+  assert evaluation.evaluate(_task(), model, vocab, "model", config, model_id=first) == report
+
+
+def test_generation_refuses_shards_made_with_other_settings_or_without_a_fingerprint(tmp_path, tiny_policy):
+  model, vocab = tiny_policy
+  config = generation.GenerateConfig(output_dir=str(tmp_path / "gen"), samples_per_question=1, rows=2,
+                                     capacity=1024, questions_per_shard=1)
+  episode = EpisodeConfig(max_action_tokens=8, max_steps=1)
+  generation.generate(_task(), model, vocab, config, episode)
+  with pytest.raises(ValueError, match=r"episode\.temperature: 1\.0 -> 0\.5"):
+    generation.generate(_task(), model, vocab, config, dataclasses.replace(episode, temperature=0.5))
+  other_questions = tasks.build_task("builtin_arithmetic", split="test", num_questions=2, seed=1, few_shot=False,
+                                     instructions="Solve.", arithmetic_max_steps=2)
+  with pytest.raises(ValueError, match=r"task\.question_digest"):
+    generation.generate(other_questions, model, vocab, config, episode)
+  # Rows are not part of it: per-row keys give the same trajectories in any batch.
+  generation.generate(_task(), model, vocab, dataclasses.replace(config, rows=1), episode)
+  legacy = tmp_path / "legacy"
+  legacy.mkdir()
+  (legacy / "trajectories-s00000.jsonl").write_text("")
+  with pytest.raises(ValueError, match=r"legacy holds outputs without a fingerprint\.json"):
+    generation.generate(_task(), model, vocab, dataclasses.replace(config, output_dir=str(legacy)), episode)
+
+
+class _FixedJudge:
+  name = "fixed"
+
+  def __init__(self, label):
+    self.identity = {"kind": "fixed", "label": label}
+    self.label = label
+
+  def judge_steps(self, requests):
+    return [Verdict(self.label, 1.0, "", self.name) for _ in requests]
+
+  def judge_outcomes(self, requests):
+    return [Verdict("YES", 1.0, "", self.name) for _ in requests]
+
+
+def test_judged_shards_of_another_judge_or_input_are_refused(tmp_path):
+  inputs, judged = tmp_path / "in", tmp_path / "judged"
+  trajectory_io.write_shard(trajectory_io.shard_path(str(inputs), 0), known_trajectories())
+  judging.judge_directory(str(inputs), str(judged), _FixedJudge("GOOD"))
+  with pytest.raises(ValueError, match=r"judge\.label: \"GOOD\" -> \"BAD\""):
+    judging.judge_directory(str(inputs), str(judged), _FixedJudge("BAD"))
+  trajectory_io.write_shard(trajectory_io.shard_path(str(inputs), 0), known_trajectories(seed=1)[:2])
+  with pytest.raises(ValueError, match=r"input\.shards"):
+    judging.judge_directory(str(inputs), str(judged), _FixedJudge("GOOD"))
+
+
+def test_a_checkpoint_trained_on_other_data_or_settings_is_not_resumed(tmp_path):
+  config = TrainConfig(mode="offline", steps=1, batch_size=2, sequence_length=96, checkpoint_every=1,
+                       checkpoint_dir=str(tmp_path / "ckpt"), learning_rate=1e-3, warmup_steps=1)
+  Trainer(init_model(model_config("tiny")), known_trajectories(), config).train()
+  same = Trainer(init_model(model_config("tiny")), known_trajectories(), config)
+  assert same.restore_latest() and same.step == 1
+  with pytest.raises(ValueError, match=r"checkpoint 1 was made with other settings, data or model \(data: "):
+    Trainer(init_model(model_config("tiny")), known_trajectories(seed=1), config).restore_latest()
+  with pytest.raises(ValueError, match=r"config\.learning_rate: 0\.001 -> 0\.002"):
+    Trainer(init_model(model_config("tiny")), known_trajectories(),
+            dataclasses.replace(config, learning_rate=2e-3)).restore_latest()
+  with pytest.raises(ValueError, match=r"config\.seed: 0 -> 1"):
+    Trainer(init_model(model_config("tiny")), known_trajectories(), dataclasses.replace(config, seed=1)).train()
+
+
+def test_the_fingerprint_file_is_what_was_recorded(tmp_path):
+  provenance.claim(str(tmp_path), {"a": 1, "b": {"c": [1, 2]}}, has_outputs=False)
+  assert json.loads((tmp_path / provenance.FILE_NAME).read_text()) == {"a": 1, "b": {"c": [1, 2]}}
+  provenance.claim(str(tmp_path), {"a": 1, "b": {"c": [1, 2]}}, has_outputs=True)
+  with pytest.raises(ValueError, match=r"b\.c: \[1, 2\] -> \[1, 3\]"):
+    provenance.claim(str(tmp_path), {"a": 1, "b": {"c": [1, 3]}}, has_outputs=True)
+  (tmp_path / provenance.FILE_NAME).write_text("{broken")
+  with pytest.raises(ValueError, match="unreadable fingerprint"):
+    provenance.claim(str(tmp_path), {"a": 1}, has_outputs=True)
