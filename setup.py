@@ -26,6 +26,7 @@ setup(
         "bm25s>=0.3",
         "absl-py>=2.0",
         "tqdm>=4.66",
+        "httpx>=0.28",  # the HTTP judge and retriever (no redirects followed, whole-request deadline)
         "clu>=0.0.12",
         "tensorboard>=2.21",
         "matplotlib>=3.9",

@@ -1,9 +1,12 @@
 """A judge served by an OpenAI-compatible chat-completions endpoint (vLLM, SGLang, hosted APIs).
 
-Requests run with bounded concurrency, a timeout and retries with exponential
-backoff; every answer is cached on disk under the hash of its request, so a
-re-run pays only for what is missing. The API key is read from an environment
-variable at request time and is never logged, cached or written anywhere.
+Requests run with bounded concurrency, a whole-request timeout, a response
+size bound and retries with exponential backoff (`http_json.post_json`);
+redirects are refused, never followed. Every answer is cached on disk under
+the hash of its endpoint and request (model included), so a re-run pays only
+for what is missing; an unreadable cache entry is set aside (`.corrupt`) and
+asked again. The API key is read from an environment variable at request time
+and is never logged, cached or written anywhere.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import os
 from typing import Sequence
 
 import gin
+import httpx
+from absl import logging
 from tqdm import tqdm
 
 from swirl_jax import atomic_io
@@ -29,7 +34,7 @@ class HttpJudge:
 
   def __init__(self, base_url: str, model: str, cache_dir: str, api_key_env: str = "SWIRL_JUDGE_API_KEY",
                concurrency: int = 8, timeout_s: float = 60.0, retries: int = 4, backoff_s: float = 1.0,
-               max_tokens: int = 512, temperature: float = 0.0):
+               max_tokens: int = 512, temperature: float = 0.0, max_response_bytes: int = 1 << 20):
     self.url = base_url.rstrip("/") + "/chat/completions"
     self.model = model
     self.cache_dir = cache_dir
@@ -40,6 +45,8 @@ class HttpJudge:
     self.backoff_s = backoff_s
     self.max_tokens = max_tokens
     self.temperature = temperature
+    self.max_response_bytes = max_response_bytes
+    self.client = httpx.Client(follow_redirects=False)  # thread-safe; keeps connections alive
     os.makedirs(cache_dir, exist_ok=True)
 
   def _body(self, prompt: str) -> dict:
@@ -47,8 +54,25 @@ class HttpJudge:
             "temperature": self.temperature, "max_tokens": self.max_tokens}
 
   def _cache_path(self, body: dict) -> str:
-    key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    """Keyed by the endpoint and the whole request: another server or model never answers from here."""
+    key = hashlib.sha256(json.dumps({"url": self.url, "body": body}, sort_keys=True).encode()).hexdigest()
     return os.path.join(self.cache_dir, key[:2], key + ".json")
+
+  @staticmethod
+  def _cached(path: str) -> str | None:
+    """The cached answer, or None when there is none or it is unreadable (then moved aside, kept)."""
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path, encoding="utf-8") as f:
+        text = json.load(f)["text"]
+      if isinstance(text, str):
+        return text
+    except (OSError, ValueError, KeyError, TypeError):
+      pass
+    os.replace(path, path + ".corrupt")
+    logging.warning("%s: unreadable judge cache entry moved to %s.corrupt; asking the server again", path, path)
+    return None
 
   @staticmethod
   def _content(payload) -> str:
@@ -61,13 +85,13 @@ class HttpJudge:
     """(text, error): from the cache, else the server (retrying); text None when it failed."""
     body = self._body(prompt)
     path = self._cache_path(body)
-    if os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)["text"], ""
+    cached = self._cached(path)
+    if cached is not None:
+      return cached, ""
     key = os.environ.get(self.api_key_env)  # read per request; never stored or logged
     text, error = post_json(self.url, body, headers={"Authorization": "Bearer " + key} if key else None,
                             timeout_s=self.timeout_s, retries=self.retries, backoff_s=self.backoff_s,
-                            parse=self._content)
+                            parse=self._content, max_response_bytes=self.max_response_bytes, client=self.client)
     if text is None:
       return None, f"judge request {error}"
     with atomic_io.atomic_open(path) as f:
