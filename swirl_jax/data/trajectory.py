@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 
@@ -54,11 +55,95 @@ class Trajectory:
 
   @classmethod
   def from_dict(cls, record: dict[str, Any], where: str = "") -> "Trajectory":
-    try:
-      steps = [Step(**s) for s in record["steps"]]
-      return cls(**{**record, "steps": steps})
-    except (KeyError, TypeError) as e:
-      raise ValueError(f"{where}: not a trajectory record ({e})") from None
+    """A record read back, checked field by field: a file edited by hand or written by another
+    tool must not misalign tokens and log-probs, or turn a string into characters."""
+    check_record(record, where)
+    return cls(**{**record, "steps": [Step(**s) for s in record["steps"]]})
+
+
+FINISHES = ("answered", "step_cap", "malformed", "capacity")
+STEP_KINDS = ("tool", "answer", "malformed")
+_TRAJECTORY_FIELDS = {f.name: f for f in dataclasses.fields(Trajectory)}
+_STEP_FIELDS = {f.name: f for f in dataclasses.fields(Step)}
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fail(where: str, field: str, problem: str):
+  raise ValueError(f"{where}: field {field!r} {problem}")
+
+
+def _check_fields(record, fields: dict, where: str, prefix: str) -> None:
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: {prefix or 'the record'} is not a JSON object")
+  unknown = sorted(set(record) - set(fields))
+  if unknown:
+    _fail(where, prefix + unknown[0], "is not a field of a trajectory record")
+  missing = [n for n, f in fields.items() if n not in record and f.default is dataclasses.MISSING]
+  if missing:
+    _fail(where, prefix + missing[0], "is missing")
+
+
+def _check_verdict(verdict, where: str, field: str, labels: tuple[str, str]) -> None:
+  if verdict is None:
+    return
+  if not isinstance(verdict, dict):
+    _fail(where, field, "is not an object or null")
+  if verdict.get("verdict") not in (*labels, None):
+    _fail(where, f"{field}.verdict", f"is {verdict.get('verdict')!r}, not one of {labels} or null")
+  score = verdict.get("score")
+  if score is not None and not (_is_number(score) and 0.0 <= score <= 1.0):
+    _fail(where, f"{field}.score", f"is {score!r}, not a number in [0, 1] or null")
+
+
+def check_record(record: dict[str, Any], where: str = "") -> None:
+  """Raises ValueError naming `where` and the field when a trajectory record is malformed."""
+  _check_fields(record, _TRAJECTORY_FIELDS, where, "")
+  for name in ("id", "question_id", "source", "question"):
+    if not isinstance(record[name], str):
+      _fail(where, name, "is not a string")
+  if not _is_int(record["sample_index"]) or record["sample_index"] < 0:
+    _fail(where, "sample_index", "is not a whole number >= 0")
+  if not (isinstance(record["gold_answers"], list) and all(isinstance(a, str) for a in record["gold_answers"])):
+    _fail(where, "gold_answers", "is not a list of strings")
+  if record["final_answer"] is not None and not isinstance(record["final_answer"], str):
+    _fail(where, "final_answer", "is not a string or null")
+  if record["finish"] not in FINISHES:
+    _fail(where, "finish", f"is {record['finish']!r}, not one of {FINISHES}")
+  _check_verdict(record.get("outcome"), where, "outcome", ("YES", "NO"))
+  if not isinstance(record["steps"], list):
+    _fail(where, "steps", "is not a list")
+  for i, step in enumerate(record["steps"]):
+    at = f"steps[{i}]."
+    _check_fields(step, _STEP_FIELDS, where, at)
+    if step["index"] != i or not _is_int(step["index"]):
+      _fail(where, at + "index", f"is {step['index']!r}, not {i}")
+    for name in ("context_tokens", "action_tokens"):
+      tokens = step[name]
+      if not (isinstance(tokens, list) and all(_is_int(t) and t >= 0 for t in tokens)):
+        _fail(where, at + name, "is not a list of token ids (whole numbers >= 0)")
+    logprobs = step["behaviour_logprobs"]
+    if not (isinstance(logprobs, list) and all(_is_number(x) and x <= 1e-6 for x in logprobs)):
+      _fail(where, at + "behaviour_logprobs", "is not a list of finite log-probabilities (<= 0)")
+    if len(logprobs) != len(step["action_tokens"]):
+      _fail(where, at + "behaviour_logprobs", f"has {len(logprobs)} entries for "
+            f"{len(step['action_tokens'])} action tokens")
+    if step["kind"] not in STEP_KINDS:
+      _fail(where, at + "kind", f"is {step['kind']!r}, not one of {STEP_KINDS}")
+    for name in ("context_text", "action_text", "finish_reason", "tool", "tool_query", "tool_output",
+                 "malformed_reason"):
+      if name in step and not isinstance(step[name], str):
+        _fail(where, at + name, "is not a string")
+    for name in ("tool_error", "forced_answer"):
+      if name in step and not isinstance(step[name], bool):
+        _fail(where, at + name, "is not true or false")
+    _check_verdict(step.get("process"), where, at + "process", ("GOOD", "BAD"))
 
 
 def trajectory_id(question_id: str, sample_index: int) -> str:

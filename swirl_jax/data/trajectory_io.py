@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Iterable, Iterator
 
 from swirl_jax import atomic_io
+from swirl_jax.data.jsonl import read_jsonl
 from swirl_jax.data.trajectory import Trajectory
 
 SHARD_PATTERN = "trajectories-s{shard:05d}.jsonl"
@@ -25,13 +25,9 @@ def write_shard(path: str, trajectories: Iterable[Trajectory]) -> None:
 
 
 def read_shard(path: str) -> Iterator[Trajectory]:
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-      yield Trajectory.from_dict(record, f"{path}:{number}")
+  """The shard's trajectories, each record checked; errors name the file, line and field."""
+  for where, record in read_jsonl(path):
+    yield Trajectory.from_dict(record, where)
 
 
 def shard_files(directory: str) -> list[str]:
