@@ -9,7 +9,6 @@ is warned about once per host.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -19,6 +18,8 @@ from urllib.parse import urlsplit
 import httpx
 from absl import logging
 
+from swirl_jax.loopback import is_loopback
+
 MAX_RESPONSE_BYTES = 8 << 20
 _warned_hosts: set[str] = set()
 _warned_lock = threading.Lock()
@@ -26,15 +27,6 @@ _warned_lock = threading.Lock()
 
 class _Refused(Exception):
   """An answer that retrying will not change (a redirect, a 4xx, an oversized body)."""
-
-
-def is_loopback(host: str) -> bool:
-  if host == "localhost":
-    return True
-  try:
-    return ipaddress.ip_address(host).is_loopback
-  except ValueError:
-    return False
 
 
 def warn_plain_http_key(url: str) -> bool:

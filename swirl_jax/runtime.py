@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 from typing import Iterator
 
 import gin
@@ -27,6 +26,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from swirl_jax import partitioning
+from swirl_jax.loopback import is_loopback
 
 
 @gin.configurable
@@ -95,13 +95,7 @@ class Runtime:
 
 
 def _is_loopback(address: str) -> bool:
-  host = address.rsplit(":", 1)[0].strip("[]")
-  if host == "localhost":
-    return True
-  try:
-    return ipaddress.ip_address(host).is_loopback
-  except ValueError:
-    return False
+  return is_loopback(address.rsplit(":", 1)[0])
 
 
 def _initialize_distributed(config: RuntimeConfig) -> None:

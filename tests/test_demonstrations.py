@@ -56,9 +56,13 @@ def test_noise_free_demonstrations_are_gold_and_judged_good(small_tasks, vocab, 
     assert t.finish == "answered" and answer_correct(t.final_answer, t.gold_answers), t.id
     assert all(s.process["verdict"] == "GOOD" for s in t.steps), t.id
     # Token ids are exactly what the episode loop feeds and what the vocabulary makes of the action.
+    end_of_turn = vocab.encode("<end_of_turn>")
     for s in t.steps:
       assert s.action_tokens == list(vocab.encode(s.action_text))
-      assert s.context_tokens[:1] == ([2] if s.index == 0 else s.context_tokens[:1])
+      # The prompt opens with BOS; every later context is the tool turn after the action's end.
+      opening = [vocab.tokenizer.bos_id()] if s.index == 0 else end_of_turn
+      assert s.context_tokens[:len(opening)] == opening, (t.id, s.index)
+      assert vocab.decode(s.context_tokens[1:] if s.index == 0 else s.context_tokens) == s.context_text
 
 
 @pytest.mark.parametrize("which", [0, 1])

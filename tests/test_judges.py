@@ -153,11 +153,14 @@ def test_model_judge_on_the_embedded_model(gemma3_270m):
                              "math_exp"),
               ProcessRequest("What is 3 * 4?", "Question: What is 3 * 4?", "<answer>banana</answer>", "answer")]
   scored = ModelJudge(model, vocab, mode="score", batch_size=2).judge_steps(requests)
-  for v in scored:
-    assert 0.0 <= v.score <= 1.0 and v.verdict == ("GOOD" if v.score >= 0.5 else "BAD")
+  assert all(0.0 <= v.score <= 1.0 and v.verdict in ("GOOD", "BAD") for v in scored)
+  # The model's preference, not the code's threshold: the right calculator call beats "banana".
+  assert scored[0].score > scored[1].score, [v.score for v in scored]
+  # (Its outcome scores do not separate "Paris" from "banana" as the capital of France: 0.81 and
+  # 0.82, measured; a 270M model is no outcome judge, so only their range is checked.)
   outcome = ModelJudge(model, vocab, mode="score", batch_size=2).judge_outcomes(
       [OutcomeRequest("Capital of France?", "Paris", ("Paris",))])[0]
-  assert outcome.verdict in ("YES", "NO") and np.isfinite(outcome.score)
+  assert outcome.verdict in ("YES", "NO") and np.isfinite(outcome.score) and 0.0 <= outcome.score <= 1.0
   generated = ModelJudge(model, vocab, mode="generate", batch_size=2, max_new_tokens=48,
                          capacity=1024).judge_steps(requests)
   for v in generated:

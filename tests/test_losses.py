@@ -154,7 +154,7 @@ def test_judge_failures_are_counted_and_excluded_or_zeroed(tmp_path):
   for mode in ("exclude", "zero"):
     config = TrainConfig(mode="online", steps=1, batch_size=4, samples_per_state=4, max_action_tokens=2,
                          sequence_length=64, checkpoint_every=100, checkpoint_dir=str(tmp_path / mode),
-                         log_every=1, peak_flops=1e9, judge_failures=mode, temperature=1.0)
+                         log_every=1, judge_failures=mode, temperature=1.0)
     trainer = Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, scorer=FailingScorer())
     batch = online.online_batch(trainer.sampler, trainer.scorer, trainer._pick(trainer.states), 4,
                                 trainer.sampling, 64, "rloo", key_ids=(0,), judge_failures=mode)

@@ -54,7 +54,7 @@ def test_sigterm_saves_and_stops_and_the_restart_ends_with_the_uninterrupted_par
   """One process: the trainer's SIGTERM handler saves the step it is at, raises Preempted, and
   gives SIGTERM back to its old handler afterwards."""
   config = TrainConfig(mode="offline", steps=5, batch_size=2, sequence_length=96, learning_rate=1e-2,
-                       warmup_steps=1, checkpoint_every=100, log_every=1, peak_flops=1e9)
+                       warmup_steps=1, checkpoint_every=100, log_every=1)
 
   class TermAtStep2(Trainer):
     def run_step(self):

@@ -19,6 +19,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,7 +55,7 @@ def _bindings(tokenizer, run_dir, judge_url):
       "TrainConfig.mode='online'", f"TrainConfig.steps={STEPS}", "TrainConfig.batch_size=2",
       "TrainConfig.samples_per_state=2", "TrainConfig.max_action_tokens=8", "TrainConfig.sequence_length=512",
       "TrainConfig.temperature=1.0", "TrainConfig.learning_rate=1e-3", "TrainConfig.warmup_steps=1",
-      "TrainConfig.checkpoint_every=100", "TrainConfig.log_every=1", "TrainConfig.peak_flops=1e9",
+      "TrainConfig.checkpoint_every=100", "TrainConfig.log_every=1",
       f"TrainConfig.checkpoint_dir='{run_dir}/checkpoints'",
       f"run_train.judged_dir='{run_dir}/judged'", "run_train.filter_strategy='none'",
   ]
@@ -141,8 +142,9 @@ def _assert_params_close(a, b):
 
 
 def _report(path):
+  """A report less what names the run rather than the result (time; the checkpoint's directory)."""
   report = json.loads(path.read_text())
-  return {k: v for k, v in report.items() if k != "seconds"}
+  return {k: v for k, v in report.items() if k not in ("seconds", "model")}
 
 
 def _requests(directory):
@@ -204,7 +206,11 @@ def test_pipeline_reports_and_resumes_without_redoing_anything(runs):
   for name in ("report.md", "report.png", "comparison.json"):
     assert (one / "eval" / name).stat().st_size > 0
   printed = (tmp / "one-pipeline-0.txt").read_text()
-  assert "base accuracy" in printed and "-> trained" in printed
+  shown = re.search(r"^base accuracy (\S+) \[.*\] -> trained (\S+) \[.*\]$", printed, re.MULTILINE)
+  assert shown and float(shown.group(1)) == round(summary["base_accuracy"], 3), printed[-2000:]
+  assert float(shown.group(2)) == round(summary["trained_accuracy"], 3)
+  trained_report = json.loads((one / "eval" / "trained" / "report.json").read_text())
+  assert trained_report["checkpoint_step"] == STEPS and trained_report["model"]["checkpoint"]["step"] == STEPS
   assert "One held-out episode of the trained model" in printed and "--- step 0: action" in printed
   assert (one / "metrics" / "metrics.jsonl").exists()
   stamps = {p: os.stat(p).st_mtime_ns for p in one.rglob("trajectories-s*.jsonl")}
@@ -231,6 +237,8 @@ def test_generate_and_evaluate_modes_on_two_processes(runs):
   _run(tmp, "evaluate", bindings + ["run_evaluate.name='trained'", f"run_evaluate.checkpoint_dir='{two}/checkpoints'",
                                     "build_task.num_questions=6"], processes=2, log_name="three")
   assert _report(three / "eval" / "trained" / "report.json") == _report(one / "eval" / "trained" / "report.json")
+  model = json.loads((three / "eval" / "trained" / "report.json").read_text())["model"]
+  assert model["checkpoint"] == {"dir": str(two / "checkpoints"), "step": STEPS}
 
 
 def test_sigterm_saves_one_step_everywhere_and_the_restart_ends_where_an_uninterrupted_run_does(runs):

@@ -1,5 +1,6 @@
 """The trainer: exact resume after SIGKILL, NaN stop, online mode on the mesh."""
 
+import dataclasses
 import json
 import math
 import os
@@ -81,20 +82,31 @@ def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
+def _first_batch_with_nan(trajectories, config) -> int | None:
+  """The step whose batch first holds a NaN reward, found from the batches themselves."""
+  probe = Trainer(init_model(model_config("tiny")), trajectories, config)
+  for step in range(config.steps):
+    if np.isnan(probe._offline_batch()["decoder_rewards"]).any():
+      return step
+  return None
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  trajectories = known_trajectories()
-  trajectories[2].steps[0].process["score"] = math.nan
   config = TrainConfig(mode="offline", steps=6, batch_size=2, sequence_length=96, checkpoint_every=1,
                        checkpoint_dir=str(tmp_path / "ckpt"), learning_rate=1e-3, warmup_steps=1)
+  for poisoned in range(len(known_trajectories())):  # a trajectory that enters after the first step
+    trajectories = known_trajectories()
+    trajectories[poisoned].steps[0].process["score"] = math.nan
+    bad_step = _first_batch_with_nan(trajectories, dataclasses.replace(config, checkpoint_dir=str(tmp_path / "probe")))
+    if bad_step:
+      break
+  assert bad_step, "every trajectory is in the first batch"
   trainer = Trainer(init_model(model_config("tiny")), trajectories, config)
-  with pytest.raises(NonFiniteLossError, match=r"loss is nan at step (\d+); stopped without saving") as error:
+  with pytest.raises(NonFiniteLossError, match=rf"loss is nan at step {bad_step}; stopped without saving"):
     trainer.train()
-  bad_step = int(str(error.value).split("at step ")[1].split(";")[0])
-  manager = ocp.CheckpointManager(str(tmp_path / "ckpt"))
-  assert manager.latest_step() == (bad_step if bad_step else None)
-  if bad_step:
-    _, params = _final_params(tmp_path / "ckpt")
-    assert all(np.isfinite(np.asarray(p)).all() for p in params)
+  assert ocp.CheckpointManager(str(tmp_path / "ckpt")).latest_step() == bad_step
+  _, params = _final_params(tmp_path / "ckpt")
+  assert all(np.isfinite(np.asarray(p)).all() for p in params)
 
 
 def test_online_mode_on_a_mesh_raises_reward(tmp_path):
@@ -139,7 +151,7 @@ def test_clipped_mode_reuses_each_batch_and_the_schedule_counts_optimizer_update
   config = TrainConfig(mode="online", steps=4, batch_size=2, samples_per_state=2, max_action_tokens=2,
                        sequence_length=64, learning_rate=1e-3, warmup_steps=1, clip_epsilon=0.2,
                        updates_per_batch=3, checkpoint_every=100, checkpoint_dir=str(tmp_path / "ckpt"),
-                       log_every=1, peak_flops=1e9)
+                       log_every=1)
   schedule = learning_rate_schedule(config)
   assert float(schedule(3)) == pytest.approx(1e-3) and float(schedule(4 * 3 - 1)) > 1e-5
   trainer = Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config,
@@ -189,7 +201,7 @@ def test_offline_gradient_accumulation_equals_one_large_batch(tmp_path):
     model = init_model(model_config("tiny"), seed=0)
     config = TrainConfig(mode="offline", steps=2, batch_size=4, grad_accum_steps=accum, sequence_length=96,
                          learning_rate=1e-2, warmup_steps=1, grad_clip_norm=1e6, checkpoint_every=100,
-                         checkpoint_dir=str(tmp_path / f"ckpt{accum}"), log_every=1, peak_flops=1e9)
+                         checkpoint_dir=str(tmp_path / f"ckpt{accum}"), log_every=1)
     trainer = Trainer(model, known_trajectories(), config)
     weights = trainer._offline_batch()["decoder_loss_weights"].sum(axis=1)
     trainer.position = 0
@@ -204,3 +216,46 @@ def test_offline_gradient_accumulation_equals_one_large_batch(tmp_path):
   assert loss_1 == pytest.approx(loss_4, rel=1e-5)
   for a, b in zip(params_1, params_4):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def _long_context_trajectories(rows=4, context=900, action=8, vocab=512):
+  from swirl_jax.data.trajectory import Step, Trajectory
+  rng = np.random.default_rng(0)
+  return [Trajectory(f"t{i}#0", f"t{i}", 0, "test", "q", ["1"], [Step(
+      0, [2] + rng.integers(3, vocab, context - 1).tolist(), "", rng.integers(3, vocab, action).tolist(), "",
+      [-1.0] * action, "tool", "stop_string", process={"verdict": "GOOD", "score": 1.0})], "1", "answered")
+      for i in range(rows)]
+
+
+def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_asked(tmp_path, monkeypatch):
+  """Long contexts, a few action tokens, a large vocabulary: counting 6 FLOPs per parameter per
+  token (the tied embedding included) would overstate the step many times over."""
+  from swirl_jax.training import peak
+  config = model_config("tiny", vocab_size=32_768)
+  base = TrainConfig(mode="offline", steps=1, batch_size=4, sequence_length=1024, learning_rate=1e-3,
+                     warmup_steps=1, checkpoint_every=100, checkpoint_dir=str(tmp_path / "ckpt"))
+  monkeypatch.setattr(peak, "xla_matmul_peak", lambda *a, **k: pytest.fail("the peak was measured unasked"))
+  plain = Trainer(init_model(config), _long_context_trajectories(), base).run_step()
+  assert "mfu" not in plain and "update_flops_per_device" not in plain
+
+  measured = []
+  monkeypatch.setattr(peak, "xla_matmul_peak", lambda dtype="float32", **k: measured.append(dtype) or 1e11)
+  trainer = Trainer(init_model(config), _long_context_trajectories(),
+                    dataclasses.replace(base, measure_peak=True, checkpoint_dir=str(tmp_path / "ckpt2")))
+  batch = trainer._offline_batch()
+  trainer.position = 0  # run_step builds the same batch again
+  metrics = trainer.run_step()
+  assert measured == ["float32"]  # once, in the model's compute dtype
+  rows, length = batch["decoder_input_tokens"].shape
+  slots = trainer._loss_slots(batch, np.arange(rows), rows, False)  # logits are computed at these
+  # What the step computes: per row, projections and MLP at every position and attention over
+  # every (query, key) pair (dense, masked); logits only at the gathered slots; backward about
+  # twice the forward.
+  d, h, layers = config.embed_dim, config.head_dim, config.num_layers
+  per_token = 2 * d * h * (2 * config.num_heads + 2 * config.num_kv_heads) + 2 * 3 * d * config.mlp_dim
+  forward_row = length * layers * per_token + layers * 4 * config.num_heads * h * length * length
+  analytic = 3 * (rows * forward_row + slots * 2 * d * config.vocab_size)
+  old_count = 6 * config.num_params() * int((batch["decoder_segment_ids"] > 0).sum())
+  assert 0.85 * analytic < metrics["update_flops_per_device"] < 1.3 * analytic, (metrics, analytic)
+  assert old_count > 2 * metrics["update_flops_per_device"], (old_count, metrics["update_flops_per_device"])
+  assert metrics["mfu"] == pytest.approx(metrics["update_flops_per_device"] / metrics["update_seconds"] / 1e11)

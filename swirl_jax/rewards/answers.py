@@ -13,6 +13,7 @@ from fractions import Fraction
 from typing import Sequence
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_FRACTION = re.compile(r"(?<![\w./])([-+]?\d+)\s*/\s*(\d+)(?![\w/]|\.\d)")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
@@ -32,6 +33,10 @@ def parse_number(text: str) -> Fraction | None:
   cleaned = text.strip().replace("$", "").replace("\u20ac", "").replace("\u00a3", "")
   cleaned = cleaned.rstrip(".").strip()
   fraction = re.fullmatch(r"\s*([-+]?\d+)\s*/\s*(\d+)\s*", cleaned)
+  if fraction is None:  # one fraction in a sentence ("The answer is 3/4."), and no other number
+    fractions = list(_FRACTION.finditer(cleaned))
+    if len(fractions) == 1 and not re.search(r"\d", _FRACTION.sub(" ", cleaned)):
+      fraction = fractions[0]
   if fraction and not (_bounded(fraction.group(1)) and _bounded(fraction.group(2))):
     return None
   if fraction and int(fraction.group(2)) != 0:

@@ -73,7 +73,8 @@ class TrainConfig:
   keep_checkpoints: int = 3
   log_every: int = 10
   seed: int = 0
-  peak_flops: float | None = None  # per device, for the MFU estimate; None: measured at start
+  peak_flops: float | None = None  # per device: the MFU denominator, when you know your chip's peak
+  measure_peak: bool = False  # or measure it at start (a matmul in the model's compute dtype)
 
   def __post_init__(self):
     """Refuses a bad setting when the config is built, not at the first step (after sampling
@@ -149,7 +150,7 @@ class Trainer:
     # the result, the data, the starting model and (online) the judge.
     self.fingerprint = json.loads(json.dumps({
         "config": provenance.config_fields(config, ("checkpoint_dir", "checkpoint_every", "keep_checkpoints",
-                                                    "log_every", "peak_flops")),
+                                                    "log_every", "peak_flops", "measure_peak")),
         "data": provenance.digest([t.to_json() for t in self.trajectories]),
         "model": model_id or provenance.policy_identity(),
         "judge": provenance.judge_identity(scorer.judge) if scorer is not None and hasattr(scorer, "judge") else None,
@@ -180,7 +181,10 @@ class Trainer:
       out_shardings = (self.param_shardings, self.opt_shardings, NamedSharding(mesh, jax.sharding.PartitionSpec()))
     self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1), out_shardings=out_shardings,
                                static_argnums=4)
-    self.peak_flops = (config.peak_flops or peak.xla_matmul_peak()) * jax.device_count()
+    # MFU only when asked: a given per-device peak, or one measured once here in the compute dtype.
+    self.peak_flops = config.peak_flops or (peak.xla_matmul_peak(model.config.dtype) if config.measure_peak
+                                            else None)
+    self._update_flops: dict = {}
 
   # -- state -----------------------------------------------------------------
 
@@ -375,6 +379,8 @@ class Trainer:
     batch = self._place_batch(feats, rows, total_rows)
     loss_slots = self._loss_slots(feats, rows, total_rows, local)
     params = nnx.state(self.model)
+    flops = self._flops_per_update(params, batch, loss_slots) if self.peak_flops else None
+    update_start = time.perf_counter()
     for _ in range(self.config.updates_per_batch):
       with partitioning.activate(self.mesh, self.rules):
         params, self.opt_state, metrics = self._train_step(params, self.opt_state, batch, self.reference,
@@ -385,6 +391,7 @@ class Trainer:
         raise NonFiniteLossError(
             f"loss is {loss} at step {self.step}; stopped without saving. The last good checkpoint "
             f"({'none' if latest is None else f'step {latest}'}) is in {self.config.checkpoint_dir}")
+    update_seconds = time.perf_counter() - update_start  # float(loss) waited for the update
     nnx.update(self.model, params)
     self.step += 1
     seconds = time.perf_counter() - start
@@ -393,12 +400,25 @@ class Trainer:
       tokens = int(multihost.sum_over_processes([tokens])[0])
     tokens *= self.config.updates_per_batch
     result = {k: float(v) for k, v in metrics.items()} | extra
-    result.update(step=self.step, step_seconds=seconds, trained_tokens=tokens, tokens_per_second=tokens / seconds)
-    # MFU estimate: 6 FLOPs per parameter per trained token, 2 per sampled token.
-    n = self.model.config.num_params()
-    flops = 6 * n * tokens + 2 * n * extra.get("sampled_tokens", 0)
-    result["mfu"] = flops / seconds / self.peak_flops
+    result.update(step=self.step, step_seconds=seconds, update_seconds=update_seconds, trained_tokens=tokens,
+                  tokens_per_second=tokens / seconds)
+    if flops is not None:
+      # The update's MFU: XLA's FLOP count of the compiled step (per device, in its dtype), over the
+      # time of the update(s) alone; online sampling is timed in step_seconds, not counted here.
+      result["update_flops_per_device"] = flops * self.config.updates_per_batch
+      result["mfu"] = flops * self.config.updates_per_batch / update_seconds / self.peak_flops
     return result
+
+  def _flops_per_update(self, params, batch, loss_slots: int) -> float:
+    """FLOPs per device of one compiled update, from XLA's cost analysis (once per batch shape)."""
+    key = (loss_slots, tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(batch)))
+    if key not in self._update_flops:
+      with partitioning.activate(self.mesh, self.rules):
+        compiled = self._train_step.lower(params, self.opt_state, batch, self.reference, loss_slots).compile()
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      self._update_flops[key] = float(cost["flops"])
+    return self._update_flops[key]
 
   def train(self) -> dict:
     """Runs to config.steps from the latest checkpoint; returns the last metrics.
