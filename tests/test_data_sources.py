@@ -50,7 +50,7 @@ def test_hotpotqa(tmp_path):
   assert data.questions[0].answers == ("Paris",)
   assert data.passages == [Passage("A", "A is in Paris."), Passage("B", "B.")]  # deduplicated
   path.write_text(json.dumps([{**record, "context": [["A", "not a list"]]}]))
-  with pytest.raises(ValueError, match=r"hotpot\.json:1: field 'context' entries"):
+  with pytest.raises(ValueError, match=r"hotpot\.json:1 \(record 0\): field 'context' entries"):
     loaders.load_hotpotqa(str(path))
 
 
@@ -83,7 +83,7 @@ def test_cofca(tmp_path):
   loaded = loaders.load_cofca(_write_jsonl(tmp_path / "c.jsonl", records))
   assert loaded.questions[0].answers == ("3",) and loaded.passages[1] == Passage("T", "t")
   (tmp_path / "c.json").write_text(json.dumps([{"question": "Q?", "paragraphs": []}]))
-  with pytest.raises(ValueError, match=r"c\.json:1: field 'answer'"):
+  with pytest.raises(ValueError, match=r"c\.json:1 \(record 0\): field 'answer'"):
     loaders.load_cofca(str(tmp_path / "c.json"))
 
 
@@ -172,9 +172,13 @@ def test_musique_and_hotpotqa_read_both_layouts(tmp_path, loader, record):
   from_lines, from_list = loader(as_lines), loader(str(as_list))
   assert from_lines.questions == from_list.questions and len(from_list.questions) == 2
   assert from_lines.passages == from_list.passages
-  # An error in the list layout names the line the bad record starts on.
+  # An error in the list layout names the line the bad record starts on, and its index.
   as_list.write_text("[\n" + json.dumps(record) + ",\n" + json.dumps({**second, "question": 7}) + "\n]")
-  with pytest.raises(ValueError, match=r"list\.json:3: field 'question'"):
+  with pytest.raises(ValueError, match=r"list\.json:3 \(record 1\): field 'question'"):
+    loader(str(as_list))
+  # The released one-line layout, with a byte-order mark: the record index tells records apart.
+  as_list.write_text("\ufeff" + json.dumps([record, record, {**second, "question": 7}]), encoding="utf-8")
+  with pytest.raises(ValueError, match=r"list\.json:1 \(record 2\): field 'question'"):
     loader(str(as_list))
 
 
@@ -217,7 +221,15 @@ def test_the_test_split_of_a_file_task_is_never_the_training_file(tmp_path):
   train_task = tasks.build_task("gsm8k", split="train", path=train, eval_path=test)
   test_task = tasks.build_task("gsm8k", split="test", path=train, eval_path=test)
   assert [q.question for q in test_task.questions] == [f"test question {i}?" for i in range(10)]
-  assert train_task.questions[0].id == "gsm8k:train.jsonl:0" and test_task.questions[0].id == "gsm8k:test.jsonl:0"
+  folder = tmp_path.name
+  assert train_task.questions[0].id == f"gsm8k:{folder}/train.jsonl:0"
+  assert test_task.questions[0].id == f"gsm8k:{folder}/test.jsonl:0"
+  # Files of one name in two folders (train/data.jsonl, dev/data.jsonl) keep apart.
+  for split in ("train", "dev"):
+    (tmp_path / split).mkdir()
+    _gsm8k_file(tmp_path / split / "data.jsonl", [f"{split} question?"])
+  ids = [tasks.build_task("gsm8k", path=str(tmp_path / s / "data.jsonl")).questions[0].id for s in ("train", "dev")]
+  assert ids == ["gsm8k:train/data.jsonl:0", "gsm8k:dev/data.jsonl:0"]
   tasks.check_held_out(train_task, test_task)
   # A held-out part of one file: disjoint from the train split, and together they are the file.
   kept = tasks.build_task("gsm8k", split="train", path=train, held_out_fraction=0.25)
@@ -225,6 +237,17 @@ def test_the_test_split_of_a_file_task_is_never_the_training_file(tmp_path):
   assert 0 < len(held.questions) < 40 and len(kept.questions) + len(held.questions) == 40
   assert not {q.id for q in kept.questions} & {q.id for q in held.questions}
   tasks.check_held_out(kept, held)
+  # The split follows the text: reordered records, or one asked twice, stay on their side.
+  texts = [f"train question {i}?" for i in range(40)]
+  shuffled = _gsm8k_file(tmp_path / "shuffled.jsonl", texts[::-1] + texts[:5])
+  held_again = tasks.build_task("gsm8k", split="test", path=shuffled, held_out_fraction=0.25)
+  kept_again = tasks.build_task("gsm8k", split="train", path=shuffled, held_out_fraction=0.25)
+  assert {q.question for q in held_again.questions} == {q.question for q in held.questions}
+  tasks.check_held_out(kept_again, held_again)
+  with pytest.raises(ValueError, match="eval_path .* or held_out_fraction .*, not both"):
+    tasks.build_task("gsm8k", path=train, eval_path=test, held_out_fraction=0.1)
+  with pytest.raises(ValueError, match="has its own test split"):
+    tasks.build_task("builtin_arithmetic", split="test", eval_path=test)
 
 
 def test_evaluation_questions_seen_in_training_are_refused(tmp_path):
@@ -232,7 +255,7 @@ def test_evaluation_questions_seen_in_training_are_refused(tmp_path):
   copy = _gsm8k_file(tmp_path / "copy.jsonl", ["Question   3?", "a new question?"])  # same text, other file
   train_task = tasks.build_task("gsm8k", split="train", path=train)
   with pytest.raises(ValueError, match=r"1 of 2 evaluation questions of gsm8k are also training questions "
-                                       r"\(e\.g\. gsm8k:copy\.jsonl:0\)"):
+                                       rf"\(e\.g\. gsm8k:{tmp_path.name}/copy\.jsonl:0\)"):
     tasks.check_held_out(train_task, tasks.build_task("gsm8k", split="test", path=train, eval_path=copy))
   with pytest.raises(ValueError, match="also training questions"):
     tasks.check_held_out(train_task, tasks.build_task("gsm8k", split="test", path=train, eval_path=train))

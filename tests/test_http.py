@@ -33,6 +33,14 @@ class _Server(http.server.BaseHTTPRequestHandler):
       self.end_headers()
       return
     data = _answer(self.reply)
+    if self.mode == "drip_headers":  # the status line and headers a byte at a time
+      head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+      for i in range(len(head)):
+        self.wfile.write(head[i:i + 1])
+        self.wfile.flush()
+        time.sleep(0.05)
+      self.wfile.write(data)
+      return
     if self.mode == "huge":
       data = json.dumps({"choices": [{"message": {"content": "x" * (2 << 20)}}]}).encode()
     self.send_response(200)
@@ -77,8 +85,9 @@ def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(tmp_path, monk
   assert not [f for _, _, files in os.walk(tmp_path / "cache") for f in files]  # nothing cached
 
 
-def test_the_timeout_bounds_the_whole_request_not_each_read(tmp_path):
-  with serving(_handler(mode="drip")) as port:
+@pytest.mark.parametrize("mode", ["drip", "drip_headers"])
+def test_the_timeout_bounds_the_whole_request_not_each_read(tmp_path, mode):
+  with serving(_handler(mode=mode)) as port:
     text, error = _judge(port, tmp_path / "cache", timeout_s=0.5).complete("a prompt")
   assert text is None and "timed out after 0.5 s" in error
 

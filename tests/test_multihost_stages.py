@@ -142,9 +142,8 @@ def _assert_params_close(a, b):
 
 
 def _report(path):
-  """A report less what names the run rather than the result (time; the checkpoint's directory)."""
   report = json.loads(path.read_text())
-  return {k: v for k, v in report.items() if k not in ("seconds", "model")}
+  return {k: v for k, v in report.items() if k != "seconds"}
 
 
 def _requests(directory):
@@ -237,8 +236,8 @@ def test_generate_and_evaluate_modes_on_two_processes(runs):
   _run(tmp, "evaluate", bindings + ["run_evaluate.name='trained'", f"run_evaluate.checkpoint_dir='{two}/checkpoints'",
                                     "build_task.num_questions=6"], processes=2, log_name="three")
   assert _report(three / "eval" / "trained" / "report.json") == _report(one / "eval" / "trained" / "report.json")
-  model = json.loads((three / "eval" / "trained" / "report.json").read_text())["model"]
-  assert model["checkpoint"] == {"dir": str(two / "checkpoints"), "step": STEPS}
+  # The report names the checkpoint by its step and training, not by where it lies.
+  assert json.loads((three / "eval" / "trained" / "report.json").read_text())["model"]["checkpoint"]["step"] == STEPS
 
 
 def test_sigterm_saves_one_step_everywhere_and_the_restart_ends_where_an_uninterrupted_run_does(runs):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -17,7 +18,6 @@ from tests.judged_data import known_trajectories
 
 @pytest.fixture(scope="module")
 def tiny_policy(tokenizer_gguf, tmp_path_factory):
-  import os
   os.environ.setdefault("SWIRL_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
   return load_policy(source="init", config_name="tiny", tokenizer_gguf=tokenizer_gguf)
 
@@ -30,13 +30,13 @@ def _task():
 def test_evaluation_of_another_model_is_refused_and_the_report_names_its_checkpoint(tmp_path, tiny_policy):
   model, vocab = tiny_policy
   config = evaluation.EvalConfig(output_dir=str(tmp_path), rows=2, capacity=1024, max_action_tokens=8)
-  first = provenance.policy_identity(str(tmp_path / "ckpt"), 100)
+  first = provenance.policy_identity({"step": 100, "training": "abc"})
   report = evaluation.evaluate(_task(), model, vocab, "model", config, model_id=first)
   assert report["checkpoint_step"] == 100 and report["model"] == first
   # Evaluating checkpoint 200 under the same name must not print checkpoint 100's numbers.
   with pytest.raises(ValueError, match=r"model was made with other settings, data or model \(model\.checkpoint\.step: 100 -> 200\); remove "):
     evaluation.evaluate(_task(), model, vocab, "model", config,
-                        model_id=provenance.policy_identity(str(tmp_path / "ckpt"), 200))
+                        model_id=provenance.policy_identity({"step": 200, "training": "abc"}))
   with pytest.raises(ValueError, match=r"config\.max_action_tokens: 8 -> 9"):
     evaluation.evaluate(_task(), model, vocab, "model", dataclasses.replace(config, max_action_tokens=9),
                         model_id=first)
@@ -56,8 +56,12 @@ def test_generation_refuses_shards_made_with_other_settings_or_without_a_fingerp
                                      instructions="Solve.", arithmetic_max_steps=2)
   with pytest.raises(ValueError, match=r"task\.question_digest"):
     generation.generate(other_questions, model, vocab, config, episode)
-  # Rows are not part of it: per-row keys give the same trajectories in any batch.
-  generation.generate(_task(), model, vocab, dataclasses.replace(config, rows=1), episode)
+  # Rows are not part of it (per-row keys give the same trajectories in any batch): the finished
+  # shards are reused as they are.
+  stamps = {p: os.stat(p).st_mtime_ns for p in trajectory_io.shard_files(config.output_dir)}
+  summary = generation.generate(_task(), model, vocab, dataclasses.replace(config, rows=1), episode)
+  assert summary["shards_generated_now"] == 0 and len(stamps) == 2
+  assert {p: os.stat(p).st_mtime_ns for p in trajectory_io.shard_files(config.output_dir)} == stamps
   legacy = tmp_path / "legacy"
   legacy.mkdir()
   (legacy / "trajectories-s00000.jsonl").write_text("")

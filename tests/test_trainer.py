@@ -259,3 +259,9 @@ def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_as
   assert 0.85 * analytic < metrics["update_flops_per_device"] < 1.3 * analytic, (metrics, analytic)
   assert old_count > 2 * metrics["update_flops_per_device"], (old_count, metrics["update_flops_per_device"])
   assert metrics["mfu"] == pytest.approx(metrics["update_flops_per_device"] / metrics["update_seconds"] / 1e11)
+  # Gradient accumulation runs the micro-batch gradient in a scan, whose body XLA counts once:
+  # the same batch in 2 micro-batches is about the same work, not half of it.
+  accumulated = Trainer(init_model(config), _long_context_trajectories(),
+                        dataclasses.replace(base, measure_peak=True, grad_accum_steps=2,
+                                            checkpoint_dir=str(tmp_path / "ckpt3"))).run_step()
+  assert 0.8 < accumulated["update_flops_per_device"] / metrics["update_flops_per_device"] < 1.25, accumulated

@@ -13,7 +13,7 @@ def read_text(path: str) -> str:
   with open(path, "rb") as f:
     data = f.read()
   try:
-    return data.decode("utf-8")
+    return data.decode("utf-8-sig")  # a byte-order mark, as some editors write, is not content
   except UnicodeDecodeError as e:
     line = data.count(b"\n", 0, e.start) + 1
     raise ValueError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
@@ -22,7 +22,10 @@ def read_text(path: str) -> str:
 
 def read_jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
   """Yields ("path:line", record) for each non-blank line; a bad line raises ValueError."""
-  for number, line in enumerate(read_text(path).splitlines(), 1):
+  # Lines end at "\n" only: JSON strings written with ensure_ascii=False may hold U+2028 or U+0085,
+  # which str.splitlines() would also split at.
+  for number, line in enumerate(read_text(path).split("\n"), 1):
+    line = line.removesuffix("\r")
     if not line.strip():
       continue
     try:
@@ -53,9 +56,15 @@ def read_records(path: str) -> list[tuple[str, dict[str, Any]]]:
 def _json_list(path: str, text: str, start: int) -> list[tuple[str, dict[str, Any]]]:
   """The elements of a top-level JSON list, each with the line it starts on."""
   decoder = json.JSONDecoder()
+  counted = {"position": 0, "line": 1}
 
   def line_of(position: int) -> int:
-    return text.count("\n", 0, position) + 1
+    """Counts on from the last position asked (positions only grow): linear in the file."""
+    if position < counted["position"]:
+      return text.count("\n", 0, position) + 1
+    counted["line"] += text.count("\n", counted["position"], position)
+    counted["position"] = position
+    return counted["line"]
 
   def skip(position: int) -> int:
     while position < len(text) and text[position] in _WHITESPACE:
@@ -68,7 +77,7 @@ def _json_list(path: str, text: str, start: int) -> list[tuple[str, dict[str, An
       record, end = decoder.raw_decode(text, position)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg}, column {e.colno})") from None
-    where = f"{path}:{line_of(position)}"
+    where = f"{path}:{line_of(position)} (record {len(records)})"
     if not isinstance(record, dict):
       raise ValueError(f"{where}: list element {len(records)} is not a JSON object")
     records.append((where, record))

@@ -4,7 +4,7 @@ Each returns questions and, for QA sets, the passages its search corpus is built
 from. Record files may be JSON lines or one JSON list (both layouts are shared
 for every set). A malformed record, bytes that are not UTF-8, or an empty file
 raise ValueError naming the file, the line and the field. Question ids name
-their file where the set has no ids of its own (GSM8K: `gsm8k:train.jsonl:7`),
+their file where the set has no ids of its own (GSM8K: `gsm8k:gsm8k/train.jsonl:7`),
 so ids of a training and a test file never collide.
 """
 
@@ -42,8 +42,10 @@ def gsm8k_answer(solution: str, where: str) -> str:
 
 
 def _file_id(source: str, path: str, index: int) -> str:
-  """An id naming the file and the record's index in it, for sets whose records carry none."""
-  return f"{source}:{os.path.basename(path)}:{index}"
+  """An id naming the file (with its folder: train/data.jsonl and dev/data.jsonl differ) and the
+  record's index in it, for sets whose records carry none."""
+  absolute = os.path.abspath(path)
+  return f"{source}:{os.path.basename(os.path.dirname(absolute))}/{os.path.basename(absolute)}:{index}"
 
 
 def load_gsm8k(path: str) -> Dataset:

@@ -70,7 +70,10 @@ class HttpJudge:
         return text
     except (OSError, ValueError, KeyError, TypeError):
       pass
-    os.replace(path, path + ".corrupt")
+    try:
+      os.replace(path, path + ".corrupt")
+    except FileNotFoundError:  # another thread or process moved it first
+      return None
     logging.warning("%s: unreadable judge cache entry moved to %s.corrupt; asking the server again", path, path)
     return None
 

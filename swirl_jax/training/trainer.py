@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
@@ -131,6 +132,14 @@ def load_trained_params(model, checkpoint_dir: str, step: int | None = None) -> 
   return step
 
 
+def checkpoint_identity(checkpoint_dir: str, step: int) -> dict:
+  """Which trained params a checkpoint holds: its step and a digest of its training fingerprint
+  (the same wherever the directory lies)."""
+  meta = ocp.CheckpointManager(os.path.abspath(checkpoint_dir)).restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  return {"step": int(step), "training": provenance.digest(meta.get("fingerprint"))}
+
+
 class Trainer:
   """Trains `model` in place; `states` are logged trajectories (kept by a filter)."""
 
@@ -149,8 +158,11 @@ class Trainer:
     # What a checkpoint here must have been trained with to be resumed: the settings that change
     # the result, the data, the starting model and (online) the judge.
     self.fingerprint = json.loads(json.dumps({
+        # Where and how often it saves, what it logs, and micro-batching (the update is the same)
+        # leave the result alone.
         "config": provenance.config_fields(config, ("checkpoint_dir", "checkpoint_every", "keep_checkpoints",
-                                                    "log_every", "peak_flops", "measure_peak")),
+                                                    "log_every", "peak_flops", "measure_peak",
+                                                    "grad_accum_steps")),
         "data": provenance.digest([t.to_json() for t in self.trajectories]),
         "model": model_id or provenance.policy_identity(),
         "judge": provenance.judge_identity(scorer.judge) if scorer is not None and hasattr(scorer, "judge") else None,
@@ -194,6 +206,10 @@ class Trainer:
     shapes = jax.eval_shape(self.tx.init, params)
     self.opt_shardings = partitioning.optimizer_state_shardings(self.tx, shapes, self.param_shardings, self.mesh)
     return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+
+  def identity(self) -> dict:
+    """The trained params' identity now: as `checkpoint_identity` gives it for a saved step."""
+    return {"step": self.step, "training": provenance.digest(self.fingerprint)}
 
   def _meta(self) -> dict:
     return {"step": self.step, "seed": self.config.seed, "data_position": self.position, "mode": self.config.mode,
@@ -402,22 +418,32 @@ class Trainer:
     result = {k: float(v) for k, v in metrics.items()} | extra
     result.update(step=self.step, step_seconds=seconds, update_seconds=update_seconds, trained_tokens=tokens,
                   tokens_per_second=tokens / seconds)
-    if flops is not None:
+    if flops:
       # The update's MFU: XLA's FLOP count of the compiled step (per device, in its dtype), over the
       # time of the update(s) alone; online sampling is timed in step_seconds, not counted here.
       result["update_flops_per_device"] = flops * self.config.updates_per_batch
       result["mfu"] = flops * self.config.updates_per_batch / update_seconds / self.peak_flops
     return result
 
-  def _flops_per_update(self, params, batch, loss_slots: int) -> float:
-    """FLOPs per device of one compiled update, from XLA's cost analysis (once per batch shape)."""
+  def _flops_per_update(self, params, batch, loss_slots: int) -> float | None:
+    """FLOPs per device of one update, from XLA's cost analysis of the compiled step (once per
+    batch shape). XLA counts a scan's body once, so the micro-batch gradient, which the step runs
+    `grad_accum_steps` times, is counted on its own and added for the other runs."""
     key = (loss_slots, tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(batch)))
     if key not in self._update_flops:
+      k = self.config.grad_accum_steps
       with partitioning.activate(self.mesh, self.rules):
-        compiled = self._train_step.lower(params, self.opt_state, batch, self.reference, loss_slots).compile()
-      cost = compiled.cost_analysis()
-      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-      self._update_flops[key] = float(cost["flops"])
+        flops = _compiled_flops(self._train_step.lower(params, self.opt_state, batch, self.reference, loss_slots))
+        if flops is not None and k > 1:
+          micro = jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] // k, *x.shape[1:]), x.dtype,
+                                                              sharding=getattr(x, "sharding", None)), batch)
+          weight = None if self.config.mode == "online" else jax.ShapeDtypeStruct((), jnp.float32)
+          gradient = jax.jit(lambda p, b, r, w: jax.value_and_grad(self._loss, has_aux=True)(p, b, r, loss_slots, w))
+          body = _compiled_flops(gradient.lower(params, micro, self.reference, weight))
+          flops = None if body is None else flops + (k - 1) * body
+      if flops is None:
+        logging.warning("XLA gives no FLOP count for the train step on this backend: no MFU is logged")
+      self._update_flops[key] = flops
     return self._update_flops[key]
 
   def train(self) -> dict:
@@ -451,3 +477,11 @@ class Trainer:
           raise multihost.Preempted(self.step, self.config.checkpoint_dir)
     writer.flush()
     return last
+
+
+def _compiled_flops(lowered) -> float | None:
+  """XLA's FLOP count of a lowered computation (None where the backend gives none)."""
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  flops = cost.get("flops") if isinstance(cost, dict) else None
+  return float(flops) if flops and flops > 0 else None
