@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 
 from swirl_jax.data import decomposition, seqio_tasks, trajectory_io  # noqa: E402
+from swirl_jax.data.features import INPUT_TOKENS  # noqa: E402
 from swirl_jax.data.trajectory import Step, Trajectory  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def examples_per_second(name, pack, lengths, batch):
                          feature_converter=converter).batch(batch)
   start, rows = time.perf_counter(), 0
   for b in ds.as_numpy_iterator():
-    rows += len(b["decoder_input_tokens"])
+    rows += len(b[INPUT_TOKENS])
   return rows, time.perf_counter() - start
 
 

@@ -1,13 +1,16 @@
 """Filters keep the expected ids; SeqIO examples carry the stored ids; both layouts agree."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 from flax import nnx
 
-from swirl_jax.data import decomposition, filters, seqio_tasks, trajectory_io
+from swirl_jax.data import decomposition, features, filters, seqio_tasks, trajectory_io
 from swirl_jax.models import init_model, model_config
 from swirl_jax.training.logprobs import reward_weighted_nll
 from tests.judged_data import EXPECTED, known_trajectories
@@ -59,12 +62,12 @@ def test_packed_weights_only_on_action_tokens(judged_dir):
   [batch] = _packed_batches(name, 64)
   examples = [e for t in trajectories for e in decomposition.expand(t)]
   # Every weighted target, in order, is exactly the action tokens of the examples.
-  weighted = np.asarray(batch["decoder_target_tokens"])[np.asarray(batch["decoder_loss_weights"]) > 0]
+  weighted = np.asarray(batch[features.TARGET_TOKENS])[np.asarray(batch[features.LOSS_WEIGHTS]) > 0]
   assert weighted.tolist() == [tok for e in examples for tok in e.action]
-  assert np.asarray(batch["decoder_segment_ids"]).max() > 1  # several examples share a row
-  logprobs = np.asarray(batch["decoder_behaviour_logprobs"])[np.asarray(batch["decoder_loss_weights"]) > 0]
+  assert np.asarray(batch[features.SEGMENT_IDS]).max() > 1  # several examples share a row
+  logprobs = np.asarray(batch[features.BEHAVIOUR_LOGPROBS])[np.asarray(batch[features.LOSS_WEIGHTS]) > 0]
   np.testing.assert_allclose(logprobs, [lp for e in examples for lp in e.behaviour_logprobs], rtol=1e-6)
-  rewards = np.asarray(batch["decoder_rewards"])[np.asarray(batch["decoder_loss_weights"]) > 0]
+  rewards = np.asarray(batch[features.REWARDS])[np.asarray(batch[features.LOSS_WEIGHTS]) > 0]
   np.testing.assert_allclose(rewards, [e.reward for e in examples for _ in e.action], rtol=1e-6)
 
 
@@ -74,9 +77,9 @@ def test_prefix_shared_and_expanded_layouts_give_the_same_loss_and_gradients(jud
   [expanded] = _packed_batches(name, 64)
   rows = [seqio_tasks.shared_row_features(decomposition.prefix_shared(t), 96) for t in trajectories]
   shared = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-  assert int(shared["decoder_loss_weights"].sum()) == int(expanded["decoder_loss_weights"].sum())
-  shared_tokens = int((shared["decoder_segment_ids"] > 0).sum())
-  expanded_tokens = int((expanded["decoder_segment_ids"] > 0).sum())
+  assert int(shared[features.LOSS_WEIGHTS].sum()) == int(expanded[features.LOSS_WEIGHTS].sum())
+  shared_tokens = int((shared[features.SEGMENT_IDS] > 0).sum())
+  expanded_tokens = int((expanded[features.SEGMENT_IDS] > 0).sum())
   assert shared_tokens == sum(len(decomposition.prefix_shared(t).tokens) for t in trajectories)
   assert shared_tokens < expanded_tokens * 0.75  # prefixes are not repeated
 
@@ -86,7 +89,7 @@ def test_prefix_shared_and_expanded_layouts_give_the_same_loss_and_gradients(jud
   def loss(params, batch, n):
     return reward_weighted_nll(nnx.merge(graphdef, params), batch, n)
 
-  n = int(expanded["decoder_loss_weights"].sum())
+  n = int(expanded[features.LOSS_WEIGHTS].sum())
   loss_a, grad_a = jax.value_and_grad(loss)(params, expanded, n)
   loss_b, grad_b = jax.value_and_grad(loss)(params, shared, n)
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5, atol=1e-6)
@@ -107,9 +110,42 @@ def test_packed_prefix_shared_rows_give_the_loss_of_one_row_per_trajectory(judge
     one_each = seqio_tasks.prefix_shared_batch(trajectories, 96, reward_one=True, context_weight=context_weight)
     packed = seqio_tasks.prefix_shared_batch([trajectories[:2], trajectories[2:]], 192, reward_one=True,
                                              context_weight=context_weight)
-    assert packed["decoder_segment_ids"].max() >= 2
-    assert packed["decoder_loss_weights"].sum() == one_each["decoder_loss_weights"].sum()
+    assert packed[features.SEGMENT_IDS].max() >= 2
+    assert packed[features.LOSS_WEIGHTS].sum() == one_each[features.LOSS_WEIGHTS].sum()
     np.testing.assert_allclose(loss(jax.tree.map(jnp.asarray, packed)), loss(jax.tree.map(jnp.asarray, one_each)),
                                rtol=1e-5)
   with pytest.raises(ValueError, match="the row holds 40"):
     seqio_tasks.prefix_shared_batch([trajectories], 40)
+
+
+def test_the_feature_contract_is_spelled_in_one_module():
+  """Feature names live in swirl_jax/data/features.py; every other module uses its constants."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spelled = []
+  for folder in ("swirl_jax", "benchmarks", "experiments", "tests"):
+    for directory, _, files in os.walk(os.path.join(root, folder)):
+      for name in files:
+        path = os.path.join(directory, name)
+        if name.endswith(".py") and path != os.path.join(root, "swirl_jax", "data", "features.py"):
+          text = open(path, encoding="utf-8").read()
+          spelled += [f"{os.path.relpath(path, root)}: {n}" for n in features.NAMES if f'"{n}"' in text]
+  assert not spelled, spelled
+
+
+def test_the_numpy_and_tf_builders_make_the_same_row():
+  """Two packed segments and padding: both builders give the same features."""
+  tokens = np.array([2, 5, 6, 7, 2, 8, 9, 0, 0], np.int32)
+  weights = np.array([0, 0, 1, 1, 0, 0, 1, 0, 0], np.float32)
+  rewards = np.array([0, 0, .5, .5, 0, 0, -1, 0, 0], np.float32)
+  logprobs = np.array([0, 0, -.1, -.2, 0, 0, -.3, 0, 0], np.float32)
+  segments = np.array([1, 1, 1, 1, 2, 2, 2, 0, 0], np.int32)
+  positions = np.array([0, 1, 2, 3, 0, 1, 2, 0, 0], np.int32)
+  from_numpy = features.numpy_row(tokens[:7], weights[:7], rewards[:7], logprobs[:7], segments[:7], positions[:7], 9)
+  from_tf = features.tf_row(*(tf.constant(x) for x in (tokens, weights, rewards, logprobs, segments, positions)))
+  assert set(from_numpy) == set(from_tf) == set(features.NAMES)
+  for name in features.NAMES:
+    np.testing.assert_array_equal(from_numpy[name], from_tf[name].numpy(), err_msg=name)
+    assert from_numpy[name].dtype == np.dtype(features.DTYPES[name]), name
+  # Position 3 ends segment 1: its target is 0, not segment 2's first token.
+  assert from_numpy[features.TARGET_TOKENS].tolist() == [5, 6, 7, 0, 8, 9, 0, 0, 0]
+  assert from_numpy[features.LOSS_WEIGHTS].tolist() == [0, 1, 1, 0, 0, 1, 0, 0, 0]

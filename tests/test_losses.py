@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from swirl_jax.data import features
 from swirl_jax.data.decomposition import StateExample
 from swirl_jax.models import init_model, model_config
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput
@@ -79,9 +80,9 @@ def test_clipped_ratio_equals_plain_gradient_on_policy():
   feats = online.online_features(CONTEXTS, _actions(), losses.advantages(REWARDS).reshape(-1), 16)
   feats = jax.tree.map(jnp.asarray, feats)
   logp, index, valid = target_logprobs(model, feats, 16)
-  behaviour = np.zeros(feats["decoder_loss_weights"].size, np.float32)
+  behaviour = np.zeros(feats[features.LOSS_WEIGHTS].size, np.float32)
   behaviour[np.asarray(index)[np.asarray(valid)]] = np.asarray(logp)[np.asarray(valid)]
-  feats["decoder_behaviour_logprobs"] = jnp.asarray(behaviour.reshape(feats["decoder_loss_weights"].shape))
+  feats[features.BEHAVIOUR_LOGPROBS] = jnp.asarray(behaviour.reshape(feats[features.LOSS_WEIGHTS].shape))
 
   def loss(params, clip):
     return losses.policy_gradient_loss(nnx.merge(graphdef, params), feats, num_sequences=6, clip_epsilon=clip,
@@ -160,7 +161,7 @@ def test_judge_failures_are_counted_and_excluded_or_zeroed(tmp_path):
                                 trainer.sampling, 64, "rloo", key_ids=(0,), judge_failures=mode)
     failed = np.isnan(batch.rewards).reshape(-1)
     assert 0 < failed.sum() < failed.size
-    weights = batch.features["decoder_loss_weights"].sum(axis=1)
+    weights = batch.features[features.LOSS_WEIGHTS].sum(axis=1)
     assert (weights[failed] == 0).all() if mode == "exclude" else (weights > 0).all()
     metrics = trainer.run_step()
     assert metrics["judge_failures"] > 0

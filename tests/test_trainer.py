@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from swirl_jax import partitioning
-from swirl_jax.data import trajectory_io
+from swirl_jax.data import features, trajectory_io
 from swirl_jax.models import init_model, model_config
 from swirl_jax.training.trainer import NonFiniteLossError, TrainConfig, Trainer
 from tests.judged_data import known_trajectories
@@ -86,7 +86,7 @@ def _first_batch_with_nan(trajectories, config) -> int | None:
   """The step whose batch first holds a NaN reward, found from the batches themselves."""
   probe = Trainer(init_model(model_config("tiny")), trajectories, config)
   for step in range(config.steps):
-    if np.isnan(probe._offline_batch()["decoder_rewards"]).any():
+    if np.isnan(probe._offline_batch()[features.REWARDS]).any():
       return step
   return None
 
@@ -203,7 +203,7 @@ def test_offline_gradient_accumulation_equals_one_large_batch(tmp_path):
                          learning_rate=1e-2, warmup_steps=1, grad_clip_norm=1e6, checkpoint_every=100,
                          checkpoint_dir=str(tmp_path / f"ckpt{accum}"), log_every=1)
     trainer = Trainer(model, known_trajectories(), config)
-    weights = trainer._offline_batch()["decoder_loss_weights"].sum(axis=1)
+    weights = trainer._offline_batch()[features.LOSS_WEIGHTS].sum(axis=1)
     trainer.position = 0
     losses_ = [trainer.run_step()["loss"] for _ in range(2)]  # the first update has learning rate 0
     return losses_[-1], weights, jax.tree.leaves(nnx.state(model))
@@ -246,7 +246,7 @@ def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_as
   trainer.position = 0  # run_step builds the same batch again
   metrics = trainer.run_step()
   assert measured == ["float32"]  # once, in the model's compute dtype
-  rows, length = batch["decoder_input_tokens"].shape
+  rows, length = batch[features.INPUT_TOKENS].shape
   slots = trainer._loss_slots(batch, np.arange(rows), rows, False)  # logits are computed at these
   # What the step computes: per row, projections and MLP at every position and attention over
   # every (query, key) pair (dense, masked); logits only at the gathered slots; backward about
@@ -255,7 +255,7 @@ def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_as
   per_token = 2 * d * h * (2 * config.num_heads + 2 * config.num_kv_heads) + 2 * 3 * d * config.mlp_dim
   forward_row = length * layers * per_token + layers * 4 * config.num_heads * h * length * length
   analytic = 3 * (rows * forward_row + slots * 2 * d * config.vocab_size)
-  old_count = 6 * config.num_params() * int((batch["decoder_segment_ids"] > 0).sum())
+  old_count = 6 * config.num_params() * int((batch[features.SEGMENT_IDS] > 0).sum())
   assert 0.85 * analytic < metrics["update_flops_per_device"] < 1.3 * analytic, (metrics, analytic)
   assert old_count > 2 * metrics["update_flops_per_device"], (old_count, metrics["update_flops_per_device"])
   assert metrics["mfu"] == pytest.approx(metrics["update_flops_per_device"] / metrics["update_seconds"] / 1e11)

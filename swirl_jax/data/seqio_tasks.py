@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from swirl_jax.data import decomposition, filters, trajectory_io
+from swirl_jax.data import decomposition, features, filters, trajectory_io
 
 TASK_PREFIX = "swirl"
 
@@ -82,11 +82,9 @@ def _from_bits(bits):
 class StepwiseFeatureConverter(seqio.FeatureConverter):
   """Decoder-only features with loss on action tokens only; packs when asked.
 
-  Model features (all [length]): decoder_input_tokens (the sequence),
-  decoder_target_tokens (the next token), decoder_loss_weights (1 where the
-  target is an action token of the same example), decoder_rewards,
-  decoder_behaviour_logprobs (of that target), decoder_segment_ids and
-  decoder_positions. Attention stays causal within each segment.
+  Model features: the contract of `swirl_jax.data.features` (loss weight 1
+  where the target is an action token of the same example). Attention stays
+  causal within each segment.
   """
 
   # Lengths are given for the two token features; `reward` and
@@ -95,15 +93,8 @@ class StepwiseFeatureConverter(seqio.FeatureConverter):
       "context": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
       "action": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
   }
-  MODEL_FEATURES = {
-      "decoder_input_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      "decoder_target_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      "decoder_loss_weights": seqio.FeatureConverter.FeatureSpec(dtype=tf.float32),
-      "decoder_rewards": seqio.FeatureConverter.FeatureSpec(dtype=tf.float32),
-      "decoder_behaviour_logprobs": seqio.FeatureConverter.FeatureSpec(dtype=tf.float32),
-      "decoder_segment_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      "decoder_positions": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-  }
+  MODEL_FEATURES = {name: seqio.FeatureConverter.FeatureSpec(dtype=tf.as_dtype(dtype))
+                    for name, dtype in features.DTYPES.items()}
   PACKING_FEATURE_DTYPES = {}
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -129,19 +120,9 @@ class StepwiseFeatureConverter(seqio.FeatureConverter):
       else:
         segments = tf.cast(ex["kind"] > 0, tf.int32)
         positions = tf.range(tf.shape(tokens)[0], dtype=tf.int32) * segments
-      next_in_segment = tf.concat([tf.cast(segments[1:] == segments[:-1], tf.float32) *
-                                   tf.cast(segments[1:] > 0, tf.float32), [0.0]], 0)
-      shift = lambda x: tf.concat([x[1:], tf.zeros([1], x.dtype)], 0)
       is_action = tf.cast(ex["kind"] == 2, tf.float32)
-      return {
-          "decoder_input_tokens": tokens,
-          "decoder_target_tokens": shift(tokens),
-          "decoder_loss_weights": shift(is_action) * next_in_segment,
-          "decoder_rewards": shift(_from_bits(ex["rewards"])) * next_in_segment,
-          "decoder_behaviour_logprobs": shift(_from_bits(ex["logprobs"])) * next_in_segment,
-          "decoder_segment_ids": segments,
-          "decoder_positions": positions,
-      }
+      return features.tf_row(tokens, is_action, _from_bits(ex["rewards"]), _from_bits(ex["logprobs"]), segments,
+                             positions)
 
     return ds.map(model_features, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -151,24 +132,17 @@ class StepwiseFeatureConverter(seqio.FeatureConverter):
 
 
 def shared_row_features(rows: decomposition.SharedRow | Sequence[decomposition.SharedRow],
-                        length: int) -> dict[str, np.ndarray]:
+                        length: int) -> features.Features:
   """The prefix-shared layout as the model's features: one trajectory per row, or several packed
   into one row (segment ids 1, 2, ...; positions restart; no target crosses a boundary)."""
   rows = [rows] if isinstance(rows, decomposition.SharedRow) else list(rows)
   n = sum(len(r.tokens) for r in rows)
   if n > length:
     raise ValueError(f"trajectories {[r.trajectory_id for r in rows]} have {n} tokens; the row holds {length}")
-  shift = lambda x: np.concatenate([np.asarray(x)[1:], np.zeros(1, np.asarray(x).dtype)])
-  join = lambda parts, dtype: np.pad(np.concatenate([np.asarray(p, dtype) for p in parts]), (0, length - n))
-  return {
-      "decoder_input_tokens": join([r.tokens for r in rows], np.int32),
-      "decoder_target_tokens": join([shift(r.tokens) for r in rows], np.int32),
-      "decoder_loss_weights": join([shift(r.loss_weights) for r in rows], np.float32),
-      "decoder_rewards": join([shift(r.rewards) for r in rows], np.float32),
-      "decoder_behaviour_logprobs": join([shift(r.behaviour_logprobs) for r in rows], np.float32),
-      "decoder_segment_ids": join([np.full(len(r.tokens), k + 1) for k, r in enumerate(rows)], np.int32),
-      "decoder_positions": join([np.arange(len(r.tokens)) for r in rows], np.int32),
-  }
+  joined = lambda name: np.concatenate([np.asarray(getattr(r, name)) for r in rows])
+  return features.numpy_row(joined("tokens"), joined("loss_weights"), joined("rewards"), joined("behaviour_logprobs"),
+                            np.concatenate([np.full(len(r.tokens), k + 1) for k, r in enumerate(rows)]),
+                            np.concatenate([np.arange(len(r.tokens)) for r in rows]), length)
 
 
 def _shared_row(trajectory, reward_one: bool, context_weight: float) -> decomposition.SharedRow:
@@ -193,4 +167,4 @@ def prefix_shared_batch(trajectories, length: int, reward_one: bool = False,
   for t in trajectories:
     group = t if isinstance(t, (list, tuple)) else [t]
     rows.append(shared_row_features([_shared_row(x, reward_one, context_weight) for x in group], length))
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  return features.stack(rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from swirl_jax.data.features import INPUT_TOKENS, LOSS_WEIGHTS, POSITIONS, REWARDS, SEGMENT_IDS, TARGET_TOKENS
 from swirl_jax.models.transformer import Transformer
 
 
@@ -20,16 +21,16 @@ def target_logprobs(model: Transformer, features: dict, max_loss_tokens: int | N
   a mask for the slots past the last loss position. With max_loss_tokens None,
   every position is a slot (simple, but builds [B*L, V] logits).
   """
-  tokens = features["decoder_input_tokens"]
+  tokens = features[INPUT_TOKENS]
   b, l = tokens.shape
-  hidden_BxLxD = model.hidden_states(tokens, features["decoder_positions"], features["decoder_segment_ids"])
-  weights = features["decoder_loss_weights"].reshape(-1)
+  hidden_BxLxD = model.hidden_states(tokens, features[POSITIONS], features[SEGMENT_IDS])
+  weights = features[LOSS_WEIGHTS].reshape(-1)
   n = b * l if max_loss_tokens is None else max_loss_tokens
   index_N = jnp.nonzero(weights > 0, size=n, fill_value=0)[0]
   valid_N = jnp.arange(n) < jnp.sum(weights > 0)
   hidden_NxD = hidden_BxLxD.reshape(b * l, -1)[index_N]
   logits_NxV = model.logits_at(hidden_NxD)
-  targets_N = features["decoder_target_tokens"].reshape(-1)[index_N]
+  targets_N = features[TARGET_TOKENS].reshape(-1)[index_N]
   logp_N = jnp.take_along_axis(jax.nn.log_softmax(logits_NxV, axis=-1), targets_N[:, None], axis=-1)[:, 0]
   return jnp.where(valid_N, logp_N, 0.0), index_N, valid_N
 
@@ -43,8 +44,8 @@ def reward_weighted_nll(model: Transformer, features: dict, max_loss_tokens: int
   loss of the whole batch).
   """
   logp_N, index_N, valid_N = target_logprobs(model, features, max_loss_tokens)
-  weights_N = features["decoder_loss_weights"].reshape(-1)[index_N] * valid_N
-  rewards_N = features["decoder_rewards"].reshape(-1)[index_N]
+  weights_N = features[LOSS_WEIGHTS].reshape(-1)[index_N] * valid_N
+  rewards_N = features[REWARDS].reshape(-1)[index_N]
   if total_weight is None:
     total_weight = jnp.maximum(jnp.sum(weights_N), 1.0)
   return -jnp.sum(weights_N * rewards_N * logp_N) / total_weight

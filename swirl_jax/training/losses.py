@@ -1,9 +1,8 @@
 """Step-wise RL losses, each a pure function of (model, features) a researcher can import.
 
-Features follow `StepwiseFeatureConverter`: decoder_input_tokens / target_tokens /
-loss_weights / segment_ids / positions, with token-aligned `decoder_rewards`
-(the reward, or the advantage) and `decoder_behaviour_logprobs`. Only target
-positions with weight > 0 (the action tokens) get logits.
+Features follow the contract of `swirl_jax.data.features` (rewards hold the
+reward, or the advantage, of each target). Only target positions with loss
+weight > 0 (the action tokens) get logits.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from swirl_jax.data.features import BEHAVIOUR_LOGPROBS, LOSS_WEIGHTS, REWARDS
 from swirl_jax.training.logprobs import reward_weighted_nll, target_logprobs
 
 __all__ = ["advantages", "policy_gradient_loss", "reward_weighted_nll", "sft_loss"]
@@ -46,7 +46,7 @@ def policy_gradient_loss(model, features: dict, *, num_sequences: int, reference
                          max_loss_tokens: int | None = None):
   """The online step-wise objective on sampled actions, averaged over sampled sequences.
 
-  decoder_rewards holds each action token's advantage A. Without clipping the
+  REWARDS holds each action token's advantage A. Without clipping the
   loss is -sum_t A * log pi(a_t) / num_sequences (REINFORCE / RLOO). With
   `clip_epsilon`, the token term is PPO's -min(r A, clip(r, 1 -/+ eps) A) with
   r = pi / pi_behaviour, for several updates on one batch of samples. With a
@@ -56,13 +56,13 @@ def policy_gradient_loss(model, features: dict, *, num_sequences: int, reference
   Returns (loss, metrics).
   """
   logp_N, index_N, valid_N = target_logprobs(model, features, max_loss_tokens)
-  weights_N = features["decoder_loss_weights"].reshape(-1)[index_N] * valid_N
-  advantage_N = features["decoder_rewards"].reshape(-1)[index_N]
+  weights_N = features[LOSS_WEIGHTS].reshape(-1)[index_N] * valid_N
+  advantage_N = features[REWARDS].reshape(-1)[index_N]
   if clip_epsilon is None:
     token_loss_N = -advantage_N * logp_N
     clipped_fraction = jnp.zeros(())
   else:
-    behaviour_N = features["decoder_behaviour_logprobs"].reshape(-1)[index_N]
+    behaviour_N = features[BEHAVIOUR_LOGPROBS].reshape(-1)[index_N]
     ratio_N = jnp.exp(logp_N - behaviour_N)
     unclipped = ratio_N * advantage_N
     clipped = jnp.clip(ratio_N, 1 - clip_epsilon, 1 + clip_epsilon) * advantage_N
@@ -83,7 +83,7 @@ def policy_gradient_loss(model, features: dict, *, num_sequences: int, reference
 def sft_loss(model, features: dict, max_loss_tokens: int | None = None):
   """Mean negative log-likelihood of the action tokens (the paper's SFT baseline)."""
   logp_N, index_N, valid_N = target_logprobs(model, features, max_loss_tokens)
-  weights_N = features["decoder_loss_weights"].reshape(-1)[index_N] * valid_N
+  weights_N = features[LOSS_WEIGHTS].reshape(-1)[index_N] * valid_N
   return -jnp.sum(weights_N * logp_N) / jnp.maximum(jnp.sum(weights_N), 1.0)
 
 

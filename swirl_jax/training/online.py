@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol, Sequence
 import numpy as np
 
 from swirl_jax import multihost
+from swirl_jax.data import features
 
 from swirl_jax.data.decomposition import StateExample
 from swirl_jax.environment.protocol import parse_action
@@ -107,24 +108,16 @@ def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOut
   length = row_length if row_length is not None else _padded_length(longest, length)
   if longest > length:
     raise ValueError(f"a state and its action need {longest} tokens; rows hold {length}")
-  feats = {k: np.zeros((n, length), np.int32) for k in
-           ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids", "decoder_positions")}
-  feats.update({k: np.zeros((n, length), np.float32) for k in
-                ("decoder_loss_weights", "decoder_rewards", "decoder_behaviour_logprobs")})
+  rows = []
   for i, action in enumerate(actions):
-    context = list(contexts[i // per_state])
-    tokens = context + list(action.tokens)
-    t = len(tokens)
-    feats["decoder_input_tokens"][i, :t] = tokens
-    feats["decoder_target_tokens"][i, :t - 1] = tokens[1:]
-    feats["decoder_segment_ids"][i, :t] = 1
-    feats["decoder_positions"][i, :t] = np.arange(t)
-    # Position p predicts token p + 1: the action's tokens are predicted from len(context) - 1 on.
-    span = slice(len(context) - 1, t - 1)
-    feats["decoder_loss_weights"][i, span] = 1.0
-    feats["decoder_rewards"][i, span] = advantage_per_action[i]
-    feats["decoder_behaviour_logprobs"][i, span] = action.logprobs
-  return feats
+    context, action_tokens = list(contexts[i // per_state]), list(action.tokens)
+    on_action = np.concatenate([np.zeros(len(context), np.float32), np.ones(len(action_tokens), np.float32)])
+    logprobs = np.concatenate([np.zeros(len(context), np.float32), np.asarray(action.logprobs, np.float32)])
+    t = len(context) + len(action_tokens)
+    rewards = np.where(on_action > 0, np.float32(advantage_per_action[i]), np.float32(0.0))
+    rows.append(features.numpy_row(context + action_tokens, on_action, rewards, logprobs, np.ones(t, np.int32),
+                                   np.arange(t), length))
+  return features.stack(rows)
 
 
 class OnlineBatch(NamedTuple):
@@ -162,5 +155,5 @@ def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample
                                length)
   feats = online_features([contexts[slot] for slot in slots], actions, adv, length, row_length) if slots else {}
   if judge_failures == "exclude" and slots:  # no loss on a sample nobody scored
-    feats["decoder_loss_weights"][np.isnan(rewards).reshape(-1)] = 0.0
+    feats[features.LOSS_WEIGHTS][np.isnan(rewards).reshape(-1)] = 0.0
   return OnlineBatch(feats, rewards, actions, slots)

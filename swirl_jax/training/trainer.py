@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from swirl_jax import multihost, partitioning, provenance, validation
 from swirl_jax.data import decomposition, seqio_tasks
+from swirl_jax.data.features import INPUT_TOKENS, LOSS_WEIGHTS, SEGMENT_IDS
 from swirl_jax.data.trajectory import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
 from swirl_jax.training import losses, online, peak
@@ -311,12 +312,12 @@ class Trainer:
     so the counts are summed over processes.
     """
     k = self.config.grad_accum_steps
-    per_row = (np.asarray(feats["decoder_loss_weights"]) > 0).sum(axis=1)
+    per_row = (np.asarray(feats[LOSS_WEIGHTS]) > 0).sum(axis=1)
     per_micro = np.zeros(k, np.int64)
     np.add.at(per_micro, rows // (total_rows // k), per_row)
     if local:
       per_micro = multihost.sum_over_processes(per_micro)
-    positions = (total_rows // k) * feats["decoder_loss_weights"].shape[1]
+    positions = (total_rows // k) * feats[LOSS_WEIGHTS].shape[1]
     return min(positions, max(128, 1 << (int(per_micro.max()) - 1).bit_length()))
 
   def _loss(self, params, feats, reference, n, total_weight):
@@ -326,7 +327,7 @@ class Trainer:
     ref_logp = None
     if reference is not None:
       ref_logp = losses.reference_logprobs(nnx.merge(self.graphdef, reference), feats, n)
-    num_sequences = feats["decoder_input_tokens"].shape[0]
+    num_sequences = feats[INPUT_TOKENS].shape[0]
     return losses.policy_gradient_loss(model, feats, num_sequences=num_sequences, reference_logprobs_N=ref_logp,
                                        kl_coef=self.config.kl_coef, clip_epsilon=self.config.clip_epsilon,
                                        max_loss_tokens=n)
@@ -339,7 +340,7 @@ class Trainer:
     # micro-batches add up to one large batch whatever grad_accum_steps is. Online: each micro-batch
     # holds the same number of sequences and the loss is a mean over sequences, so they average.
     online_mode = self.config.mode == "online"
-    total_weight = None if online_mode else jnp.maximum(jnp.sum(feats["decoder_loss_weights"]), 1.0)
+    total_weight = None if online_mode else jnp.maximum(jnp.sum(feats[LOSS_WEIGHTS]), 1.0)
 
     def accumulate(grads, batch):
       (loss, aux), g = jax.value_and_grad(self._loss, has_aux=True)(params, batch, reference, loss_slots,
@@ -390,7 +391,7 @@ class Trainer:
       total_rows, local = self.config.batch_size * self.config.samples_per_state, True
     else:
       feats, extra = self._offline_batch(), {}
-      total_rows, local = feats["decoder_input_tokens"].shape[0], False
+      total_rows, local = feats[INPUT_TOKENS].shape[0], False
       rows = np.arange(total_rows)
     batch = self._place_batch(feats, rows, total_rows)
     loss_slots = self._loss_slots(feats, rows, total_rows, local)
@@ -411,7 +412,7 @@ class Trainer:
     nnx.update(self.model, params)
     self.step += 1
     seconds = time.perf_counter() - start
-    tokens = int(np.sum(feats["decoder_segment_ids"] > 0))
+    tokens = int(np.sum(feats[SEGMENT_IDS] > 0))
     if local:
       tokens = int(multihost.sum_over_processes([tokens])[0])
     tokens *= self.config.updates_per_batch
