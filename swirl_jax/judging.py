@@ -13,7 +13,6 @@ process's counts.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -137,10 +136,9 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
   inputs = trajectory_io.shard_files(input_dir)
   if not inputs:
     raise FileNotFoundError(f"{input_dir}: no trajectory shards (trajectories-sNNNNN.jsonl) to judge")
-  recorded = os.path.join(input_dir, provenance.FILE_NAME)
   fingerprint = {"stage": "judge", "judge": provenance.judge_identity(judge),
                  "input": {"shards": provenance.digest({os.path.basename(p): os.path.getsize(p) for p in inputs}),
-                           "fingerprint": _file_digest(recorded) if os.path.exists(recorded) else None}}
+                           "fingerprint": provenance.digest(provenance.recorded(input_dir))}}
   provenance.claim(output_dir, fingerprint, has_outputs=bool(trajectory_io.shard_files(output_dir)))
   mine = [p for p in inputs if _shard_number(p) % processes == process]
   for path in tqdm(mine, desc=f"judge shards (process {process})", disable=None):
@@ -158,11 +156,6 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
       json.dump(summary, f, indent=1)
   multihost.barrier("judge_directory")  # every judged shard is written before anyone reads them
   return summary
-
-
-def _file_digest(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.blake2b(f.read(), digest_size=12).hexdigest()
 
 
 def _judged_counts(trajectories) -> dict:

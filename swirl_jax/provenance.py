@@ -122,6 +122,18 @@ def mismatch_message(where: str, old: dict, new: dict, fresh: str) -> str:
   return f"{where} was made with other settings, data or model ({shown}); {fresh}"
 
 
+def recorded(directory: str) -> dict | None:
+  """The fingerprint recorded in `directory` (None if there is none); ValueError if unreadable."""
+  path = os.path.join(directory, FILE_NAME)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: unreadable fingerprint ({e})") from None
+
+
 def claim(directory: str, fingerprint: dict, has_outputs: bool) -> None:
   """Checks `directory`'s recorded fingerprint against this run's, or records it.
 
@@ -134,12 +146,11 @@ def claim(directory: str, fingerprint: dict, has_outputs: bool) -> None:
   error = None
   if os.path.exists(path):
     try:
-      with open(path, encoding="utf-8") as f:
-        recorded = json.load(f)
-    except (OSError, ValueError) as e:
-      recorded, error = None, f"{path}: unreadable fingerprint ({e}); {fresh}"
-    if recorded is not None and recorded != json.loads(json.dumps(fingerprint, default=str)):
-      error = mismatch_message(directory, recorded, fingerprint, fresh)
+      found = recorded(directory)
+    except ValueError as e:
+      found, error = None, f"{e}; {fresh}"
+    if found is not None and found != json.loads(json.dumps(fingerprint, default=str)):
+      error = mismatch_message(directory, found, fingerprint, fresh)
   elif has_outputs:
     error = f"{directory} holds outputs without a {FILE_NAME} (an older version's or another run's); {fresh}"
   multihost.raise_together(error)

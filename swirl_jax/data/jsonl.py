@@ -59,9 +59,7 @@ def _json_list(path: str, text: str, start: int) -> list[tuple[str, dict[str, An
   counted = {"position": 0, "line": 1}
 
   def line_of(position: int) -> int:
-    """Counts on from the last position asked (positions only grow): linear in the file."""
-    if position < counted["position"]:
-      return text.count("\n", 0, position) + 1
+    """Counts on from the last position asked (callers ask in growing order): linear in the file."""
     counted["line"] += text.count("\n", counted["position"], position)
     counted["position"] = position
     return counted["line"]
