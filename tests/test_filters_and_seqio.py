@@ -33,33 +33,44 @@ def judged_dir(tmp_path):
   return str(tmp_path), trajectories
 
 
-LENGTHS = {"context": 96, "action": 16}
+def _one_pass(name):
+  ds = seqio.get_mixture_or_task(name).get_dataset(None, split="train", shuffle=False, trim_output_features=False)
+  return list(ds.as_numpy_iterator())
 
 
 def test_seqio_examples_equal_stored_token_ids(judged_dir):
   directory, trajectories = judged_dir
-  vocab = seqio.PassThroughVocabulary(size=512)
-  names = seqio_tasks.register_all("synthetic", directory, vocab)
-  assert names[1] == "swirl:synthetic:process"
-  for strategy, name in zip(filters.STRATEGIES, names):
-    ds = seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split="train", shuffle=False)
-    got = [(list(ex["context"]), list(ex["action"]), float(ex["reward"])) for ex in ds.as_numpy_iterator()]
+  registered = seqio_tasks.register_all("synthetic", directory)
+  assert registered[1].states == "swirl:synthetic:process"
+  assert registered[1].trajectories == "swirl:synthetic:process:trajectories"
+  for strategy, data in zip(filters.STRATEGIES, registered):
     kept = [t for t in trajectories if t.id in EXPECTED[strategy]]
-    expected = [(e.context, e.action, float(np.float32(e.reward))) for t in kept for e in decomposition.expand(t)]
-    assert got == expected, strategy
+    states = [seqio_tasks.example_state(ex) for ex in _one_pass(data.states)]
+    expected = [e for t in kept for e in decomposition.expand(t)]
+    assert len(states) == len(expected), strategy
+    for got, want in zip(states, expected):  # ids and text exactly; scores and log-probs in float32
+      np.testing.assert_allclose(got.behaviour_logprobs, want.behaviour_logprobs, rtol=1e-6)
+      assert got.reward == pytest.approx(want.reward, rel=1e-6)
+      assert (got.context, got.action, got.trajectory_id, got.step_index, got.question_id, got.question,
+              got.transcript) == (want.context, want.action, want.trajectory_id, want.step_index, want.question_id,
+                                  want.question, want.transcript), strategy
+    rows = _one_pass(data.trajectories)
+    assert [ex["tokens"].tolist() for ex in rows] == [decomposition.prefix_shared(t).tokens.tolist() for t in kept]
+  with pytest.raises(ValueError, match="online mode needs one action"):
+    seqio_tasks.example_state(_one_pass(registered[0].trajectories)[0])
 
 
-def _packed_batches(name, batch_size, pack=True):
-  converter = seqio_tasks.StepwiseFeatureConverter(pack=pack)
-  ds = seqio.get_dataset(name, task_feature_lengths=LENGTHS, dataset_split="train", shuffle=False,
-                         feature_converter=converter)
+def _converted(name, length, batch_size, **converter):
+  converter = seqio_tasks.StepwiseFeatureConverter(**converter)
+  ds = seqio.get_dataset(name, task_feature_lengths=seqio_tasks.row_lengths(length), dataset_split="train",
+                         shuffle=False, feature_converter=converter, trim_output_features=False)
   return [jax.tree.map(jnp.asarray, b) for b in ds.batch(batch_size).as_numpy_iterator()]
 
 
 def test_packed_weights_only_on_action_tokens(judged_dir):
   directory, trajectories = judged_dir
-  name = seqio_tasks.register_task("synthetic", "none", directory, seqio.PassThroughVocabulary(512))
-  [batch] = _packed_batches(name, 64)
+  data = seqio_tasks.register_judged("synthetic", "none", directory)
+  [batch] = _converted(data.states, 112, 64, pack=True)
   examples = [e for t in trajectories for e in decomposition.expand(t)]
   # Every weighted target, in order, is exactly the action tokens of the examples.
   weighted = np.asarray(batch[features.TARGET_TOKENS])[np.asarray(batch[features.LOSS_WEIGHTS]) > 0]
@@ -71,12 +82,26 @@ def test_packed_weights_only_on_action_tokens(judged_dir):
   np.testing.assert_allclose(rewards, [e.reward for e in examples for _ in e.action], rtol=1e-6)
 
 
+def test_the_converter_makes_the_numpy_builder_rows_and_refuses_long_examples(judged_dir):
+  """Rows of a :trajectories task from the SeqIO converter equal the numpy prefix-shared rows,
+  for offline and for SFT with and without loss on the context; an example longer than the row is
+  an error, not a silently cut row."""
+  directory, trajectories = judged_dir
+  data = seqio_tasks.register_judged("synthetic", "none", directory)
+  for reward_one, context_weight in ((False, 0.0), (True, 0.0), (True, 0.5)):
+    [converted] = _converted(data.trajectories, 96, 64, reward_one=reward_one, context_weight=context_weight)
+    expected = seqio_tasks.prefix_shared_batch(trajectories, 96, reward_one=reward_one, context_weight=context_weight)
+    for name in features.NAMES:
+      np.testing.assert_array_equal(np.asarray(converted[name]), expected[name], err_msg=name)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    _converted(data.trajectories, 40, 64)
+
+
 def test_prefix_shared_and_expanded_layouts_give_the_same_loss_and_gradients(judged_dir):
   directory, trajectories = judged_dir
-  name = seqio_tasks.register_task("synthetic", "none", directory, seqio.PassThroughVocabulary(512))
-  [expanded] = _packed_batches(name, 64)
-  rows = [seqio_tasks.shared_row_features(decomposition.prefix_shared(t), 96) for t in trajectories]
-  shared = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+  data = seqio_tasks.register_judged("synthetic", "none", directory)
+  [expanded] = _converted(data.states, 112, 64, pack=True)
+  [shared] = _converted(data.trajectories, 96, 64)
   assert int(shared[features.LOSS_WEIGHTS].sum()) == int(expanded[features.LOSS_WEIGHTS].sum())
   shared_tokens = int((shared[features.SEGMENT_IDS] > 0).sum())
   expanded_tokens = int((expanded[features.SEGMENT_IDS] > 0).sum())

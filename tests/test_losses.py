@@ -157,7 +157,7 @@ def test_judge_failures_are_counted_and_excluded_or_zeroed(tmp_path):
                          sequence_length=64, checkpoint_every=100, checkpoint_dir=str(tmp_path / mode),
                          log_every=1, judge_failures=mode, temperature=1.0)
     trainer = Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, scorer=FailingScorer())
-    batch = online.online_batch(trainer.sampler, trainer.scorer, trainer._pick(trainer.states), 4,
+    batch = online.online_batch(trainer.sampler, trainer.scorer, trainer.stream.next_states(4), 4,
                                 trainer.sampling, 64, "rloo", key_ids=(0,), judge_failures=mode)
     failed = np.isnan(batch.rewards).reshape(-1)
     assert 0 < failed.sum() < failed.size

@@ -1,5 +1,5 @@
-"""Two CPU processes on 127.0.0.1 (gloo) train with the batch split by process, and end with
-the params of one process that sees the whole batch."""
+"""Two CPU processes on 127.0.0.1 (gloo) train with the batch split by process, each reading only
+its shard of the SeqIO task, and end with the params of one process that reads the whole task."""
 
 import os
 import socket
@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import seqio
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,6 +25,7 @@ SCRIPT = textwrap.dedent('''
     from flax import nnx
     from swirl_jax import partitioning
     from swirl_jax.models import init_model, model_config
+    from swirl_jax.data.features import INPUT_TOKENS
     from swirl_jax.training.trainer import TrainConfig, Trainer
     from tests.judged_data import known_trajectories
     model = init_model(model_config("tiny"), seed=0)
@@ -34,7 +36,16 @@ SCRIPT = textwrap.dedent('''
       partitioning.shard_model(model, mesh, partitioning.DEFAULT_RULES)
     config = TrainConfig(mode="offline", steps=3, batch_size=4, sequence_length=96, learning_rate=1e-2,
                          warmup_steps=1, checkpoint_every=100, checkpoint_dir=ckpt, log_every=1)
-    Trainer(model, known_trajectories(), config, mesh=mesh).train()
+    trainer = Trainer(model, known_trajectories(), config, mesh=mesh)
+    read = []
+    next_rows = trainer.stream.next_rows
+    def reading(count):
+      rows = next_rows(count)
+      read.append(rows[INPUT_TOKENS])
+      return rows
+    trainer.stream.next_rows = reading
+    trainer.train()
+    np.save(f"{out}.rows{jax.process_index()}.npy", np.stack(read))
     if jax.process_index() == 0:
       flat = {"/".join(map(str, k)): np.asarray(v[...].addressable_data(0) if mode == "multi" else v[...])
               for k, v in nnx.to_flat_state(nnx.state(model))}
@@ -62,6 +73,23 @@ def test_two_processes_match_one(tmp_path):
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
   outputs = [p.communicate(timeout=600)[0].decode()[-3000:] for p in procs]
   assert all(p.returncode == 0 for p in procs), outputs
+  # Each process read its own shard of the task: half of each step's rows, what SeqIO gives that
+  # shard; together, the rows one process reads.
+  from swirl_jax.data import features, seqio_tasks
+  from swirl_jax.training.trainer import register_data
+  from tests.judged_data import known_trajectories
+  task = register_data(known_trajectories(), "offline")
+  one = np.load(f"{single}.rows0.npy")
+  shards = [np.load(f"{multi}.rows{i}.npy") for i in range(2)]
+  assert one.shape[:2] == (3, 4) and all(s.shape[:2] == (3, 2) for s in shards)
+  for i, shard in enumerate(shards):
+    ds = seqio.get_dataset(task, seqio_tasks.row_lengths(96), seqio_tasks.StepwiseFeatureConverter(), shuffle=True,
+                           seed=0, num_epochs=None, shard_info=seqio.ShardInfo(i, 2), trim_output_features=False)
+    expected = [row[features.INPUT_TOKENS] for _, row in zip(range(6), ds.as_numpy_iterator())]
+    np.testing.assert_array_equal(shard.reshape(6, -1), np.stack(expected))
+  for step in range(3):
+    together = sorted(map(tuple, np.concatenate([shards[0][step], shards[1][step]]).tolist()))
+    assert together == sorted(map(tuple, one[step].tolist()))
   a, b = np.load(single), np.load(multi)
   assert set(a.files) == set(b.files) and len(a.files) > 10
   for name in a.files:

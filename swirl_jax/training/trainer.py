@@ -6,17 +6,23 @@ policy-gradient step), `offline` (reward-weighted likelihood of the logged
 actions, prefix-shared rows) and `sft` (the logged actions with weight 1: the
 paper's SFT baseline).
 
-Everything a step uses is a function of (seed, step): the batch, the sampling
-key. A checkpoint holds params, optimizer state, step, seed and data position,
-so a run killed at any moment and restarted ends with exactly the params of an
-uninterrupted run. A NaN or inf loss stops the run before anything is saved.
+The trainer is assembled from parts a reader can take one at a time:
+- data: `batches` (this process's shard of a SeqIO task, a resumable stream);
+- the algorithm: `objectives` (a loss over a micro-batch) and, online, `online` (fresh samples,
+  judged, into advantages);
+- the update: `step` (a pure jitted function of params, optimizer state and batch);
+- state: `swirl_jax.checkpoints.train_state` (params, optimizer state, data position, fingerprint);
+- measurement: `flops` (XLA's count, for MFU) and the metric writer.
+
+Everything a step uses is a function of (seed, step, data position): the batch, the sampling key.
+A checkpoint holds params, optimizer state, step and each process's data position, so a run killed
+at any moment and restarted ends with exactly the params of an uninterrupted run. A NaN or inf loss stops the run before anything is saved.
 A preemption notice (SIGTERM) makes every process save the same step and stop
 (`multihost.Preempted`); the same command then resumes.
 
-Multi-host: in online mode each process samples and judges only the states
-whose rows it owns and contributes those rows to the global batch
-(`jax.make_array_from_process_local_data`); offline, every process lays out the
-batch and contributes its rows. Shapes every process must agree on (row
+Multi-host: each process reads only its shard of the task. Offline it lays out the rows of the
+global batch it owns; online it samples and judges the states whose rows it owns; either way it
+contributes those rows to the global batch (`jax.make_array_from_process_local_data`). Shapes every process must agree on (row
 length, loss slots) and the metrics are agreed through small collectives.
 """
 
@@ -33,19 +39,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
 from swirl_jax import multihost, partitioning, provenance, validation
-from swirl_jax.data import decomposition, seqio_tasks
+from swirl_jax.checkpoints.train_state import TrainCheckpoints, checkpoint_identity, load_trained_params
+from swirl_jax.data import seqio_tasks
 from swirl_jax.data.features import INPUT_TOKENS, LOSS_WEIGHTS, SEGMENT_IDS
 from swirl_jax.data.trajectory import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
-from swirl_jax.training import losses, online, peak
-from swirl_jax.training.logprobs import reward_weighted_nll
+from swirl_jax.training import batches, objectives, online, peak
+from swirl_jax.training.flops import UpdateFlops
+from swirl_jax.training.step import jit_train_step, micro_batch_gradient, train_step_fn
+
+__all__ = ["NonFiniteLossError", "TrainConfig", "Trainer", "checkpoint_identity", "learning_rate_schedule",
+           "load_trained_params", "make_optimizer"]
 
 
 @gin.configurable
@@ -54,7 +63,9 @@ class TrainConfig:
   mode: str = "online"  # online | offline | sft
   steps: int = 100
   batch_size: int = 8  # states per step (online) or trajectory rows per step (offline, sft)
-  pack_rows: bool = False  # offline, sft: pack whole trajectories into each row (first fit, in data order)
+  pack_rows: bool = False  # offline, sft: pack several examples into each row (SeqIO's packer, in stream order)
+  share_prefixes: bool = True  # offline, sft, given trajectories: one row per trajectory, not one per state
+  use_cached_task: bool = False  # read the task from SeqIO's cache (made by its cache_tasks job)
   samples_per_state: int = 4  # G
   baseline: str = "rloo"  # none | rloo
   judge_failures: str = "exclude"  # a sample the judge gave no verdict: exclude it, or score it "zero"
@@ -121,41 +132,35 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def load_trained_params(model, checkpoint_dir: str, step: int | None = None) -> int:
-  """Puts the params of a trainer checkpoint (the latest by default) into `model`; returns the step."""
-  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model))
-  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
-  nnx.update(model, restored["params"])
-  return step
+def register_data(trajectories: Sequence[Trajectory], mode: str, share_prefixes: bool = True) -> str:
+  """The SeqIO task a trainer given trajectories in memory reads (registered under a name made
+  from their digest: the same trajectories, the same task)."""
+  trajectories = list(trajectories)
+  if not trajectories:
+    raise ValueError("Trainer: no trajectories to train on (did the filter keep none?)")
+  name = f"{seqio_tasks.TASK_PREFIX}:memory:{provenance.digest([t.to_json() for t in trajectories])}"
+  return seqio_tasks.register_trajectories(name, trajectories).for_mode(mode, share_prefixes)
 
 
-def checkpoint_identity(checkpoint_dir: str, step: int) -> dict:
-  """Which trained params a checkpoint holds: its step and a digest of its training fingerprint
-  (the same wherever the directory lies)."""
-  meta = ocp.CheckpointManager(os.path.abspath(checkpoint_dir)).restore(
-      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  return {"step": int(step), "training": provenance.digest(meta.get("fingerprint"))}
+def _objective(config: TrainConfig) -> objectives.Objective:
+  if config.mode == "online":
+    return objectives.PolicyGradient(kl_coef=config.kl_coef, clip_epsilon=config.clip_epsilon)
+  return objectives.RewardWeightedLikelihood()
 
 
 class Trainer:
-  """Trains `model` in place; `states` are logged trajectories (kept by a filter)."""
+  """Trains `model` in place on a SeqIO task (`data`: its name), or on trajectories in memory
+  (registered as a task here)."""
 
-  def __init__(self, model, trajectories: Sequence[Trajectory], config: TrainConfig, *, scorer=None,
+  def __init__(self, model, data: str | Sequence[Trajectory], config: TrainConfig, *, scorer=None,
                vocab=None, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
                mesh: Mesh | None = None, rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES,
                metrics_dir: str | None = None, model_id: dict | None = None):
-    if not trajectories:
-      raise ValueError("Trainer: no trajectories to train on (did the filter keep none?)")
     if config.mode == "online" and scorer is None:
       raise ValueError("Trainer: online mode needs a scorer (the judge)")
     self.model, self.config, self.scorer, self.mesh, self.rules = model, config, scorer, mesh, rules
-    self.graphdef = nnx.graphdef(model)
-    self.tx = make_optimizer(config)
-    self.trajectories = list(trajectories)
+    self.task = data if isinstance(data, str) else register_data(data, config.mode, config.share_prefixes)
+    facts = batches.task_facts(self.task, config.use_cached_task)
     # What a checkpoint here must have been trained with to be resumed: the settings that change
     # the result, the data, the starting model and (online) the judge.
     self.fingerprint = json.loads(json.dumps({
@@ -163,41 +168,51 @@ class Trainer:
         # leave the result alone.
         "config": provenance.config_fields(config, ("checkpoint_dir", "checkpoint_every", "keep_checkpoints",
                                                     "log_every", "peak_flops", "measure_peak",
-                                                    "grad_accum_steps")),
-        "data": provenance.digest([t.to_json() for t in self.trajectories]),
+                                                    "grad_accum_steps", "use_cached_task")),
+        "data": facts.identity,
         "model": model_id or provenance.policy_identity(),
         "judge": provenance.judge_identity(scorer.judge) if scorer is not None and hasattr(scorer, "judge") else None,
     }, default=str))
-    self.states = [e for t in self.trajectories for e in decomposition.expand(t)]
-    self.sampling = SamplingConfig(temperature=config.temperature, max_new_tokens=config.max_action_tokens,
-                                   stop_ids=tuple(stop_ids), stop_strings=tuple(stop_strings))
+
+    # Data: this process's shard of the task.
     self.sampler = None
     if config.mode == "online":
-      rows = config.batch_size * config.samples_per_state
-      capacity = max(len(s.context) for s in self.states) + config.max_action_tokens
-      self.sampler = Sampler(model, rows=rows, capacity=capacity, vocab=vocab, mesh=mesh, rules=rules)
+      self.stream = batches.StateStream(self.task, config.seed, config.use_cached_task)
+      self.sampling = SamplingConfig(temperature=config.temperature, max_new_tokens=config.max_action_tokens,
+                                     stop_ids=tuple(stop_ids), stop_strings=tuple(stop_strings))
+      self.sampler = Sampler(model, rows=config.batch_size * config.samples_per_state,
+                             capacity=facts.longest + config.max_action_tokens, vocab=vocab, mesh=mesh, rules=rules)
+      self.total_rows = config.batch_size * config.samples_per_state
+    else:
+      self.stream = batches.RowStream(self.task, config.sequence_length, seed=config.seed, pack=config.pack_rows,
+                                      reward_one=config.mode == "sft", context_weight=config.sft_context_weight,
+                                      use_cached=config.use_cached_task)
+      self.total_rows = config.batch_size
+
+    # The algorithm, the optimizer and the step.
+    self.objective = _objective(config)
+    self.graphdef = nnx.graphdef(model)
+    self.tx = make_optimizer(config)
     params = nnx.state(model)
-    self.reference = jax.tree.map(jnp.copy, params) if config.kl_coef else None
+    self.reference = jax.tree.map(jnp.copy, params) if config.mode == "online" and config.kl_coef else None
     self.param_shardings = (partitioning.state_shardings(params, mesh, rules) if mesh is not None else None)
     self.opt_shardings = None
     self.opt_state = self._init_opt_state(params)
-    self.step = 0
-    self.position = 0  # items of the epoch-permuted data stream consumed so far
-    self._orders: dict = {}
-    self.metrics_dir = metrics_dir or os.path.join(os.path.dirname(os.path.abspath(config.checkpoint_dir)), "metrics")
-    self.checkpoints = ocp.CheckpointManager(
-        os.path.abspath(config.checkpoint_dir),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
-    # On a mesh, params and optimizer state leave the step exactly as the rules shard them.
     out_shardings = None
-    if mesh is not None:
+    if mesh is not None:  # params and optimizer state leave the step exactly as the rules shard them
       out_shardings = (self.param_shardings, self.opt_shardings, NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1), out_shardings=out_shardings,
-                               static_argnums=4)
+    self._train_step = jit_train_step(train_step_fn(self.graphdef, self.objective, self.tx, config.grad_accum_steps),
+                                      out_shardings)
+
+    # State and measurement.
+    self.step = 0
+    self.checkpoints = TrainCheckpoints(config.checkpoint_dir, config.keep_checkpoints)
+    self.metrics_dir = metrics_dir or os.path.join(os.path.dirname(os.path.abspath(config.checkpoint_dir)), "metrics")
     # MFU only when asked: a given per-device peak, or one measured once here in the compute dtype.
     self.peak_flops = config.peak_flops or (peak.xla_matmul_peak(model.config.dtype) if config.measure_peak
                                             else None)
-    self._update_flops: dict = {}
+    self._update_flops = UpdateFlops(self._train_step, micro_batch_gradient(self.graphdef, self.objective),
+                                     config.grad_accum_steps, self.objective.shares_of_batch_weight)
 
   # -- state -----------------------------------------------------------------
 
@@ -212,153 +227,86 @@ class Trainer:
     """The trained params' identity now: as `checkpoint_identity` gives it for a saved step."""
     return {"step": self.step, "training": provenance.digest(self.fingerprint)}
 
-  def _meta(self) -> dict:
-    return {"step": self.step, "seed": self.config.seed, "data_position": self.position, "mode": self.config.mode,
-            "fingerprint": self.fingerprint}
-
   def save(self) -> None:
-    self.checkpoints.save(self.step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(nnx.state(self.model)),
-        opt_state=ocp.args.StandardSave(self.opt_state), meta=ocp.args.JsonSave(self._meta())))
-    self.checkpoints.wait_until_finished()
+    """Collective. Each process's data position is recorded (they read different shards)."""
+    positions = multihost.allgather_json(self.stream.position)
+    self.checkpoints.save(self.step, nnx.state(self.model), self.opt_state,
+                          {"step": self.step, "data_positions": positions, "fingerprint": self.fingerprint})
 
   def restore_latest(self) -> bool:
     """Restores the newest checkpoint, if any; returns whether one was found."""
     step = self.checkpoints.latest_step()
     if step is None:
       return False
-    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-    restored = self.checkpoints.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract(nnx.state(self.model))),
-        opt_state=ocp.args.StandardRestore(abstract(self.opt_state)), meta=ocp.args.JsonRestore()))
-    meta = restored["meta"]
+    params, opt_state, meta = self.checkpoints.restore(step, nnx.state(self.model), self.opt_state)
+    where = f"{self.config.checkpoint_dir}: checkpoint {step}"
     fresh = f"remove {self.config.checkpoint_dir} (or set TrainConfig.checkpoint_dir) to train afresh"
-    if "fingerprint" not in meta:
-      raise ValueError(f"{self.config.checkpoint_dir}: checkpoint {step} records no fingerprint (an older "
-                       f"version's); {fresh}")
+    if "fingerprint" not in meta or "data_positions" not in meta:
+      raise ValueError(f"{where} records no fingerprint or data positions (an older version's); {fresh}")
     if meta["fingerprint"] != self.fingerprint:
-      raise ValueError(provenance.mismatch_message(f"{self.config.checkpoint_dir}: checkpoint {step}",
-                                                   meta["fingerprint"], self.fingerprint, fresh))
-    nnx.update(self.model, restored["params"])
-    self.opt_state = restored["opt_state"]
+      raise ValueError(provenance.mismatch_message(where, meta["fingerprint"], self.fingerprint, fresh))
+    positions = meta["data_positions"]
+    if len(positions) != jax.process_count():
+      raise ValueError(f"{where} was written by {len(positions)} processes reading {len(positions)} shards of "
+                       f"{self.task!r}; resume it with {len(positions)} processes (the shards, and so the data "
+                       f"order, depend on the count), or {fresh}")
+    nnx.update(self.model, params)
+    self.opt_state = opt_state
     self.step = int(meta["step"])
-    self.position = int(meta.get("data_position", self.step * self.config.batch_size))
+    self.stream.seek(positions[jax.process_index()])
     return True
 
-  # -- data --------------------------------------------------------------------
+  # -- data ------------------------------------------------------------------
 
-  def _order(self, n: int, epoch: int) -> np.ndarray:
-    if self._orders.get((n, epoch)) is None:
-      self._orders = {(n, epoch): np.random.default_rng([self.config.seed, epoch]).permutation(n)}
-    return self._orders[(n, epoch)]
+  def _own_rows(self) -> np.ndarray:
+    """The rows of the global batch this process lays out (all of them in one process)."""
+    if self.mesh is None or not multihost.is_multiprocess():
+      return np.arange(self.total_rows)
+    sharding = partitioning.batch_sharding(self.mesh, self.rules, (self.total_rows,))
+    return multihost.owned_rows(sharding, self.total_rows)
 
-  def _at(self, items: list, position: int):
-    """Item `position` of the data stream: a fresh permutation each epoch, a function of the seed."""
-    epoch, index = divmod(position, len(items))
-    return items[self._order(len(items), epoch)[index]]
-
-  def _pick(self, items: list) -> list:
-    """The next batch_size items of the stream."""
-    batch = [self._at(items, i) for i in range(self.position, self.position + self.config.batch_size)]
-    self.position += self.config.batch_size
-    return batch
-
-  def _pack(self) -> list[list]:
-    """batch_size rows filled first-fit with whole trajectories, in stream order, until the next
-    one fits nowhere."""
-    rows, used, limit = [[] for _ in range(self.config.batch_size)], [0] * self.config.batch_size, \
-        self.config.sequence_length
-    while True:
-      trajectory = self._at(self.trajectories, self.position)
-      n = trajectory.num_tokens
-      if n > limit:
-        raise ValueError(f"trajectory {trajectory.id} has {n} tokens; rows hold {limit} "
-                         "(raise TrainConfig.sequence_length)")
-      row = next((i for i, u in enumerate(used) if u + n <= limit), None)
-      if row is None:
-        return rows
-      rows[row].append(trajectory)
-      used[row] += n
-      self.position += 1
-
-  def _offline_batch(self) -> dict:
-    batch = self._pack() if self.config.pack_rows else self._pick(self.trajectories)
-    return seqio_tasks.prefix_shared_batch(batch, self.config.sequence_length, reward_one=self.config.mode == "sft",
-                                           context_weight=self.config.sft_context_weight)
+  def _offline_batch(self):
+    rows = self._own_rows()
+    return self.stream.next_rows(len(rows)), rows, {}
 
   def _online_batch(self, step: int):
-    states = self._pick(self.states)
-    batch = online.online_batch(
-        self.sampler, self.scorer, states, self.config.samples_per_state, self.sampling,
-        self.config.sequence_length, self.config.baseline, key_ids=("online", self.config.seed, step),
-        judge_failures=self.config.judge_failures)
-    scored = ~np.isnan(batch.rewards)
-    reward_sum, scored_count, failures, sampled = np.sum(
-        multihost.allgather_json([float(batch.rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
-                                  int(sum(len(a.tokens) for a in batch.actions))]), axis=0)
     g = self.config.samples_per_state
+    slots = online.local_state_slots(self.sampler, self.config.batch_size, g)
+    local_states = self.stream.next_states(len(slots))
+    # A state's sampling key is its place in the step's share of the global stream, which SeqIO
+    # deals out to processes by example: the i-th state read here is item i * P + p of that share.
+    p, count = jax.process_index(), jax.process_count()
+    batch = online.online_batch(
+        self.sampler, self.scorer, dict(zip(slots, local_states)), g, self.sampling, self.config.sequence_length,
+        self.config.baseline, key_ids=("online", self.config.seed, step),
+        sample_ids={slot: i * count + p for i, slot in enumerate(slots)}, judge_failures=self.config.judge_failures)
+    scored = ~np.isnan(batch.rewards)
+    reward_sum, scored_count, failures, sampled, logged_sum = np.sum(
+        multihost.allgather_json([float(batch.rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
+                                  int(sum(len(a.tokens) for a in batch.actions)),
+                                  float(sum(s.reward for s in local_states))]), axis=0)
     rows = np.array([slot * g + i for slot in batch.state_slots for i in range(g)], np.int64)
     extra = {"mean_reward": float(reward_sum / max(scored_count, 1)), "judge_failures": int(failures),
-             "logged_reward": float(np.mean([s.reward for s in states])), "sampled_tokens": int(sampled)}
+             "logged_reward": float(logged_sum / self.config.batch_size), "sampled_tokens": int(sampled)}
     return batch.features, rows, extra
 
   # -- the step ----------------------------------------------------------------
 
-  def _loss_slots(self, feats, rows: np.ndarray, total_rows: int, local: bool) -> int:
-    """Loss positions to gather per micro-batch: the most any micro-batch has, rounded up to a
-    power of two (at most every position) so that only a few step shapes ever compile.
-
-    `feats` holds rows `rows` of the global batch; `local`: each process holds only its own rows,
-    so the counts are summed over processes.
-    """
-    k = self.config.grad_accum_steps
+  def _loss_slots(self, feats, rows: np.ndarray) -> int:
+    """Loss positions to gather per micro-batch: the most any micro-batch has (over processes),
+    rounded up to a power of two (at most every position) so that only a few step shapes compile.
+    `feats` holds rows `rows` of the global batch."""
+    k, total_rows = self.config.grad_accum_steps, self.total_rows
     per_row = (np.asarray(feats[LOSS_WEIGHTS]) > 0).sum(axis=1)
     per_micro = np.zeros(k, np.int64)
     np.add.at(per_micro, rows // (total_rows // k), per_row)
-    if local:
-      per_micro = multihost.sum_over_processes(per_micro)
+    per_micro = multihost.sum_over_processes(per_micro)
     positions = (total_rows // k) * feats[LOSS_WEIGHTS].shape[1]
     return min(positions, max(128, 1 << (int(per_micro.max()) - 1).bit_length()))
 
-  def _loss(self, params, feats, reference, n, total_weight):
-    model = nnx.merge(self.graphdef, params)
-    if self.config.mode != "online":
-      return reward_weighted_nll(model, feats, n, total_weight=total_weight), {}
-    ref_logp = None
-    if reference is not None:
-      ref_logp = losses.reference_logprobs(nnx.merge(self.graphdef, reference), feats, n)
-    num_sequences = feats[INPUT_TOKENS].shape[0]
-    return losses.policy_gradient_loss(model, feats, num_sequences=num_sequences, reference_logprobs_N=ref_logp,
-                                       kl_coef=self.config.kl_coef, clip_epsilon=self.config.clip_epsilon,
-                                       max_loss_tokens=n)
-
-  def _step_fn(self, params, opt_state, feats, reference, loss_slots):
-    k = self.config.grad_accum_steps
-    micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), feats)
-
-    # Offline and SFT: each micro-batch's loss is its share of the whole batch's token-mean, so the
-    # micro-batches add up to one large batch whatever grad_accum_steps is. Online: each micro-batch
-    # holds the same number of sequences and the loss is a mean over sequences, so they average.
-    online_mode = self.config.mode == "online"
-    total_weight = None if online_mode else jnp.maximum(jnp.sum(feats[LOSS_WEIGHTS]), 1.0)
-
-    def accumulate(grads, batch):
-      (loss, aux), g = jax.value_and_grad(self._loss, has_aux=True)(params, batch, reference, loss_slots,
-                                                                    total_weight)
-      return jax.tree.map(jnp.add, grads, g), (loss, aux)
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, (loss_k, aux_k) = jax.lax.scan(accumulate, zeros, micro)
-    if online_mode:
-      grads = jax.tree.map(lambda g: g / k, grads)
-    updates, opt_state = self.tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = {"loss": jnp.mean(loss_k) if online_mode else jnp.sum(loss_k), "grad_norm": optax.tree.norm(grads),
-               **{name: jnp.mean(v) for name, v in aux_k.items()}}
-    return params, opt_state, metrics
-
-  def _place_batch(self, feats, rows: np.ndarray, total_rows: int):
+  def _place_batch(self, feats, rows: np.ndarray):
     """The global batch on the mesh, from this process's rows (`rows` of the global batch)."""
+    total_rows = self.total_rows
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, feats)
     sharding_of = lambda x: partitioning.batch_sharding(self.mesh, self.rules, (total_rows,) + x.shape[1:])
@@ -366,37 +314,32 @@ class Trainer:
       return jax.tree.map(lambda x: jax.device_put(x, sharding_of(x)), feats)
     # Every feature is [rows, ...]: the rows a process owns follow from the row count alone.
     owned = multihost.owned_rows(partitioning.batch_sharding(self.mesh, self.rules, (total_rows,)), total_rows)
-    whole = len(rows) == total_rows  # every process laid out the whole batch: contribute our rows
-    rows_here = owned if whole else np.asarray(rows)
-    if not np.array_equal(np.sort(rows_here), owned):  # the same on every process for a given mesh
-      raise ValueError(f"process {jax.process_index()} laid out batch rows {rows_here[:4]}...; the mesh gives it "
+    rows = np.asarray(rows)
+    if not np.array_equal(np.sort(rows), owned):  # the same on every process for a given mesh
+      raise ValueError(f"process {jax.process_index()} laid out batch rows {rows[:4]}...; the mesh gives it "
                        f"{owned[:4]}...")
-    one_block = bool(np.all(np.diff(rows_here) == 1))
+    one_block = bool(np.all(np.diff(rows) == 1))
 
     def place(x):
-      x = x[owned] if whole else x
       shape = (total_rows,) + x.shape[1:]
       if one_block:  # this process's slice of the global batch
         return jax.make_array_from_process_local_data(sharding_of(x), x, shape)
       host = np.zeros(shape, x.dtype)  # rows spread over the batch (some TPU device orders)
-      host[rows_here] = x
+      host[rows] = x
       return multihost.global_array(host, sharding_of(x))
     return jax.tree.map(place, feats)
 
   def run_step(self) -> dict:
     """One step: its batch (sampled and scored in online mode), the update(s); returns metrics."""
     start = time.perf_counter()
-    if self.config.mode == "online":
-      feats, rows, extra = self._online_batch(self.step)
-      total_rows, local = self.config.batch_size * self.config.samples_per_state, True
-    else:
-      feats, extra = self._offline_batch(), {}
-      total_rows, local = feats[INPUT_TOKENS].shape[0], False
-      rows = np.arange(total_rows)
-    batch = self._place_batch(feats, rows, total_rows)
-    loss_slots = self._loss_slots(feats, rows, total_rows, local)
+    feats, rows, extra = self._online_batch(self.step) if self.config.mode == "online" else self._offline_batch()
+    batch = self._place_batch(feats, rows)
+    loss_slots = self._loss_slots(feats, rows)
     params = nnx.state(self.model)
-    flops = self._flops_per_update(params, batch, loss_slots) if self.peak_flops else None
+    flops = None
+    if self.peak_flops:
+      with partitioning.activate(self.mesh, self.rules):
+        flops = self._update_flops(params, self.opt_state, batch, self.reference, loss_slots)
     update_start = time.perf_counter()
     for _ in range(self.config.updates_per_batch):
       with partitioning.activate(self.mesh, self.rules):
@@ -412,9 +355,7 @@ class Trainer:
     nnx.update(self.model, params)
     self.step += 1
     seconds = time.perf_counter() - start
-    tokens = int(np.sum(feats[SEGMENT_IDS] > 0))
-    if local:
-      tokens = int(multihost.sum_over_processes([tokens])[0])
+    tokens = int(multihost.sum_over_processes([int(np.sum(feats[SEGMENT_IDS] > 0))])[0])
     tokens *= self.config.updates_per_batch
     result = {k: float(v) for k, v in metrics.items()} | extra
     result.update(step=self.step, step_seconds=seconds, update_seconds=update_seconds, trained_tokens=tokens,
@@ -425,27 +366,6 @@ class Trainer:
       result["update_flops_per_device"] = flops * self.config.updates_per_batch
       result["mfu"] = flops * self.config.updates_per_batch / update_seconds / self.peak_flops
     return result
-
-  def _flops_per_update(self, params, batch, loss_slots: int) -> float | None:
-    """FLOPs per device of one update, from XLA's cost analysis of the compiled step (once per
-    batch shape). XLA counts a scan's body once, so the micro-batch gradient, which the step runs
-    `grad_accum_steps` times, is counted on its own and added for the other runs."""
-    key = (loss_slots, tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(batch)))
-    if key not in self._update_flops:
-      k = self.config.grad_accum_steps
-      with partitioning.activate(self.mesh, self.rules):
-        flops = _compiled_flops(self._train_step.lower(params, self.opt_state, batch, self.reference, loss_slots))
-        if flops is not None and k > 1:
-          micro = jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] // k, *x.shape[1:]), x.dtype,
-                                                              sharding=getattr(x, "sharding", None)), batch)
-          weight = None if self.config.mode == "online" else jax.ShapeDtypeStruct((), jnp.float32)
-          gradient = jax.jit(lambda p, b, r, w: jax.value_and_grad(self._loss, has_aux=True)(p, b, r, loss_slots, w))
-          body = _compiled_flops(gradient.lower(params, micro, self.reference, weight))
-          flops = None if body is None else flops + (k - 1) * body
-      if flops is None:
-        logging.warning("XLA gives no FLOP count for the train step on this backend: no MFU is logged")
-      self._update_flops[key] = flops
-    return self._update_flops[key]
 
   def train(self) -> dict:
     """Runs to config.steps from the latest checkpoint; returns the last metrics.
@@ -478,11 +398,3 @@ class Trainer:
           raise multihost.Preempted(self.step, self.config.checkpoint_dir)
     writer.flush()
     return last
-
-
-def _compiled_flops(lowered) -> float | None:
-  """XLA's FLOP count of a lowered computation (None where the backend gives none)."""
-  cost = lowered.compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-  flops = cost.get("flops") if isinstance(cost, dict) else None
-  return float(flops) if flops and flops > 0 else None

@@ -1,0 +1,112 @@
+"""Where Stage 2's examples come from: this process's shard of a SeqIO task, as a resumable stream.
+
+Every process reads `seqio.get_dataset` of the task with its own `seqio.ShardInfo` (process index
+of process count), shuffled by the run's seed and repeated without end, and takes from it exactly
+what its part of each step's batch needs. `position` (examples or rows read by this process) is
+saved with the checkpoint; a resumed stream skips that many and goes on as an uninterrupted one.
+
+- `RowStream` (offline, SFT): rows of model features from the library's feature converter,
+  padded to the row length, or packed when asked.
+- `StateStream` (online): states (context and logged action, with what a judge needs); the trainer
+  samples and judges fresh actions at them.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from swirl_jax.data import decomposition, features, seqio_tasks
+
+
+def process_shard() -> seqio.ShardInfo:
+  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+class _Stream:
+  def __init__(self, task: str, seed: int, use_cached: bool):
+    self.task, self.seed, self.use_cached = task, seed, use_cached
+    self.position = 0
+    self._iterator = None
+    seqio.get_mixture_or_task(task)  # an unknown name fails here, before any model work
+
+  def seek(self, position: int) -> None:
+    """Continue from `position` (what this process had read when the checkpoint was saved)."""
+    self.position, self._iterator = int(position), None
+
+  def _dataset(self, lengths, converter) -> tf.data.Dataset:
+    return seqio.get_dataset(self.task, task_feature_lengths=lengths, feature_converter=converter,
+                             dataset_split="train", use_cached=self.use_cached, shuffle=True, seed=self.seed,
+                             num_epochs=None, shard_info=process_shard(), verbose=False,
+                             trim_output_features=False)
+
+  def _next(self, make_iterator):
+    if self._iterator is None:
+      self._iterator = make_iterator()
+    try:
+      return next(self._iterator)
+    except StopIteration:
+      raise ValueError(f"SeqIO task {self.task!r}: no examples in process {jax.process_index()}'s shard "
+                       f"(of {jax.process_count()})") from None
+    except tf.errors.InvalidArgumentError as error:  # a length check, a malformed example
+      message = " ".join(error.message.split())[:400]
+      raise ValueError(f"SeqIO task {self.task!r}: {message} (raise TrainConfig.sequence_length if an "
+                       "example is longer than a row)") from None
+
+
+class RowStream(_Stream):
+  """Rows of model features (`swirl_jax.data.features`), `length` tokens each."""
+
+  def __init__(self, task: str, length: int, *, seed: int, pack: bool = False, reward_one: bool = False,
+               context_weight: float = 0.0, use_cached: bool = False):
+    super().__init__(task, seed, use_cached)
+    self.length = length
+    self.converter = seqio_tasks.StepwiseFeatureConverter(pack=pack, reward_one=reward_one,
+                                                          context_weight=context_weight)
+
+  def next_rows(self, count: int) -> features.Features:
+    """The next `count` rows, stacked ([count, length] each)."""
+    def start():
+      ds = self._dataset(seqio_tasks.row_lengths(self.length), self.converter)
+      return ds.skip(self.position).as_numpy_iterator()
+
+    rows = [self._next(start) for _ in range(count)]
+    self.position += count
+    return features.stack(rows)
+
+
+class StateStream(_Stream):
+  """States of a task of states (one weighted action at the end of each example)."""
+
+  def next_states(self, count: int) -> list[decomposition.StateExample]:
+    def start():
+      lengths = {k: None for k in seqio_tasks.TOKEN_ALIGNED}
+      ds = self._dataset(lengths, seqio.PassThroughFeatureConverter())
+      return ds.skip(self.position).as_numpy_iterator()
+
+    states = [seqio_tasks.example_state(self._next(start)) for _ in range(count)]
+    self.position += count
+    return states
+
+
+def task_facts(task: str, use_cached: bool = False) -> seqio_tasks.TaskInfo:
+  """A task's identity, size and longest example: as registered by this library, or read from
+  one pass over the task (each process reads its shard; the facts are agreed over processes)."""
+  known = seqio_tasks.info(task)
+  if known is not None:
+    return known
+  from swirl_jax import multihost, provenance
+  ds = seqio.get_dataset(task, task_feature_lengths={k: None for k in seqio_tasks.TOKEN_ALIGNED},
+                         feature_converter=seqio.PassThroughFeatureConverter(), dataset_split="train",
+                         use_cached=use_cached, shuffle=False, num_epochs=1, shard_info=process_shard(),
+                         verbose=False, trim_output_features=False)
+  digests, count, longest = [], 0, 0
+  for example in ds.as_numpy_iterator():
+    digests.append(provenance.digest([np.asarray(example[k]).tolist() for k in seqio_tasks.TOKEN_ALIGNED]))
+    count += 1
+    longest = max(longest, len(example[seqio_tasks.TOKENS]))
+  shards = multihost.allgather_json([provenance.digest(digests), count, longest])
+  return seqio_tasks.TaskInfo({"task": task, "data": provenance.digest([s[0] for s in shards])},
+                              sum(s[1] for s in shards), max(s[2] for s in shards))

@@ -1,0 +1,56 @@
+"""The algorithms Stage 2 can train with, as objectives the train step takes.
+
+An objective is a loss over one micro-batch of features; the step (`swirl_jax.training.step`) knows
+nothing else of it. Two ways micro-batch losses combine into the batch's loss:
+- `shares_of_batch_weight` (offline, SFT): each micro-batch's loss is its share of the whole batch's
+  weighted token mean (`total_weight` is the batch's summed loss weight), so the shares add up;
+- otherwise (online): each micro-batch holds the same number of sequences and its loss is a mean
+  over them, so the micro-batch losses (and gradients) average.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from swirl_jax.data.features import INPUT_TOKENS
+from swirl_jax.training import losses
+from swirl_jax.training.logprobs import reward_weighted_nll
+
+
+class Objective(Protocol):
+  shares_of_batch_weight: bool
+
+  def loss(self, model, batch: dict, reference_model, max_loss_tokens: int, total_weight) -> tuple:
+    """(scalar loss, dict of scalar metrics) of one micro-batch."""
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardWeightedLikelihood:
+  """Offline step-wise RL (and SFT, where every reward is 1): -sum(w r log p) / sum(w)."""
+
+  shares_of_batch_weight: bool = True
+
+  def loss(self, model, batch, reference_model, max_loss_tokens, total_weight):
+    del reference_model
+    return reward_weighted_nll(model, batch, max_loss_tokens, total_weight=total_weight), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyGradient:
+  """Online step-wise RL: REINFORCE / RLOO on fresh samples (rewards hold advantages), PPO's clipped
+  ratio with `clip_epsilon`, and a KL penalty to the reference policy with `kl_coef`."""
+
+  kl_coef: float = 0.0
+  clip_epsilon: float | None = None
+  shares_of_batch_weight: bool = False
+
+  def loss(self, model, batch, reference_model, max_loss_tokens, total_weight):
+    del total_weight
+    reference_N = None
+    if reference_model is not None:
+      reference_N = losses.reference_logprobs(reference_model, batch, max_loss_tokens)
+    return losses.policy_gradient_loss(model, batch, num_sequences=batch[INPUT_TOKENS].shape[0],
+                                       reference_logprobs_N=reference_N, kl_coef=self.kl_coef,
+                                       clip_epsilon=self.clip_epsilon, max_loss_tokens=max_loss_tokens)
