@@ -43,7 +43,7 @@ def run_ours(args, mode):
   import numpy as np
   import matmul_peak
   from swirl_jax.models import init_model, model_config
-  from swirl_jax.training.trainer import TrainConfig, Trainer
+  from swirl_jax.training.trainer import OnlineConfig, OptimizerConfig, TrainConfig, Trainer
   from swirl_jax.data.trajectory import Step, Trajectory
 
   config = model_config("gemma3_270m")
@@ -62,12 +62,13 @@ def run_ours(args, mode):
   # trainer, which then reports XLA's FLOP count of the compiled update and the update's time.
   peak = matmul_peak.xla_matmul_peak(config.dtype)
   # Online: batch x 4 sampled rows per step; accumulate over micro-batches of 4 rows to fit 24 GB.
-  train = TrainConfig(mode=mode, steps=10_000, batch_size=args.batch, samples_per_state=4,
-                      grad_accum_steps=args.batch if mode == "online" else 1,
-                      max_action_tokens=args.action_tokens, sequence_length=args.seq_len + 128,
-                      checkpoint_every=10_000, checkpoint_dir=os.path.join(args.tmp, f"ckpt_{mode}"),
-                      log_every=10_000, learning_rate=1e-6, peak_flops=peak)
-  trainer = Trainer(model, trajectories, train, scorer=RandomScorer() if mode == "online" else None,
+  rows = args.batch * 4 if mode == "online" else args.batch
+  train = TrainConfig(mode=mode, steps=10_000, batch_size=rows, grad_accum_steps=args.batch if mode == "online" else 1,
+                      sequence_length=args.seq_len + 128, checkpoint_every=10_000,
+                      checkpoint_dir=os.path.join(args.tmp, f"ckpt_{mode}"), log_every=10_000, peak_flops=peak)
+  trainer = Trainer(model, trajectories, train, optimizer=OptimizerConfig(learning_rate=1e-6),
+                    online_config=OnlineConfig(samples_per_state=4, max_action_tokens=args.action_tokens),
+                    scorer=RandomScorer() if mode == "online" else None,
                     metrics_dir=os.path.join(args.tmp, f"metrics_{mode}"))
   steps = []
   for i in range(args.steps + 1):

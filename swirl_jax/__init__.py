@@ -43,6 +43,10 @@ _EXPORTS = {
     "losses": ("swirl_jax.training.losses", None),
     "Trainer": ("swirl_jax.training.trainer", "Trainer"),
     "TrainConfig": ("swirl_jax.training.trainer", "TrainConfig"),
+    "OnlineConfig": ("swirl_jax.training.online", "OnlineConfig"),
+    "OptimizerConfig": ("swirl_jax.training.optimizer", "OptimizerConfig"),
+    "SftConfig": ("swirl_jax.training.objectives", "SftConfig"),
+    "register_judged": ("swirl_jax.data.seqio_tasks", "register_judged"),
 }
 __all__ = sorted(_EXPORTS)
 

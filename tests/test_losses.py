@@ -150,13 +150,14 @@ class FailingScorer:
 
 
 def test_judge_failures_are_counted_and_excluded_or_zeroed(tmp_path):
-  from swirl_jax.training.trainer import TrainConfig, Trainer
+  from swirl_jax.training.trainer import OnlineConfig, TrainConfig, Trainer
   from tests.judged_data import known_trajectories
   for mode in ("exclude", "zero"):
-    config = TrainConfig(mode="online", steps=1, batch_size=4, samples_per_state=4, max_action_tokens=2,
-                         sequence_length=64, checkpoint_every=100, checkpoint_dir=str(tmp_path / mode),
-                         log_every=1, judge_failures=mode, temperature=1.0)
-    trainer = Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, scorer=FailingScorer())
+    config = TrainConfig(mode="online", steps=1, batch_size=16, sequence_length=64, checkpoint_every=100,
+                         checkpoint_dir=str(tmp_path / mode), log_every=1)
+    trainer = Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, scorer=FailingScorer(),
+                      online_config=OnlineConfig(samples_per_state=4, max_action_tokens=2, judge_failures=mode,
+                                                 temperature=1.0))
     batch = online.online_batch(trainer.sampler, trainer.scorer, trainer.stream.next_states(4), 4,
                                 trainer.sampling, 64, "rloo", key_ids=(0,), judge_failures=mode)
     failed = np.isnan(batch.rewards).reshape(-1)

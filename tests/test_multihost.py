@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent('''
     from swirl_jax import partitioning
     from swirl_jax.models import init_model, model_config
     from swirl_jax.data.features import INPUT_TOKENS
-    from swirl_jax.training.trainer import TrainConfig, Trainer
+    from swirl_jax.training.trainer import OptimizerConfig, TrainConfig, Trainer
     from tests.judged_data import known_trajectories
     model = init_model(model_config("tiny"), seed=0)
     mesh = None
@@ -34,9 +34,10 @@ SCRIPT = textwrap.dedent('''
       assert jax.process_count() == 2 and jax.device_count() == 2
       mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2))
       partitioning.shard_model(model, mesh, partitioning.DEFAULT_RULES)
-    config = TrainConfig(mode="offline", steps=3, batch_size=4, sequence_length=96, learning_rate=1e-2,
-                         warmup_steps=1, checkpoint_every=100, checkpoint_dir=ckpt, log_every=1)
-    trainer = Trainer(model, known_trajectories(), config, mesh=mesh)
+    config = TrainConfig(mode="offline", steps=3, batch_size=4, sequence_length=96, checkpoint_every=100,
+                         checkpoint_dir=ckpt, log_every=1)
+    trainer = Trainer(model, known_trajectories(), config, mesh=mesh,
+                      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
     read = []
     next_rows = trainer.stream.next_rows
     def reading(count):

@@ -12,7 +12,7 @@ from flax import nnx
 from swirl_jax import multihost, partitioning, runtime
 from swirl_jax.models import init_model, model_config
 from swirl_jax.sampling.sampler import row_key
-from swirl_jax.training.trainer import TrainConfig, Trainer
+from swirl_jax.training.trainer import OptimizerConfig, TrainConfig, Trainer
 from tests.judged_data import known_trajectories
 
 
@@ -53,8 +53,8 @@ def test_runtime_config_checks_and_the_hybrid_mesh_needs_whole_slices():
 def test_sigterm_saves_and_stops_and_the_restart_ends_with_the_uninterrupted_params(tmp_path):
   """One process: the trainer's SIGTERM handler saves the step it is at, raises Preempted, and
   gives SIGTERM back to its old handler afterwards."""
-  config = TrainConfig(mode="offline", steps=5, batch_size=2, sequence_length=96, learning_rate=1e-2,
-                       warmup_steps=1, checkpoint_every=100, log_every=1)
+  config = TrainConfig(mode="offline", steps=5, batch_size=2, sequence_length=96, checkpoint_every=100, log_every=1)
+  optimizer = OptimizerConfig(learning_rate=1e-2, warmup_steps=1)
 
   class TermAtStep2(Trainer):
     def run_step(self):
@@ -68,19 +68,22 @@ def test_sigterm_saves_and_stops_and_the_restart_ends_with_the_uninterrupted_par
 
   previous = signal.getsignal(signal.SIGTERM)
   model = init_model(model_config("tiny"), seed=0)
-  stopped = TermAtStep2(model, known_trajectories(), dataclasses.replace(config, checkpoint_dir=str(tmp_path / "a")))
+  stopped = TermAtStep2(model, known_trajectories(), dataclasses.replace(config, checkpoint_dir=str(tmp_path / "a")),
+                        optimizer=optimizer)
   with pytest.raises(multihost.Preempted, match="saved step 2"):
     stopped.train()
   assert stopped.checkpoints.latest_step() == 2
   assert signal.getsignal(signal.SIGTERM) is previous
 
   resumed_model = init_model(model_config("tiny"), seed=0)
-  resumed = Trainer(resumed_model, known_trajectories(), dataclasses.replace(config, checkpoint_dir=str(tmp_path / "a")))
+  resumed = Trainer(resumed_model, known_trajectories(), dataclasses.replace(config, checkpoint_dir=str(tmp_path / "a")),
+                    optimizer=optimizer)
   resumed.train()
   assert resumed.step == 5
 
   clean_model = init_model(model_config("tiny"), seed=0)
-  Trainer(clean_model, known_trajectories(), dataclasses.replace(config, checkpoint_dir=str(tmp_path / "b"))).train()
+  Trainer(clean_model, known_trajectories(), dataclasses.replace(config, checkpoint_dir=str(tmp_path / "b")),
+          optimizer=optimizer).train()
   a, b = params(resumed_model), params(clean_model)
   for name in a:
     np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6, err_msg=name)

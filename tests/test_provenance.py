@@ -12,7 +12,7 @@ from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig
 from swirl_jax.models import init_model, model_config
 from swirl_jax.rewards.judge import Verdict
-from swirl_jax.training.trainer import TrainConfig, Trainer
+from swirl_jax.training.trainer import OptimizerConfig, TrainConfig, Trainer
 from tests.judged_data import known_trajectories
 
 
@@ -96,15 +96,15 @@ def test_judged_shards_of_another_judge_or_input_are_refused(tmp_path):
 
 def test_a_checkpoint_trained_on_other_data_or_settings_is_not_resumed(tmp_path):
   config = TrainConfig(mode="offline", steps=1, batch_size=2, sequence_length=96, checkpoint_every=1,
-                       checkpoint_dir=str(tmp_path / "ckpt"), learning_rate=1e-3, warmup_steps=1)
+                       checkpoint_dir=str(tmp_path / "ckpt"))
   Trainer(init_model(model_config("tiny")), known_trajectories(), config).train()
   same = Trainer(init_model(model_config("tiny")), known_trajectories(), config)
   assert same.restore_latest() and same.step == 1
   with pytest.raises(ValueError, match=r"checkpoint 1 was made with other settings, data or model \(data\.data: "):
     Trainer(init_model(model_config("tiny")), known_trajectories(seed=1), config).restore_latest()
-  with pytest.raises(ValueError, match=r"config\.learning_rate: 0\.001 -> 0\.002"):
-    Trainer(init_model(model_config("tiny")), known_trajectories(),
-            dataclasses.replace(config, learning_rate=2e-3)).restore_latest()
+  with pytest.raises(ValueError, match=r"optimizer\.learning_rate: 1e-05 -> 0\.002"):
+    Trainer(init_model(model_config("tiny")), known_trajectories(), config,
+            optimizer=OptimizerConfig(learning_rate=2e-3)).restore_latest()
   with pytest.raises(ValueError, match=r"config\.seed: 0 -> 1"):
     Trainer(init_model(model_config("tiny")), known_trajectories(), dataclasses.replace(config, seed=1)).train()
 
@@ -118,3 +118,32 @@ def test_the_fingerprint_file_is_what_was_recorded(tmp_path):
   (tmp_path / provenance.FILE_NAME).write_text("{broken")
   with pytest.raises(ValueError, match="unreadable fingerprint"):
     provenance.claim(str(tmp_path), {"a": 1}, has_outputs=True)
+
+
+def test_load_policy_loads_a_trainer_checkpoint_and_names_it_by_what_it_holds(tmp_path, tokenizer_gguf):
+  import gin
+  import jax
+  import numpy as np
+  from flax import nnx
+  checkpoints = str(tmp_path / "run" / "ckpt")
+  config = TrainConfig(mode="offline", steps=2, batch_size=2, sequence_length=96, checkpoint_dir=checkpoints)
+  model = init_model(model_config("tiny"))
+  trainer = Trainer(model, known_trajectories(), config, optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
+  trainer.train()
+  arguments = dict(source="init", config_name="tiny", tokenizer_gguf=tokenizer_gguf)
+  loaded, _ = load_policy(**arguments, checkpoint_dir=checkpoints)
+  untrained, _ = load_policy(**arguments)
+  leaves = lambda m: [np.asarray(x) for x in jax.tree.leaves(nnx.state(m))]
+  for a, b in zip(leaves(model), leaves(loaded)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves(model), leaves(untrained)))
+  # Named by the step and training it holds, not by where it lies (the same identity a pipeline
+  # gives the trainer's params).
+  try:
+    gin.bind_parameter("load_policy.checkpoint_dir", checkpoints)
+    assert provenance.policy_identity()["checkpoint"] == trainer.identity()
+    assert "checkpoint_dir" not in provenance.policy_identity()["policy"]
+  finally:
+    gin.clear_config()
+  with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+    load_policy(**arguments, checkpoint_dir=str(tmp_path / "missing"))

@@ -19,7 +19,8 @@ from flax import nnx
 from swirl_jax import partitioning
 from swirl_jax.data import features, trajectory_io
 from swirl_jax.models import init_model, model_config
-from swirl_jax.training.trainer import NonFiniteLossError, TrainConfig, Trainer
+from swirl_jax.training.trainer import (NonFiniteLossError, OnlineConfig, OptimizerConfig, SftConfig, TrainConfig,
+                                        Trainer)
 from tests.judged_data import known_trajectories
 from tests.test_generation import _env
 from tests.test_losses import FirstTokenScorer
@@ -39,7 +40,7 @@ def _train_command(tokenizer, judged, checkpoints):
       f"run_train.judged_dir='{judged}'", "run_train.filter_strategy='none'",
       "TrainConfig.mode='offline'", f"TrainConfig.steps={STEPS}", "TrainConfig.batch_size=2",
       "TrainConfig.sequence_length=96", "TrainConfig.checkpoint_every=2", "TrainConfig.keep_checkpoints=2",
-      f"TrainConfig.checkpoint_dir='{checkpoints}'", "TrainConfig.learning_rate=0.01", "TrainConfig.warmup_steps=2",
+      f"TrainConfig.checkpoint_dir='{checkpoints}'", "OptimizerConfig.learning_rate=0.01", "OptimizerConfig.warmup_steps=2",
       "TrainConfig.grad_accum_steps=2",
   ]
   return [sys.executable, "-m", "swirl_jax.main", "--mode=train"] + [f"--gin.{b}" for b in bindings]
@@ -89,15 +90,16 @@ def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
 KILL_SCRIPT = """
 import sys
 from swirl_jax.models import init_model, model_config
-from swirl_jax.training.trainer import TrainConfig, Trainer
+from swirl_jax.training.trainer import OnlineConfig, OptimizerConfig, TrainConfig, Trainer
 from tests.judged_data import known_trajectories
 from tests.test_losses import FirstTokenScorer
 mode, checkpoints = sys.argv[1], sys.argv[2]
-config = TrainConfig(mode=mode, steps=8, batch_size=2, samples_per_state=2, max_action_tokens=3,
-                     pack_rows=mode == "sft", sequence_length=160, learning_rate=1e-2, warmup_steps=1,
-                     checkpoint_every=1, keep_checkpoints=2, checkpoint_dir=checkpoints)
+config = TrainConfig(mode=mode, steps=8, batch_size=4 if mode == "online" else 2, pack_rows=mode == "sft",
+                     sequence_length=160, checkpoint_every=1, keep_checkpoints=2, checkpoint_dir=checkpoints)
 scorer = FirstTokenScorer(range(100, 300)) if mode == "online" else None
-Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, scorer=scorer).train()
+Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, scorer=scorer,
+        optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1),
+        online_config=OnlineConfig(samples_per_state=2, max_action_tokens=3)).train()
 """
 
 
@@ -132,7 +134,7 @@ def _first_batch_with_nan(trajectories, config) -> int | None:
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = TrainConfig(mode="offline", steps=6, batch_size=2, sequence_length=96, checkpoint_every=1,
-                       checkpoint_dir=str(tmp_path / "ckpt"), learning_rate=1e-3, warmup_steps=1)
+                       checkpoint_dir=str(tmp_path / "ckpt"))
   for poisoned in range(len(known_trajectories())):  # a trajectory that enters after the first step
     trajectories = known_trajectories()
     trajectories[poisoned].steps[0].process["score"] = math.nan
@@ -151,10 +153,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_online_mode_on_a_mesh_raises_reward(tmp_path):
   mesh = partitioning.make_mesh(partitioning.MeshConfig(2, 2, 2))
   model = partitioning.shard_model(init_model(model_config("tiny"), seed=0), mesh, partitioning.DEFAULT_RULES)
-  config = TrainConfig(mode="online", steps=30, batch_size=4, samples_per_state=4, max_action_tokens=2,
-                       sequence_length=64, learning_rate=3e-3, warmup_steps=1, kl_coef=0.01,
-                       checkpoint_every=100, checkpoint_dir=str(tmp_path / "ckpt"), log_every=1)
-  trainer = Trainer(model, known_trajectories(), config, scorer=FirstTokenScorer(range(100, 164)), mesh=mesh)
+  config = TrainConfig(mode="online", steps=30, batch_size=16, sequence_length=64, checkpoint_every=100,
+                       checkpoint_dir=str(tmp_path / "ckpt"), log_every=1)
+  trainer = Trainer(model, known_trajectories(), config, scorer=FirstTokenScorer(range(100, 164)), mesh=mesh,
+                    optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=1),
+                    online_config=OnlineConfig(samples_per_state=4, max_action_tokens=2, kl_coef=0.01))
   last = trainer.train()
   log = [json.loads(line) for line in open(tmp_path / "metrics" / "metrics.jsonl")]
   assert len(log) == 30 and {"loss", "mean_reward", "logged_reward", "kl", "grad_norm", "tokens_per_second"} <= set(last)
@@ -168,15 +171,15 @@ def test_packed_sft_rows_resume_at_the_same_data_position(tmp_path):
   position in its stream of rows, so a restored trainer builds exactly the batch the first one
   would have."""
   trajectories = known_trajectories()
-  config = TrainConfig(mode="sft", steps=3, batch_size=2, pack_rows=True, sequence_length=160,
-                       sft_context_weight=1.0, learning_rate=1e-3, warmup_steps=1, checkpoint_every=3,
+  config = TrainConfig(mode="sft", steps=3, batch_size=2, pack_rows=True, sequence_length=160, checkpoint_every=3,
                        checkpoint_dir=str(tmp_path / "ckpt"), log_every=1)
-  first = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config)
+  sft = SftConfig(context_weight=1.0)
+  first = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config, sft=sft)
   first.train()
   assert first.stream.position == 2 * 3
   expected, _, _ = first._offline_batch()
   assert expected[features.SEGMENT_IDS].max() > 1  # more than one trajectory in a row
-  second = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config)
+  second = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config, sft=sft)
   assert second.restore_latest() and second.stream.position == 2 * 3
   batch, _, _ = second._offline_batch()
   for key in expected:
@@ -188,14 +191,14 @@ def test_clipped_mode_reuses_each_batch_and_the_schedule_counts_optimizer_update
   and the learning rate is still above 0 at the last update (it was 0 from step steps/3 on when the
   schedule counted trainer steps)."""
   from swirl_jax.training.trainer import learning_rate_schedule
-  config = TrainConfig(mode="online", steps=4, batch_size=2, samples_per_state=2, max_action_tokens=2,
-                       sequence_length=64, learning_rate=1e-3, warmup_steps=1, clip_epsilon=0.2,
-                       updates_per_batch=3, checkpoint_every=100, checkpoint_dir=str(tmp_path / "ckpt"),
-                       log_every=1)
-  schedule = learning_rate_schedule(config)
+  config = TrainConfig(mode="online", steps=4, batch_size=4, sequence_length=64, checkpoint_every=100,
+                       checkpoint_dir=str(tmp_path / "ckpt"), log_every=1)
+  optimizer = OptimizerConfig(learning_rate=1e-3, warmup_steps=1)
+  online_config = OnlineConfig(samples_per_state=2, max_action_tokens=2, clip_epsilon=0.2, updates_per_batch=3)
+  schedule = learning_rate_schedule(optimizer, config.steps, online_config.updates_per_batch)
   assert float(schedule(3)) == pytest.approx(1e-3) and float(schedule(4 * 3 - 1)) > 1e-5
   trainer = Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config,
-                    scorer=FirstTokenScorer(range(100, 164)))
+                    scorer=FirstTokenScorer(range(100, 164)), optimizer=optimizer, online_config=online_config)
   last = trainer.train()
   counts = [int(x) for x in jax.tree.leaves(trainer.opt_state)
             if np.ndim(x) == 0 and np.issubdtype(np.asarray(x).dtype, np.integer)]
@@ -203,19 +206,29 @@ def test_clipped_mode_reuses_each_batch_and_the_schedule_counts_optimizer_update
   assert np.isfinite(last["loss"])
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(grad_accum_steps=0), "grad_accum_steps=0 must be at least 1"),
-    (dict(baseline="mean"), "baseline='mean'"),
-    (dict(samples_per_state=1), "rloo baseline needs samples_per_state >= 2"),
-    (dict(updates_per_batch=2), "set clip_epsilon"),
-    (dict(temperature=-1.0), "temperature=-1.0 must not be negative"),
-    (dict(steps=-5), "steps=-5 must be at least 1"),
-    (dict(batch_size=0), "batch_size=0 must be at least 1"),
-    (dict(clip_epsilon=-0.1), "clip_epsilon=-0.1 must be positive"),
+@pytest.mark.parametrize("make, bad, message", [
+    (TrainConfig, dict(grad_accum_steps=0), "grad_accum_steps=0 must be at least 1"),
+    (TrainConfig, dict(steps=-5), "steps=-5 must be at least 1"),
+    (TrainConfig, dict(batch_size=0), "batch_size=0 must be at least 1"),
+    (TrainConfig, dict(batch_size=6, grad_accum_steps=4), "batch_size=6 must be a multiple of grad_accum_steps=4"),
+    (OnlineConfig, dict(baseline="mean"), "baseline='mean'"),
+    (OnlineConfig, dict(samples_per_state=1), "rloo baseline needs samples_per_state >= 2"),
+    (OnlineConfig, dict(updates_per_batch=2), "set clip_epsilon"),
+    (OnlineConfig, dict(temperature=-1.0), "temperature=-1.0 must not be negative"),
+    (OnlineConfig, dict(clip_epsilon=-0.1), "clip_epsilon=-0.1 must be positive"),
+    (OptimizerConfig, dict(learning_rate=-1e-3), "learning_rate=-0.001 must not be negative"),
+    (SftConfig, dict(context_weight=-1.0), "context_weight=-1.0 must not be negative"),
 ])
-def test_bad_train_settings_are_refused_when_the_config_is_built(bad, message):
+def test_bad_train_settings_are_refused_when_the_config_is_built(make, bad, message):
   with pytest.raises(ValueError, match=re.escape(message)):
-    TrainConfig(**bad)
+    make(**bad)
+
+
+def test_online_rows_must_hold_whole_states(tmp_path):
+  with pytest.raises(ValueError, match=r"batch_size=6 rows must be a multiple of OnlineConfig.samples_per_state=4"):
+    Trainer(init_model(model_config("tiny")), known_trajectories(),
+            TrainConfig(mode="online", batch_size=6, checkpoint_dir=str(tmp_path / "c")),
+            online_config=OnlineConfig(samples_per_state=4), scorer=FirstTokenScorer([1]))
 
 
 def test_bad_settings_elsewhere_are_refused_when_built():
@@ -240,9 +253,9 @@ def test_offline_gradient_accumulation_equals_one_large_batch(tmp_path):
   def trained(accum):
     model = init_model(model_config("tiny"), seed=0)
     config = TrainConfig(mode="offline", steps=2, batch_size=4, grad_accum_steps=accum, sequence_length=96,
-                         learning_rate=1e-2, warmup_steps=1, grad_clip_norm=1e6, checkpoint_every=100,
-                         checkpoint_dir=str(tmp_path / f"ckpt{accum}"), log_every=1)
-    trainer = Trainer(model, known_trajectories(), config)
+                         checkpoint_every=100, checkpoint_dir=str(tmp_path / f"ckpt{accum}"), log_every=1)
+    trainer = Trainer(model, known_trajectories(), config,
+                      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1, grad_clip_norm=1e6))
     weights = trainer._offline_batch()[0][features.LOSS_WEIGHTS].sum(axis=1)
     trainer.stream.seek(0)
     losses_ = [trainer.run_step()["loss"] for _ in range(2)]  # the first update has learning rate 0
@@ -272,8 +285,8 @@ def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_as
   token (the tied embedding included) would overstate the step many times over."""
   from swirl_jax.training import peak
   config = model_config("tiny", vocab_size=32_768)
-  base = TrainConfig(mode="offline", steps=1, batch_size=4, sequence_length=1024, learning_rate=1e-3,
-                     warmup_steps=1, checkpoint_every=100, checkpoint_dir=str(tmp_path / "ckpt"))
+  base = TrainConfig(mode="offline", steps=1, batch_size=4, sequence_length=1024, checkpoint_every=100,
+                     checkpoint_dir=str(tmp_path / "ckpt"))
   monkeypatch.setattr(peak, "xla_matmul_peak", lambda *a, **k: pytest.fail("the peak was measured unasked"))
   plain = Trainer(init_model(config), _long_context_trajectories(), base).run_step()
   assert "mfu" not in plain and "update_flops_per_device" not in plain

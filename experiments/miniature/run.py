@@ -37,7 +37,8 @@ from swirl_jax.data import demonstrations, filters, trajectory_io  # noqa: E402
 from swirl_jax.environment.episode import EpisodeConfig  # noqa: E402
 from swirl_jax.pipeline import build_trainer  # noqa: E402
 from swirl_jax.rewards.rule_judge import RuleJudge  # noqa: E402
-from swirl_jax.training.trainer import TrainConfig, load_trained_params  # noqa: E402
+from swirl_jax.training.trainer import (OnlineConfig, OptimizerConfig, SftConfig, TrainConfig,  # noqa: E402
+                                        load_trained_params)
 
 FLAGS = flags.DEFINE_multi_string("gin_file", [], "gin files, in order")
 BINDINGS = flags.DEFINE_multi_string("gin", [], "gin bindings, e.g. --gin=MiniatureConfig.seed=1")
@@ -148,16 +149,19 @@ class Miniature:
                            vocab_size=self.config.vocab_size, mesh=self.rt.mesh, rules=self.rt.rules)
     return model
 
-  def train(self, name: str, trajectories, train_task, judge, config: TrainConfig, start_from: str | None):
+  def train(self, name: str, trajectories, train_task, judge, config: TrainConfig, start_from: str | None,
+            optimizer: OptimizerConfig, online_config: OnlineConfig | None = None, sft: SftConfig | None = None):
     """A model trained from `start_from`'s checkpoint (or from scratch); resumes its own checkpoint."""
     model = self.fresh_model()
     if start_from is not None:
       load_trained_params(model, start_from)
     directory = self.path("models", name)
     config = dataclasses.replace(config, checkpoint_dir=os.path.join(directory, "checkpoints"),
-                                 seed=self.config.seed, max_action_tokens=self.config.max_action_tokens,
-                                 keep_checkpoints=1)
-    trainer = build_trainer(model, self.vocab, trajectories, train_task, judge, config,
+                                 seed=self.config.seed, keep_checkpoints=1)
+    online_config = dataclasses.replace(online_config or OnlineConfig(),
+                                        max_action_tokens=self.config.max_action_tokens)
+    trainer = build_trainer(model, self.vocab, trajectories, train_task, judge, config, optimizer=optimizer,
+                            online_config=online_config, sft=sft or SftConfig(),
                             metrics_dir=os.path.join(directory, "metrics"), mesh=self.rt.mesh, rules=self.rt.rules,
                             model_id={"miniature": self.config.run_dir, "start_from": start_from})
     if trainer.checkpoints.latest_step() != config.steps:
@@ -202,11 +206,10 @@ class Miniature:
       demos += [t for t in made if t.num_tokens <= c.sequence_length]
     base_dir = self.path("models", "base", "checkpoints")
     sft = TrainConfig(mode="sft", steps=c.sft_steps, batch_size=c.sft_rows, pack_rows=True,
-                      sequence_length=c.sequence_length,
-                      learning_rate=c.sft_learning_rate, sft_context_weight=c.sft_context_weight,
-                      warmup_steps=max(1, c.sft_steps // 20), checkpoint_every=max(1, c.sft_steps // 4),
-                      log_every=10)
-    base = self.train("base", demos, next(iter(split.values()))["train"], self.judge, sft, None)
+                      sequence_length=c.sequence_length, checkpoint_every=max(1, c.sft_steps // 4), log_every=10)
+    base = self.train("base", demos, next(iter(split.values()))["train"], self.judge, sft, None,
+                      OptimizerConfig(learning_rate=c.sft_learning_rate, warmup_steps=max(1, c.sft_steps // 20)),
+                      sft=SftConfig(context_weight=c.sft_context_weight))
     reports = [self.evaluate(base, "base", s["test"]) for s in split.values()]
 
     stage1 = {}
@@ -233,12 +236,13 @@ class Miniature:
           continue
         tag = f"{SHORT[name]}/{strategy}"
         self.log(f"[3/4] SWiRL {tag}: online RL on {c.states_per_strategy} states")
-        rl = TrainConfig(mode="online", steps=c.states_per_strategy // c.rl_batch, batch_size=c.rl_batch,
-                         samples_per_state=c.rl_samples, temperature=c.rl_temperature,
-                         learning_rate=c.rl_learning_rate, warmup_steps=1, baseline="rloo",
-                         sequence_length=self.capacity,
+        rl = TrainConfig(mode="online", steps=c.states_per_strategy // c.rl_batch,
+                         batch_size=c.rl_batch * c.rl_samples, sequence_length=self.capacity,
                          checkpoint_every=10_000, log_every=4)
-        model = self.train(f"swirl-{SHORT[name]}-{strategy}", kept, s["train"], self.judge, rl, base_dir)
+        model = self.train(f"swirl-{SHORT[name]}-{strategy}", kept, s["train"], self.judge, rl, base_dir,
+                           OptimizerConfig(learning_rate=c.rl_learning_rate, warmup_steps=1),
+                           OnlineConfig(samples_per_state=c.rl_samples, temperature=c.rl_temperature,
+                                        baseline="rloo"))
         report = self.evaluate(model, f"swirl-{SHORT[name]}-{strategy}", s["test"])
         reports.append(report | {"method": "swirl", "filter": strategy, "trained_on": name})
         if strategy in c.cross_task_filters:
@@ -249,10 +253,9 @@ class Miniature:
           steps_per_trajectory = sum(len(t.steps) for t in kept) / len(kept)
           steps = max(1, math.ceil(c.states_per_strategy / (c.baseline_batch * steps_per_trajectory)))
           sft_config = TrainConfig(mode="sft", steps=steps, batch_size=c.baseline_batch,
-                                   sequence_length=self.capacity,
-                                   learning_rate=c.baseline_learning_rate, warmup_steps=1,
-                                   checkpoint_every=10_000, log_every=4)
-          model = self.train(f"sft-{SHORT[name]}-{strategy}", kept, s["train"], self.judge, sft_config, base_dir)
+                                   sequence_length=self.capacity, checkpoint_every=10_000, log_every=4)
+          model = self.train(f"sft-{SHORT[name]}-{strategy}", kept, s["train"], self.judge, sft_config, base_dir,
+                             OptimizerConfig(learning_rate=c.baseline_learning_rate, warmup_steps=1))
           reports.append(self.evaluate(model, f"sft-{SHORT[name]}-{strategy}", s["test"])
                          | {"method": "sft", "filter": strategy, "trained_on": name})
     for r in reports[:len(split)]:

@@ -26,15 +26,19 @@ def process_shard() -> seqio.ShardInfo:
 
 
 class _Stream:
-  def __init__(self, task: str, seed: int, use_cached: bool):
+  def __init__(self, task: str, seed: int, use_cached: bool = False):
     self.task, self.seed, self.use_cached = task, seed, use_cached
     self.position = 0
-    self._iterator = None
+    self._iterator, self._per_call = None, None
     seqio.get_mixture_or_task(task)  # an unknown name fails here, before any model work
 
   def seek(self, position: int) -> None:
     """Continue from `position` (what this process had read when the checkpoint was saved)."""
     self.position, self._iterator = int(position), None
+
+  def _ensure(self, per_call: int) -> None:
+    if per_call != self._per_call:  # batched in tf.data by what a call takes
+      self._iterator, self._per_call = None, per_call
 
   def _dataset(self, lengths, converter) -> tf.data.Dataset:
     return seqio.get_dataset(self.task, task_feature_lengths=lengths, feature_converter=converter,
@@ -70,11 +74,12 @@ class RowStream(_Stream):
     """The next `count` rows, stacked ([count, length] each)."""
     def start():
       ds = self._dataset(seqio_tasks.row_lengths(self.length), self.converter)
-      return ds.skip(self.position).as_numpy_iterator()
+      return ds.skip(self.position).batch(count, drop_remainder=True).prefetch(2).as_numpy_iterator()
 
-    rows = [self._next(start) for _ in range(count)]
+    self._ensure(count)
+    rows = features.Features(**self._next(start))
     self.position += count
-    return features.stack(rows)
+    return rows
 
 
 class StateStream(_Stream):

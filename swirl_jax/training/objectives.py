@@ -13,9 +13,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
+import gin
+
+from swirl_jax import validation
 from swirl_jax.data.features import INPUT_TOKENS
 from swirl_jax.training import losses
 from swirl_jax.training.logprobs import reward_weighted_nll
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SftConfig:
+  """SFT mode (reward 1 on every logged action): `context_weight` > 0 also trains on the context
+  tokens (prompt, tool results), as when a model is taught the protocol from scratch."""
+
+  context_weight: float = 0.0
+
+  def __post_init__(self):
+    validation.not_negative(self, ("context_weight",))
 
 
 class Objective(Protocol):

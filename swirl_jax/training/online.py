@@ -12,11 +12,13 @@ from (key ids, state slot, sample), never from the process count.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
+import gin
 import numpy as np
 
-from swirl_jax import multihost
+from swirl_jax import multihost, validation
 from swirl_jax.data import features
 
 from swirl_jax.data.decomposition import StateExample
@@ -24,6 +26,36 @@ from swirl_jax.environment.protocol import parse_action
 from swirl_jax.rewards.judge import Judge, ProcessRequest
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput, row_key
 from swirl_jax.training.losses import advantages
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+  """The online algorithm's settings: how fresh actions are sampled at each state, scored, and
+  turned into the policy-gradient loss."""
+
+  samples_per_state: int = 4  # G
+  baseline: str = "rloo"  # none | rloo
+  judge_failures: str = "exclude"  # a sample the judge gave no verdict: exclude it, or score it "zero"
+  kl_coef: float = 0.0  # KL penalty to the initial policy
+  clip_epsilon: float | None = None  # set to use PPO's clipped ratio (needed for updates_per_batch > 1)
+  updates_per_batch: int = 1  # optimizer updates on each batch of samples
+  temperature: float = 1.0
+  max_action_tokens: int = 128
+
+  def __post_init__(self):
+    validation.at_least_one(self, ("samples_per_state", "updates_per_batch", "max_action_tokens"))
+    validation.not_negative(self, ("temperature", "kl_coef"))
+    validation.check(self.baseline in ("none", "rloo"), self, f"baseline={self.baseline!r}; use 'none' or 'rloo'")
+    validation.check(self.judge_failures in ("exclude", "zero"), self,
+                     f"judge_failures={self.judge_failures!r}; use 'exclude' or 'zero'")
+    validation.check(self.baseline != "rloo" or self.samples_per_state >= 2, self,
+                     f"the rloo baseline needs samples_per_state >= 2 (got {self.samples_per_state})")
+    validation.check(self.clip_epsilon is None or self.clip_epsilon > 0, self,
+                     f"clip_epsilon={self.clip_epsilon} must be positive")
+    validation.check(self.updates_per_batch == 1 or self.clip_epsilon is not None, self,
+                     f"updates_per_batch={self.updates_per_batch} reuses each batch: set clip_epsilon "
+                     "(the clipped ratio)")
 
 
 class Scorer(Protocol):
@@ -35,7 +67,7 @@ class Scorer(Protocol):
 class JudgeScorer:
   """Scores actions with a process judge, in the state's transcript (as Stage 1 steps are judged).
   An action the judge gave no verdict (a failed request, unreadable judge output) scores NaN:
-  the trainer counts it, and leaves it out or scores it 0 (TrainConfig.judge_failures)."""
+  the trainer counts it, and leaves it out or scores it 0 (OnlineConfig.judge_failures)."""
 
   def __init__(self, judge: Judge, tags: Sequence[str] = ("math_exp", "search_query")):
     self.judge, self.tags = judge, list(tags)

@@ -51,36 +51,29 @@ from swirl_jax.data.trajectory import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
 from swirl_jax.training import batches, objectives, online, peak
 from swirl_jax.training.flops import UpdateFlops
+from swirl_jax.training.objectives import SftConfig
+from swirl_jax.training.online import OnlineConfig
+from swirl_jax.training.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from swirl_jax.training.step import jit_train_step, micro_batch_gradient, train_step_fn
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "Trainer", "checkpoint_identity", "learning_rate_schedule",
-           "load_trained_params", "make_optimizer"]
+__all__ = ["NonFiniteLossError", "OnlineConfig", "OptimizerConfig", "SftConfig", "TrainConfig", "Trainer",
+           "checkpoint_identity", "learning_rate_schedule", "load_trained_params", "make_optimizer"]
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  """The run: what it trains on and how long, the batch, checkpoints, logging. The algorithm's
+  settings are `OnlineConfig` (online) and `SftConfig` (sft); the optimizer's `OptimizerConfig`."""
+
   mode: str = "online"  # online | offline | sft
   steps: int = 100
-  batch_size: int = 8  # states per step (online) or trajectory rows per step (offline, sft)
+  batch_size: int = 32  # rows each step trains on (online: states per step x samples_per_state)
+  sequence_length: int = 2048  # tokens per row
   pack_rows: bool = False  # offline, sft: pack several examples into each row (SeqIO's packer, in stream order)
   share_prefixes: bool = True  # offline, sft, given trajectories: one row per trajectory, not one per state
   use_cached_task: bool = False  # read the task from SeqIO's cache (made by its cache_tasks job)
-  samples_per_state: int = 4  # G
-  baseline: str = "rloo"  # none | rloo
-  judge_failures: str = "exclude"  # a sample the judge gave no verdict: exclude it, or score it "zero"
-  kl_coef: float = 0.0
-  clip_epsilon: float | None = None  # set to use the clipped ratio (with updates_per_batch > 1)
-  updates_per_batch: int = 1
-  sft_context_weight: float = 0.0  # sft mode: loss weight on context tokens (teaching a model from scratch)
-  temperature: float = 1.0
-  max_action_tokens: int = 128
-  sequence_length: int = 2048
-  learning_rate: float = 1e-5
-  warmup_steps: int = 10
-  weight_decay: float = 0.0
-  grad_clip_norm: float = 1.0
-  grad_accum_steps: int = 1
+  grad_accum_steps: int = 1  # micro-batches per step (the update is the same)
   checkpoint_dir: str = "runs/default/checkpoints"
   checkpoint_every: int = 50
   keep_checkpoints: int = 3
@@ -93,39 +86,12 @@ class TrainConfig:
     """Refuses a bad setting when the config is built, not at the first step (after sampling
     and judging) or never."""
     validation.check(self.mode in ("online", "offline", "sft"), self, f"mode={self.mode!r}; use online, offline or sft")
-    validation.at_least_one(self, ("steps", "batch_size", "samples_per_state", "updates_per_batch", "max_action_tokens",
-                                   "sequence_length", "grad_accum_steps", "checkpoint_every", "keep_checkpoints",
-                                   "log_every"))
-    validation.not_negative(self, ("temperature", "kl_coef", "learning_rate", "warmup_steps", "weight_decay",
-                                   "grad_clip_norm", "sft_context_weight"))
+    validation.at_least_one(self, ("steps", "batch_size", "sequence_length", "grad_accum_steps", "checkpoint_every",
+                                   "keep_checkpoints", "log_every"))
     validation.check(self.batch_size % self.grad_accum_steps == 0, self,
                      f"batch_size={self.batch_size} must be a multiple of grad_accum_steps={self.grad_accum_steps}")
-    validation.check(self.baseline in ("none", "rloo"), self, f"baseline={self.baseline!r}; use 'none' or 'rloo'")
-    validation.check(self.judge_failures in ("exclude", "zero"), self,
-                     f"judge_failures={self.judge_failures!r}; use 'exclude' or 'zero'")
-    validation.check(self.mode != "online" or self.baseline != "rloo" or self.samples_per_state >= 2, self,
-                     f"the rloo baseline needs samples_per_state >= 2 (got {self.samples_per_state})")
-    validation.check(self.clip_epsilon is None or self.clip_epsilon > 0, self,
-                     f"clip_epsilon={self.clip_epsilon} must be positive")
-    validation.check(self.updates_per_batch == 1 or self.clip_epsilon is not None, self,
-                     f"updates_per_batch={self.updates_per_batch} reuses each batch: set clip_epsilon "
-                     "(the clipped ratio)")
     validation.check(self.peak_flops is None or self.peak_flops > 0, self,
                      f"peak_flops={self.peak_flops} must be positive")
-
-
-def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-  """Linear warmup then cosine decay, counted in optimizer updates: each trainer step makes
-  `updates_per_batch` of them (steps and warmup_steps are in trainer steps)."""
-  updates = config.steps * config.updates_per_batch
-  warmup = max(config.warmup_steps * config.updates_per_batch, 1)
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(updates, warmup + 1))
-
-
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """AdamW on `learning_rate_schedule`, after global-norm clipping."""
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                     optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -142,23 +108,34 @@ def register_data(trajectories: Sequence[Trajectory], mode: str, share_prefixes:
   return seqio_tasks.register_trajectories(name, trajectories).for_mode(mode, share_prefixes)
 
 
-def _objective(config: TrainConfig) -> objectives.Objective:
-  if config.mode == "online":
-    return objectives.PolicyGradient(kl_coef=config.kl_coef, clip_epsilon=config.clip_epsilon)
+def _objective(mode: str, online_config: OnlineConfig) -> objectives.Objective:
+  if mode == "online":
+    return objectives.PolicyGradient(kl_coef=online_config.kl_coef, clip_epsilon=online_config.clip_epsilon)
   return objectives.RewardWeightedLikelihood()
 
 
 class Trainer:
   """Trains `model` in place on a SeqIO task (`data`: its name), or on trajectories in memory
-  (registered as a task here)."""
+  (registered as a task here). The optimizer's and the algorithm's settings default to gin's
+  `OptimizerConfig()`, `OnlineConfig()` and `SftConfig()`."""
 
-  def __init__(self, model, data: str | Sequence[Trajectory], config: TrainConfig, *, scorer=None,
-               vocab=None, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
-               mesh: Mesh | None = None, rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES,
-               metrics_dir: str | None = None, model_id: dict | None = None):
+  def __init__(self, model, data: str | Sequence[Trajectory], config: TrainConfig, *,
+               optimizer: OptimizerConfig | None = None, online_config: OnlineConfig | None = None,
+               sft: SftConfig | None = None, scorer=None, vocab=None, stop_ids: Sequence[int] = (),
+               stop_strings: Sequence[str] = (), mesh: Mesh | None = None,
+               rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES, metrics_dir: str | None = None,
+               model_id: dict | None = None):
     if config.mode == "online" and scorer is None:
       raise ValueError("Trainer: online mode needs a scorer (the judge)")
     self.model, self.config, self.scorer, self.mesh, self.rules = model, config, scorer, mesh, rules
+    self.optimizer = optimizer or OptimizerConfig()
+    self.online = online_config or OnlineConfig()
+    self.sft = sft or SftConfig()
+    g = self.online.samples_per_state
+    if config.mode == "online" and config.batch_size % g:
+      raise ValueError(f"TrainConfig.batch_size={config.batch_size} rows must be a multiple of "
+                       f"OnlineConfig.samples_per_state={g} (each state's samples fill {g} rows)")
+    self.updates_per_step = self.online.updates_per_batch if config.mode == "online" else 1
     self.task = data if isinstance(data, str) else register_data(data, config.mode, config.share_prefixes)
     facts = batches.task_facts(self.task, config.use_cached_task)
     # What a checkpoint here must have been trained with to be resumed: the settings that change
@@ -169,6 +146,9 @@ class Trainer:
         "config": provenance.config_fields(config, ("checkpoint_dir", "checkpoint_every", "keep_checkpoints",
                                                     "log_every", "peak_flops", "measure_peak",
                                                     "grad_accum_steps", "use_cached_task")),
+        "optimizer": provenance.config_fields(self.optimizer),
+        "algorithm": provenance.config_fields({"online": self.online, "sft": self.sft}.get(config.mode))
+                     if config.mode != "offline" else None,
         "data": facts.identity,
         "model": model_id or provenance.policy_identity(),
         "judge": provenance.judge_identity(scorer.judge) if scorer is not None and hasattr(scorer, "judge") else None,
@@ -178,23 +158,23 @@ class Trainer:
     self.sampler = None
     if config.mode == "online":
       self.stream = batches.StateStream(self.task, config.seed, config.use_cached_task)
-      self.sampling = SamplingConfig(temperature=config.temperature, max_new_tokens=config.max_action_tokens,
-                                     stop_ids=tuple(stop_ids), stop_strings=tuple(stop_strings))
-      self.sampler = Sampler(model, rows=config.batch_size * config.samples_per_state,
-                             capacity=facts.longest + config.max_action_tokens, vocab=vocab, mesh=mesh, rules=rules)
-      self.total_rows = config.batch_size * config.samples_per_state
+      self.sampling = SamplingConfig(temperature=self.online.temperature,
+                                     max_new_tokens=self.online.max_action_tokens, stop_ids=tuple(stop_ids),
+                                     stop_strings=tuple(stop_strings))
+      self.sampler = Sampler(model, rows=config.batch_size, capacity=facts.longest + self.online.max_action_tokens,
+                             vocab=vocab, mesh=mesh, rules=rules)
     else:
       self.stream = batches.RowStream(self.task, config.sequence_length, seed=config.seed, pack=config.pack_rows,
-                                      reward_one=config.mode == "sft", context_weight=config.sft_context_weight,
+                                      reward_one=config.mode == "sft", context_weight=self.sft.context_weight,
                                       use_cached=config.use_cached_task)
-      self.total_rows = config.batch_size
+    self.total_rows = config.batch_size
 
     # The algorithm, the optimizer and the step.
-    self.objective = _objective(config)
+    self.objective = _objective(config.mode, self.online)
     self.graphdef = nnx.graphdef(model)
-    self.tx = make_optimizer(config)
+    self.tx = make_optimizer(self.optimizer, config.steps, self.updates_per_step)
     params = nnx.state(model)
-    self.reference = jax.tree.map(jnp.copy, params) if config.mode == "online" and config.kl_coef else None
+    self.reference = jax.tree.map(jnp.copy, params) if config.mode == "online" and self.online.kl_coef else None
     self.param_shardings = (partitioning.state_shardings(params, mesh, rules) if mesh is not None else None)
     self.opt_shardings = None
     self.opt_state = self._init_opt_state(params)
@@ -270,16 +250,17 @@ class Trainer:
     return self.stream.next_rows(len(rows)), rows, {}
 
   def _online_batch(self, step: int):
-    g = self.config.samples_per_state
-    slots = online.local_state_slots(self.sampler, self.config.batch_size, g)
+    g = self.online.samples_per_state
+    states_per_step = self.config.batch_size // g
+    slots = online.local_state_slots(self.sampler, states_per_step, g)
     local_states = self.stream.next_states(len(slots))
     # A state's sampling key is its place in the step's share of the global stream, which SeqIO
     # deals out to processes by example: the i-th state read here is item i * P + p of that share.
     p, count = jax.process_index(), jax.process_count()
     batch = online.online_batch(
         self.sampler, self.scorer, dict(zip(slots, local_states)), g, self.sampling, self.config.sequence_length,
-        self.config.baseline, key_ids=("online", self.config.seed, step),
-        sample_ids={slot: i * count + p for i, slot in enumerate(slots)}, judge_failures=self.config.judge_failures)
+        self.online.baseline, key_ids=("online", self.config.seed, step),
+        sample_ids={slot: i * count + p for i, slot in enumerate(slots)}, judge_failures=self.online.judge_failures)
     scored = ~np.isnan(batch.rewards)
     reward_sum, scored_count, failures, sampled, logged_sum = np.sum(
         multihost.allgather_json([float(batch.rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
@@ -287,7 +268,7 @@ class Trainer:
                                   float(sum(s.reward for s in local_states))]), axis=0)
     rows = np.array([slot * g + i for slot in batch.state_slots for i in range(g)], np.int64)
     extra = {"mean_reward": float(reward_sum / max(scored_count, 1)), "judge_failures": int(failures),
-             "logged_reward": float(logged_sum / self.config.batch_size), "sampled_tokens": int(sampled)}
+             "logged_reward": float(logged_sum / states_per_step), "sampled_tokens": int(sampled)}
     return batch.features, rows, extra
 
   # -- the step ----------------------------------------------------------------
@@ -341,7 +322,7 @@ class Trainer:
       with partitioning.activate(self.mesh, self.rules):
         flops = self._update_flops(params, self.opt_state, batch, self.reference, loss_slots)
     update_start = time.perf_counter()
-    for _ in range(self.config.updates_per_batch):
+    for _ in range(self.updates_per_step):
       with partitioning.activate(self.mesh, self.rules):
         params, self.opt_state, metrics = self._train_step(params, self.opt_state, batch, self.reference,
                                                            loss_slots)
@@ -356,15 +337,15 @@ class Trainer:
     self.step += 1
     seconds = time.perf_counter() - start
     tokens = int(multihost.sum_over_processes([int(np.sum(feats[SEGMENT_IDS] > 0))])[0])
-    tokens *= self.config.updates_per_batch
+    tokens *= self.updates_per_step
     result = {k: float(v) for k, v in metrics.items()} | extra
     result.update(step=self.step, step_seconds=seconds, update_seconds=update_seconds, trained_tokens=tokens,
                   tokens_per_second=tokens / seconds)
     if flops:
       # The update's MFU: XLA's FLOP count of the compiled step (per device, in its dtype), over the
       # time of the update(s) alone; online sampling is timed in step_seconds, not counted here.
-      result["update_flops_per_device"] = flops * self.config.updates_per_batch
-      result["mfu"] = flops * self.config.updates_per_batch / update_seconds / self.peak_flops
+      result["update_flops_per_device"] = flops * self.updates_per_step
+      result["mfu"] = flops * self.updates_per_step / update_seconds / self.peak_flops
     return result
 
   def train(self) -> dict:
