@@ -90,7 +90,7 @@ def _identity(kind, model_source, model_path, mode, http_base_url, http_model, j
                                      + [prompts.outcome_prompt("{question}", "{answer}", "{gold}")])
   if kind == "model":
     model = ({"source": model_source, "path": model_path} if model_source
-             else provenance.policy_identity()["policy"])
+             else provenance.policy_identity())
     return {"kind": "model", "mode": mode, "model": model, "max_new_tokens": judge.max_new_tokens,
             "prompts": prompts_digest}
   return {"kind": "http", "url": judge.url, "model": http_model, "temperature": judge.temperature,
@@ -111,7 +111,9 @@ def _make_judge(kind, model_source, model_path, mode, http_base_url, http_model,
     return RuleJudge(questions, titles)
   if kind == "model":
     from swirl_jax.checkpoints.policy import load_policy
-    model, vocab = load_policy(source=model_source, path=model_path) if model_source else load_policy()
+    # A judge of its own source is that model as it is: no trainer checkpoint of the policy's.
+    model, vocab = (load_policy(source=model_source, path=model_path, checkpoint_dir=None) if model_source
+                    else load_policy())
     return ModelJudge(model, vocab, mode=mode)
   if kind == "http":
     if not (http_base_url and http_model):

@@ -174,3 +174,26 @@ def test_the_numpy_and_tf_builders_make_the_same_row():
   # Position 3 ends segment 1: its target is 0, not segment 2's first token.
   assert from_numpy[features.TARGET_TOKENS].tolist() == [5, 6, 7, 0, 8, 9, 0, 0, 0]
   assert from_numpy[features.LOSS_WEIGHTS].tolist() == [0, 1, 1, 0, 0, 1, 0, 0, 0]
+
+
+def test_packing_keeps_token_zero_and_refuses_features_of_unequal_length(tmp_path):
+  """Token id 0 is a real token in some vocabularies; SeqIO's packer reads 0 as padding. Packed
+  rows still hold every token, and the weighted targets are exactly the actions."""
+  trajectories = known_trajectories()
+  for t in trajectories:
+    t.steps[0].context_tokens[1] = 0
+    t.steps[0].action_tokens[0] = 0
+  data = seqio_tasks.register_trajectories("zeros", trajectories)
+  [batch] = _converted(data.trajectories, 192, 64, pack=True)
+  assert np.asarray(batch[features.SEGMENT_IDS]).max() > 1
+  real = np.asarray(batch[features.SEGMENT_IDS]) > 0
+  packed_tokens = np.asarray(batch[features.INPUT_TOKENS])[real].tolist()
+  assert packed_tokens == [tok for t in trajectories for tok in decomposition.prefix_shared(t).tokens.tolist()]
+  weighted = np.asarray(batch[features.TARGET_TOKENS])[np.asarray(batch[features.LOSS_WEIGHTS]) > 0]
+  assert weighted.tolist() == [tok for t in trajectories for s in t.steps for tok in s.action_tokens]
+
+  bad = seqio_tasks.trajectory_example(trajectories[0])
+  bad[seqio_tasks.REWARDS] = bad[seqio_tasks.REWARDS][:-1]
+  seqio_tasks.register_examples("unequal", lambda: [bad], {})
+  with pytest.raises(tf.errors.InvalidArgumentError, match="rewards and tokens differ in length"):
+    _converted("unequal", 96, 4)

@@ -318,3 +318,14 @@ def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_as
                         dataclasses.replace(base, measure_peak=True, grad_accum_steps=2,
                                             checkpoint_dir=str(tmp_path / "ckpt3"))).run_step()
   assert 0.8 < accumulated["update_flops_per_device"] / metrics["update_flops_per_device"] < 1.25, accumulated
+
+
+def test_a_task_every_process_must_refuse_is_refused_when_the_trainer_is_built(tmp_path):
+  """An example longer than a row would be met by one process in its shard while the others wait
+  in a collective: it is found from the task's agreed facts before any step."""
+  with pytest.raises(ValueError, match=r"has an example of \d+ tokens; rows hold 40"):
+    Trainer(init_model(model_config("tiny")), known_trajectories(),
+            TrainConfig(mode="offline", sequence_length=40, checkpoint_dir=str(tmp_path / "c")))
+  with pytest.raises(ValueError, match="shuffles inside its source"):
+    Trainer(init_model(model_config("tiny")), known_trajectories(),
+            TrainConfig(mode="offline", sequence_length=96, use_cached_task=True, checkpoint_dir=str(tmp_path / "d")))

@@ -267,9 +267,14 @@ class StepwiseFeatureConverter(seqio.FeatureConverter):
         if self.context_weight:
           weights = tf.where(weights > 0, 1.0, self.context_weight)
         rewards = tf.cast(weights > 0, tf.float32)
-      # Every feature is nonzero on real tokens (kind 1 / 2, float bits without +0), so the packer
-      # keeps them aligned.
-      return {"tokens": ex[TOKENS], "kind": tf.where(ex[WEIGHTS] > 0, 2, 1),
+      n = tf.size(ex[TOKENS])
+      checks = [tf.debugging.assert_equal(tf.size(ex[k]), n, message=f"{k} and tokens differ in length")
+                for k in (WEIGHTS, REWARDS, LOGPROBS)]
+      with tf.control_dependencies(checks):
+        tokens = ex[TOKENS] + 1
+      # Every feature is nonzero on real tokens (ids + 1, kind 1 / 2, float bits without +0), so the
+      # packer, which takes 0 for padding, keeps them aligned.
+      return {"tokens": tokens, "kind": tf.where(ex[WEIGHTS] > 0, 2, 1),
               "weights": _no_zero_bits(weights), "rewards": _no_zero_bits(rewards),
               "logprobs": _no_zero_bits(ex[LOGPROBS])}
 
@@ -278,12 +283,12 @@ class StepwiseFeatureConverter(seqio.FeatureConverter):
     ds = self._pack_or_pad(ds, {k: length for k in ("tokens", "kind", "weights", "rewards", "logprobs")})
 
     def model_features(ex):
-      tokens = ex["tokens"]
       if self.pack:
         segments, positions = ex["tokens_segment_ids"], ex["tokens_positions"]
       else:
         segments = tf.cast(ex["kind"] > 0, tf.int32)
-        positions = tf.range(tf.shape(tokens)[0], dtype=tf.int32) * segments
+        positions = tf.range(tf.shape(ex["tokens"])[0], dtype=tf.int32) * segments
+      tokens = tf.where(segments > 0, ex["tokens"] - 1, 0)
       return features.tf_row(tokens, _from_bits(ex["weights"]), _from_bits(ex["rewards"]), _from_bits(ex["logprobs"]),
                              segments, positions)
 
@@ -302,7 +307,8 @@ def shared_row_features(rows: decomposition.SharedRow | Sequence[decomposition.S
                         length: int) -> features.Features:
   """The prefix-shared layout as the model's features, in numpy: one trajectory per row, or
   several packed into one row (segment ids 1, 2, ...; positions restart; no target crosses a
-  boundary). The converter's rows of a :trajectories task equal these."""
+  boundary). The converter's padded rows of a :trajectories task equal these (its packed rows
+  group trajectories as SeqIO's packer does)."""
   rows = [rows] if isinstance(rows, decomposition.SharedRow) else list(rows)
   n = sum(len(r.tokens) for r in rows)
   if n > length:

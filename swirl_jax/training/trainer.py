@@ -138,6 +138,7 @@ class Trainer:
     self.updates_per_step = self.online.updates_per_batch if config.mode == "online" else 1
     self.task = data if isinstance(data, str) else register_data(data, config.mode, config.share_prefixes)
     facts = batches.task_facts(self.task, config.use_cached_task)
+    self._check_task(facts)
     # What a checkpoint here must have been trained with to be resumed: the settings that change
     # the result, the data, the starting model and (online) the judge.
     self.fingerprint = json.loads(json.dumps({
@@ -145,7 +146,7 @@ class Trainer:
         # leave the result alone.
         "config": provenance.config_fields(config, ("checkpoint_dir", "checkpoint_every", "keep_checkpoints",
                                                     "log_every", "peak_flops", "measure_peak",
-                                                    "grad_accum_steps", "use_cached_task")),
+                                                    "grad_accum_steps")),
         "optimizer": provenance.config_fields(self.optimizer),
         "algorithm": provenance.config_fields({"online": self.online, "sft": self.sft}.get(config.mode))
                      if config.mode != "offline" else None,
@@ -193,6 +194,21 @@ class Trainer:
                                             else None)
     self._update_flops = UpdateFlops(self._train_step, micro_batch_gradient(self.graphdef, self.objective),
                                      config.grad_accum_steps, self.objective.shares_of_batch_weight)
+
+  def _check_task(self, facts: seqio_tasks.TaskInfo) -> None:
+    """What every process must find alike, found from facts they agree on (a problem met by one
+    process in its own shard would leave the others waiting in a collective)."""
+    config = self.config
+    if config.use_cached_task and seqio_tasks.info(self.task) is not None:
+      raise ValueError(f"TrainConfig.use_cached_task: {self.task!r} shuffles inside its source, which a cache would "
+                       "lose; cache a task of your own with a shuffle buffer (docs/training.md)")
+    if facts.examples < jax.process_count():
+      raise ValueError(f"SeqIO task {self.task!r} has {facts.examples} examples for {jax.process_count()} processes "
+                       "(each reads its own shard)")
+    # (Online, a state with its sampled action is checked at each step, over all processes.)
+    if facts.longest > config.sequence_length:
+      raise ValueError(f"SeqIO task {self.task!r} has an example of {facts.longest} tokens; rows hold "
+                       f"{config.sequence_length} (raise TrainConfig.sequence_length)")
 
   # -- state -----------------------------------------------------------------
 
