@@ -29,3 +29,14 @@ def tokenizer_gguf(tmp_path_factory):
   cfg = model_config("tiny")
   write_tiny_gguf(path, hf_reference.random_hf_model(cfg), cfg)
   return str(path)
+
+
+# The two longest files (the miniature reproduction, about 15 min here; the multi-process stages,
+# about 6) start first. With `make test`'s 2 workers and `--dist loadfile` the files go to the
+# workers in this order, so the longest no longer starts late and runs alone at the end.
+_LONGEST_FIRST = ("test_miniature.py", "test_multihost_stages.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
