@@ -58,8 +58,7 @@ def latest_step(checkpoint_dir: str) -> int:
 def load_trained_params(model, checkpoint_dir: str, step: int | None = None) -> int:
   """Puts the params of a trainer checkpoint (the latest by default) into `model`; returns the step."""
   step = latest_step(checkpoint_dir) if step is None else step
-  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
-  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(
+  restored = ocp.CheckpointManager(os.path.abspath(checkpoint_dir)).restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(
       _abstract(nnx.state(model)))))
   nnx.update(model, restored["params"])
   return step

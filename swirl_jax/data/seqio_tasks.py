@@ -198,13 +198,15 @@ class RegisteredData:
     return self.trajectories if mode != "online" and share_prefixes else self.states
 
 
-def register_trajectories(name: str, trajectories: Sequence[Trajectory],
+def register_trajectories(name: str | None, trajectories: Sequence[Trajectory],
                           vocabulary: seqio.Vocabulary | None = None) -> RegisteredData:
-  """Registers `name` (states) and `name:trajectories` over trajectories held in memory."""
+  """Registers `name` (states) and `name:trajectories` over trajectories held in memory; with no
+  name, `swirl:memory:{digest}` (the same trajectories, the same task)."""
   trajectories = list(trajectories)
   if not trajectories:
     raise ValueError(f"task {name!r}: no trajectories (did the filter keep none?)")
   identity = {"data": provenance.digest([t.to_json() for t in trajectories])}
+  name = name or f"{TASK_PREFIX}:memory:{identity['data']}"
   states = register_examples(name, lambda: [state_example(e) for t in trajectories
                                             for e in decomposition.expand(t)], identity, vocabulary)
   whole = register_examples(name + TRAJECTORIES_SUFFIX, lambda: [trajectory_example(t) for t in trajectories],

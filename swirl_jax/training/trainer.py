@@ -99,13 +99,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def register_data(trajectories: Sequence[Trajectory], mode: str, share_prefixes: bool = True) -> str:
-  """The SeqIO task a trainer given trajectories in memory reads (registered under a name made
-  from their digest: the same trajectories, the same task)."""
-  trajectories = list(trajectories)
-  if not trajectories:
-    raise ValueError("Trainer: no trajectories to train on (did the filter keep none?)")
-  name = f"{seqio_tasks.TASK_PREFIX}:memory:{provenance.digest([t.to_json() for t in trajectories])}"
-  return seqio_tasks.register_trajectories(name, trajectories).for_mode(mode, share_prefixes)
+  """The SeqIO task a trainer given trajectories in memory reads (named by their digest)."""
+  return seqio_tasks.register_trajectories(None, trajectories).for_mode(mode, share_prefixes)
 
 
 def _objective(mode: str, online_config: OnlineConfig) -> objectives.Objective:
