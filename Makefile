@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test venv benchmarks miniature clean
+.PHONY: demo test venv benchmarks miniature clean extras-test
 
 $(STAMP): requirements/lock.txt setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,5 +29,16 @@ miniature: $(STAMP)
 benchmarks: $(STAMP)
 	$(VENV)/bin/python benchmarks/forward_flops.py
 
+# The optional extras (launch: xmanager; tpu-aot: libtpu), pinned, in .extras/ beside .venv (libtpu
+# stays out of .venv so that plain runs never look for a TPU); then the tests that need them run.
+EXTRAS := .extras
+$(EXTRAS)/.installed: requirements/launch.txt $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(EXTRAS) \
+	    -r requirements/launch.txt "libtpu==0.0.42.1"
+	touch $@
+
+extras-test: $(EXTRAS)/.installed
+	PYTHONPATH=$(EXTRAS) $(VENV)/bin/python -m pytest -q tests/test_launch.py tests/test_aot_tpu.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(EXTRAS) build *.egg-info

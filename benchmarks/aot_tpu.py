@@ -84,6 +84,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--grad_accum", type=int, default=1)
   parser.add_argument("--dtype", default="bfloat16", help="params and compute")
   parser.add_argument("--remat", default="full")
+  parser.add_argument("--scan_layers", action="store_true", help="one lax.scan over stacked layers")
   parser.add_argument("--kl", action="store_true", help="online step with a KL reference")
   parser.add_argument("--sampler_rows", type=int, default=0, help="(0: --rows)")
   parser.add_argument("--cache_len", type=int, default=0, help="KV cache capacity (0: --seq_len)")
@@ -99,8 +100,9 @@ def main(argv=None) -> list[dict]:
   mesh = partitioning.make_mesh(partitioning.MeshConfig(data=data, fsdp=fsdp, tensor=tensor), devices,
                                 num_slices=args.num_slices)
   rules = partitioning.DEFAULT_RULES
-  config = model_config(args.model, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat)
-  print(f"{args.model} on {args.topology} x {args.num_slices} ({len(devices)} chips, {kind}, "
+  config = model_config(args.model, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat,
+                        scan_layers=args.scan_layers)
+  print(f"{args.model}{' (scanned layers)' if args.scan_layers else ''} on {args.topology} x {args.num_slices} ({len(devices)} chips, {kind}, "
         f"{hbm} GiB HBM each); mesh {dict(mesh.shape)}; jax {jax.__version__}, libtpu {libtpu_version()}")
 
   graphdef, params = nnx.split(nnx.eval_shape(lambda: init_model(config)))
@@ -131,7 +133,7 @@ def main(argv=None) -> list[dict]:
       capacity = args.cache_len or args.seq_len
       cache_shapes = jax.eval_shape(lambda: KVCache.zeros(config, b, capacity))
       cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=(
-          partitioning.cache_sharding(mesh, rules, x.shape) if len(x.shape) == 4
+          partitioning.cache_sharding(mesh, rules, x.shape) if len(x.shape) >= 4
           else partitioning.batch_sharding(mesh, rules, x.shape))), cache_shapes)
       hidden = batch_of((b, config.embed_dim), jnp.float32)
       with partitioning.activate(mesh, rules):

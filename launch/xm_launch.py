@@ -5,7 +5,8 @@
 
 Gin files and `--gin.NAME=VALUE` overrides pass through to `swirl_jax.main`.
 With --dry_run the job is printed (as JSON) and nothing is launched; without
-it, the `xmanager` package must be installed and configured for your project.
+it, the `launch` extra must be installed (pinned: `pip install -r requirements/lock.txt
+-r requirements/launch.txt`) and xmanager configured for your GCP project.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files, passed throug
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, passed through.")
 _NAME = flags.DEFINE_string("name", "swirl_jax", "Experiment title.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the job instead of launching it.")
+_BUILD_ONLY = flags.DEFINE_bool("build_only", False, "Build the job as xmanager objects (the `launch` extra), "
+                                "print what they hold, and launch nothing.")
 
 _CHIPS_PER_HOST = {"v4": 4, "v5e": 4, "v5litepod": 4, "v5p": 4, "v6e": 4}
 # xm.ResourceType names (xmanager 0.8.5: TPU_V4, TPU_V5E, TPU_V5P, TPU_V6E; case-insensitive).
@@ -60,15 +63,34 @@ def job_spec(accelerator: str, topology: str, mode: str, gin_files: list[str], g
           "shell": "python -m swirl_jax.main " + " ".join(shlex.quote(a) for a in args)}
 
 
+def build_job(spec: dict):
+  """The job as xmanager objects: (requirements, executor, packageable); nothing is contacted.
+
+  Needs the `launch` extra (xmanager). One replica per host of the slice: every host runs the same
+  SPMD program (`--distributed_tpu` makes each one join the others).
+  """
+  from xmanager import xm, xm_local  # the `launch` extra
+  requirements = xm.JobRequirements(**{_RESOURCE[spec["accelerator"]]: spec["topology"]}, replicas=spec["hosts"])
+  executor = xm_local.Vertex(requirements=requirements)
+  packageable = xm.python_container(executor_spec=executor.Spec(), path=".",
+                                    entrypoint=xm.ModuleName("swirl_jax.main"), args=spec["command"][3:])
+  return requirements, executor, packageable
+
+
+def describe_job(requirements, executor, packageable) -> dict:
+  """What the xmanager objects hold, as JSON-able values (read back from the objects)."""
+  return {"accelerator": requirements.accelerator.name, "topology": requirements.topology.name,
+          "chips": requirements.topology.chip_count, "replicas": requirements.replicas,
+          "executor": type(executor).__name__, "entrypoint": packageable.executable_spec.entrypoint.module_name,
+          "command_line": " ".join(packageable.args.to_list())}  # shell-quoted, as the container runs it
+
+
 def launch(spec: dict) -> None:
-  """One job on the whole slice; the topology string is the TPU resource's quantity."""
-  from xmanager import xm, xm_local  # imported only to launch for real
-  requirements = xm.JobRequirements(**{_RESOURCE[spec["accelerator"]]: spec["topology"]})
+  """Packages the repository (docker) and adds the job to a new experiment."""
+  from xmanager import xm, xm_local
+  _, executor, packageable = build_job(spec)
   with xm_local.create_experiment(experiment_title=spec["name"]) as experiment:
-    executor = xm_local.Vertex(requirements)
-    [executable] = experiment.package([xm.python_container(
-        executor_spec=executor.Spec(), path=".", entrypoint=xm.ModuleName("swirl_jax.main"),
-        args=spec["command"][3:])])
+    [executable] = experiment.package([packageable])
     experiment.add(xm.Job(executable, executor))
 
 
@@ -79,6 +101,9 @@ def main(argv):
                   _NAME.value)
   if _DRY_RUN.value:
     print(json.dumps(spec, indent=1))
+    return
+  if _BUILD_ONLY.value:
+    print(json.dumps(describe_job(*build_job(spec)), indent=1))
     return
   launch(spec)
 

@@ -33,6 +33,7 @@ DEFAULT_RULES: LogicalRules = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),  # the stacked axis of scanned layers: every chip holds its shard of each layer
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),
     ("activation_embed", None),
@@ -214,9 +215,12 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules, shape: Sequence[int]) -> Nam
 
 
 def cache_sharding(mesh: Mesh, rules: LogicalRules, shape: Sequence[int]) -> NamedSharding:
-  """Sharding of one layer's KV cache [batch, slots, kv_heads, head_dim]: rows as the batch, heads
-  as the tensor axis says."""
-  names = ("activation_batch", None, "activation_kv_heads", None)
+  """Sharding of one layer's KV cache [batch, slots, kv_heads, head_dim], or of scanned layers'
+  stacked caches [layers, batch, slots, kv_heads, head_dim]: rows as the batch, heads as the tensor
+  axis says, the layers axis whole."""
+  if len(shape) not in (4, 5):
+    raise ValueError(f"cache_sharding: a KV cache has 4 or 5 dimensions, not shape {tuple(shape)}")
+  names = (None,) * (len(shape) - 4) + ("activation_batch", None, "activation_kv_heads", None)
   return NamedSharding(mesh, logical_to_spec(names, rules, shape, mesh))
 
 

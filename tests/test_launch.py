@@ -6,6 +6,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -41,3 +43,23 @@ def test_xmanager_dry_run():
   assert spec["command"] == ["python", "-m", "swirl_jax.main", "--mode=pipeline", "--distributed_tpu",
                              "--gin_file=gin/experiments/gsm8k_calculator.gin",
                              "--gin_bindings=TrainConfig.steps = 500"]
+
+
+def test_xmanager_builds_the_job_from_real_objects():
+  """The job through xmanager's own JobRequirements, Vertex executor and python_container (the `launch`
+  extra; nothing is packaged or sent)."""
+  pytest.importorskip("xmanager", reason="the launch extra (requirements/launch.txt) is not installed")
+  done = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch/xm_launch.py"), "--accelerator=v5e", "--topology=16x16",
+       "--mode=train", "--gin_file=gin/experiments/gsm8k_calculator.gin", "--gin.TrainConfig.steps=500",
+       "--gin.run_train.filter_strategy='process'", "--build_only"],
+      capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+          [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])})
+  assert done.returncode == 0, done.stderr[-3000:]
+  job = json.loads(done.stdout[done.stdout.index("{"):])
+  assert job["accelerator"] == "TPU_V5E" and job["topology"] == "16x16" and job["chips"] == 256
+  assert job["replicas"] == 64  # hosts: 4 chips each
+  assert job["executor"] == "Vertex" and job["entrypoint"] == "swirl_jax.main"
+  assert shlex.split(job["command_line"]) == [
+      "--mode=train", "--distributed_tpu", "--gin_file=gin/experiments/gsm8k_calculator.gin",
+      "--gin_bindings=TrainConfig.steps = 500", "--gin_bindings=run_train.filter_strategy = 'process'"]

@@ -86,6 +86,31 @@ def hf_to_flat(tensors: Mapping[str, np.ndarray], config: GemmaConfig,
   return flat
 
 
+def stack_scanned_layers(flat: Mapping[tuple, np.ndarray], config: GemmaConfig) -> dict[tuple, np.ndarray]:
+  """Per-layer variables ("blocks", layer, ...) at the paths of a model with `scan_layers`.
+
+  Layer r * p + j of a period of p layers is entry r of ("scanned", "period", j, ...); layers past
+  the last whole period are ("blocks", layer - repeats * p, ...). Unchanged without scan_layers.
+  """
+  period, repeats = config.scan_layout()
+  scanned = repeats * len(period)
+  if not scanned:
+    return dict(flat)
+  out: dict[tuple, np.ndarray] = {}
+  parts: dict[tuple, dict[int, np.ndarray]] = {}
+  for path, array in flat.items():
+    if path[0] != "blocks":
+      out[path] = array
+    elif path[1] < scanned:
+      parts.setdefault(("scanned", "period", path[1] % len(period)) + path[2:], {})[path[1] // len(period)] = array
+    else:
+      out[("blocks", path[1] - scanned) + path[2:]] = array
+  for path, by_repeat in parts.items():
+    if len(by_repeat) == repeats:  # otherwise the path is reported missing
+      out[path] = np.stack([np.asarray(by_repeat[r]) for r in range(repeats)])
+  return out
+
+
 def model_from_flat(config: GemmaConfig, flat: Mapping[tuple, np.ndarray], *, source: str,
                     mesh: Mesh | None = None,
                     rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES) -> Transformer:
@@ -95,6 +120,7 @@ def model_from_flat(config: GemmaConfig, flat: Mapping[tuple, np.ndarray], *, so
   same call loads a model onto a multi-host TPU mesh.
   """
   graphdef, abstract_state = nnx.split(abstract_model(config))
+  flat = stack_scanned_layers(flat, config)
   expected = dict(nnx.to_flat_state(abstract_state))
   missing = sorted(set(expected) - set(flat))
   if missing:

@@ -95,24 +95,29 @@ class Attention(nnx.Module):
     out_BxLxNxH = dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, self.softcap)
     return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o[...].astype(self.dtype))
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None, layer=None):
     """Self-attention over the new tokens, or over a KV cache they are written into.
 
     Without `cache`, keys are the new tokens (mask [B, L, L]); returns (out, None).
     With `cache` = (k_BxSxKxH, v_BxSxKxH), new token (b, l) is stored at slot
     write_slots_BxL[b, l] (an index >= S drops it: padding writes nothing) and
     queries see the whole cache through the mask [B, L, S]; returns (out, cache).
+    With `layer` (a traced index, for scanned layers) the cache is the stack
+    (k_RxBxSxKxH, v_RxBxSxKxH) of every repeat of this layer: the new tokens are
+    written into entry `layer` in place and the updated stack is returned.
     """
     q_BxLxNxH = self.project_q(x_BxLxD, positions_BxL)
     k_BxLxKxH, v_BxLxKxH = self.project_kv(x_BxLxD, positions_BxL)
     if cache is None:
       return self.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_BxLxS), None
     rows_Bx1 = jnp.arange(x_BxLxD.shape[0])[:, None]
-    write = lambda c, new: c.at[rows_Bx1, write_slots_BxL].set(new.astype(c.dtype), mode="drop")
-    k_BxSxKxH = write(cache[0], k_BxLxKxH)
-    v_BxSxKxH = write(cache[1], v_BxLxKxH)
+    index = (rows_Bx1, write_slots_BxL) if layer is None else (layer, rows_Bx1, write_slots_BxL)
+    write = lambda c, new: c.at[index].set(new.astype(c.dtype), mode="drop")
     kv_axes = ("activation_batch", "activation_length", "activation_kv_heads", None)
-    k_BxSxKxH = partitioning.constrain(k_BxSxKxH, kv_axes)
-    v_BxSxKxH = partitioning.constrain(v_BxSxKxH, kv_axes)
+    if layer is not None:
+      kv_axes = (None,) + kv_axes
+    k_cache = partitioning.constrain(write(cache[0], k_BxLxKxH), kv_axes)
+    v_cache = partitioning.constrain(write(cache[1], v_BxLxKxH), kv_axes)
+    k_BxSxKxH, v_BxSxKxH = (k_cache, v_cache) if layer is None else (k_cache[layer], v_cache[layer])
     out = self.attend(q_BxLxNxH, k_BxSxKxH.astype(self.dtype), v_BxSxKxH.astype(self.dtype), mask_BxLxS)
-    return out, (k_BxSxKxH, v_BxSxKxH)
+    return out, (k_cache, v_cache)

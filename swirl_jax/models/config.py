@@ -39,6 +39,9 @@ class GemmaConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype of matmuls; norms and softmax stay fp32
   remat: RematPolicy = "none"
+  # Run the layers as one lax.scan over stacked parameters (one period of the layer pattern is the
+  # scanned body), so the compiled program and its compile time do not grow with depth.
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -55,6 +58,22 @@ class GemmaConfig:
   @property
   def num_layers(self) -> int:
     return len(self.layer_types)
+
+  def layer_period(self) -> int:
+    """The shortest p with layer_types[i] == layer_types[i % p] for every layer (Gemma 3: 6, Gemma 2: 2)."""
+    types = self.layer_types
+    return next(p for p in range(1, len(types) + 1)
+                if all(t == types[i % p] for i, t in enumerate(types)))
+
+  def scan_layout(self) -> tuple[tuple[LayerType, ...], int]:
+    """(the scanned period's layer types, how many times it repeats); ((), 0) without scan_layers.
+
+    Layers past repeats * len(period) (62 = 10 x 6 + 2 for Gemma 3 27B) run unscanned after it.
+    """
+    if not self.scan_layers:
+      return (), 0
+    period = self.layer_period()
+    return self.layer_types[:period], self.num_layers // period
 
   def replace(self, **changes) -> "GemmaConfig":
     return dataclasses.replace(self, **changes)

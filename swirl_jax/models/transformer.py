@@ -41,8 +41,9 @@ class Block(nnx.Module):
     self.mlp = FeedForward(config.embed_dim, config.mlp_dim, rngs=rngs, **dtypes)
     self.post_ffw_norm = norm(config.embed_dim)
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None):
-    h, cache = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, cache, write_slots_BxL)
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None, layer=None):
+    h, cache = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, cache, write_slots_BxL,
+                         layer)
     x_BxLxD = x_BxLxD + self.post_attn_norm(h)
     h = self.mlp(self.pre_ffw_norm(x_BxLxD))
     return partitioning.constrain(x_BxLxD + self.post_ffw_norm(h), _ACT), cache
@@ -54,28 +55,72 @@ _REMAT_POLICIES = {
 }
 
 
+class ScannedBlocks(nnx.Module):
+  """`repeats` copies of one period of the layer pattern, each parameter stacked on a leading
+  "layers" axis, so that `scan` runs them as one lax.scan: the program holds one period however
+  deep the model is.
+
+  Layer r * len(period) + j is entry r of `period[j]`; the blocks are built in layer order, so a
+  seed gives the same weights as the unscanned model.
+  """
+
+  def __init__(self, config: GemmaConfig, period: tuple[str, ...], repeats: int, *, rngs: nnx.Rngs):
+    copies = [nnx.List([Block(config, t, rngs=rngs) for t in period]) for _ in range(repeats)]
+    graphdef, _ = nnx.split(copies[0])
+
+    def stack(*variables):
+      axes = ("layers",) + tuple(variables[0].get_metadata()["logical_axes"])
+      return variables[0].replace(jnp.stack([v[...] for v in variables]), logical_axes=axes)
+    stacked = jax.tree.map(stack, *(nnx.state(c) for c in copies),
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
+    self.period = nnx.merge(graphdef, stacked)
+    self.repeats = repeats
+
+  def scan(self, x, run_period, stacked_carry=()):
+    """x after every repeat: x, carry = run_period(x, period_blocks, r, carry) for r = 0..repeats-1.
+
+    `run_period` sees one repeat's blocks (unstacked) and the loop index r (traced); what it
+    carries besides x (the stacked KV caches) passes from repeat to repeat.
+    """
+    graphdef, state = nnx.split(self.period)
+
+    def body(carry, xs):
+      x, extra = carry
+      state_r, r = xs
+      return run_period(x, nnx.merge(graphdef, state_r), r, extra), None
+    (x, stacked_carry), _ = jax.lax.scan(
+        body, (x, stacked_carry), (state, jnp.arange(self.repeats, dtype=jnp.int32)))
+    return x, stacked_carry
+
+
 @flax.struct.dataclass
 class KVCache:
   """Keys and values of every layer, one context per row, slot index = position.
 
-  layers[i] = (k_BxSxKxH, v_BxSxKxH); slots at or past length_B[b] are empty.
-  Local layers keep all slots too and apply their window through the mask, so
-  a row stays exact however far it runs past the window.
+  layers[i] = (k_BxSxKxH, v_BxSxKxH) for the unscanned layers (all of them
+  without `scan_layers`); stacked[j] = (k_RxBxSxKxH, v_RxBxSxKxH) for the R
+  repeats of position j of the scanned period. Slots at or past length_B[b]
+  are empty. Local layers keep all slots too and apply their window through
+  the mask, so a row stays exact however far it runs past the window.
   """
 
   layers: tuple
   length_B: jax.Array
+  stacked: tuple = ()
 
   @property
   def capacity(self) -> int:
-    return self.layers[0][0].shape[1]
+    return (self.layers or self.stacked)[0][0].shape[-3]
 
   @classmethod
   def zeros(cls, config: GemmaConfig, batch: int, capacity: int, dtype=None) -> "KVCache":
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (batch, capacity, config.num_kv_heads, config.head_dim)
-    layers = tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in config.layer_types)
-    return cls(layers=layers, length_B=jnp.zeros((batch,), jnp.int32))
+    period, repeats = config.scan_layout()
+    pair = lambda s: (jnp.zeros(s, dtype), jnp.zeros(s, dtype))
+    return cls(layers=tuple(pair(shape) for _ in config.layer_types[repeats * len(period):]),
+               length_B=jnp.zeros((batch,), jnp.int32),
+               stacked=tuple(pair((repeats,) + shape) for _ in period))
 
 
 class Transformer(nnx.Module):
@@ -86,7 +131,11 @@ class Transformer(nnx.Module):
     self.embedder = Embedder(
         config.vocab_size, config.embed_dim, param_dtype=jnp.dtype(config.param_dtype),
         dtype=jnp.dtype(config.dtype), rngs=rngs)
-    self.blocks = nnx.List([Block(config, t, rngs=rngs) for t in config.layer_types])
+    period, repeats = config.scan_layout()
+    self.scanned = ScannedBlocks(config, period, repeats, rngs=rngs) if repeats else None
+    # The layers not scanned: all of them, or those past the last whole period.
+    self.blocks = nnx.List([Block(config, t, rngs=rngs)
+                            for t in config.layer_types[repeats * len(period):]])
     self.final_norm = RMSNorm(config.embed_dim, eps=config.rms_norm_eps,
                               param_dtype=jnp.dtype(config.param_dtype))
 
@@ -111,6 +160,12 @@ class Transformer(nnx.Module):
 
     if self.config.remat != "none":
       run_block = nnx.remat(run_block, policy=_REMAT_POLICIES[self.config.remat])
+    if self.scanned is not None:
+      def run_period(x, period, r, carry):
+        for block in period:
+          x = run_block(block, x, positions_BxL, global_mask if block.is_global else local_mask)
+        return x, carry
+      x_BxLxD, _ = self.scanned.scan(x_BxLxD, run_period)
     for block in self.blocks:
       x_BxLxD = run_block(block, x_BxLxD, positions_BxL,
                           global_mask if block.is_global else local_mask)
@@ -137,12 +192,21 @@ class Transformer(nnx.Module):
     local_mask = attention_mask(positions_BxC, ones_BxC, slot_positions_BxS, slot_valid_BxS,
                                 window=self.config.sliding_window)
     x_BxCxD = partitioning.constrain(self.embedder.encode(tokens_BxC), _ACT)
+    mask_of = lambda block: global_mask if block.is_global else local_mask
+    stacked = cache.stacked
+    if self.scanned is not None:
+      def run_period(x, period, r, stacked):
+        updated = []
+        for block, layer in zip(period, stacked):
+          x, layer = block(x, positions_BxC, mask_of(block), layer, write_slots_BxC, layer=r)
+          updated.append(layer)
+        return x, tuple(updated)
+      x_BxCxD, stacked = self.scanned.scan(x_BxCxD, run_period, stacked)
     new_layers = []
     for block, layer in zip(self.blocks, cache.layers):
-      x_BxCxD, layer = block(x_BxCxD, positions_BxC, global_mask if block.is_global else local_mask,
-                             layer, write_slots_BxC)
+      x_BxCxD, layer = block(x_BxCxD, positions_BxC, mask_of(block), layer, write_slots_BxC)
       new_layers.append(layer)
-    return self.final_norm(x_BxCxD), KVCache(layers=tuple(new_layers), length_B=end_B)
+    return self.final_norm(x_BxCxD), KVCache(layers=tuple(new_layers), length_B=end_B, stacked=stacked)
 
   def logits_at(self, hidden_NxD):
     """Logits [..., V] of hidden states of any leading shape, soft-capped, fp32."""

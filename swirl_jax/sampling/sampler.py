@@ -206,7 +206,7 @@ class Sampler:
     return jax.jit(make, out_shardings=jax.tree.map(self._sharding_of, shapes))
 
   def _sharding_of(self, x) -> NamedSharding:
-    if len(x.shape) == 4:  # one layer's keys or values: [B, S, K, H]
+    if len(x.shape) >= 4:  # keys or values: one layer's [B, S, K, H], scanned layers' [R, B, S, K, H]
       return partitioning.cache_sharding(self.mesh, self.rules, x.shape)
     return partitioning.batch_sharding(self.mesh, self.rules, x.shape)
 

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
@@ -187,6 +188,11 @@ class Trainer:
     # MFU only when asked: a given per-device peak, or one measured once here in the compute dtype.
     self.peak_flops = config.peak_flops or (peak.xla_matmul_peak(model.config.dtype) if config.measure_peak
                                             else None)
+    if self.peak_flops and model.config.scan_layers:
+      # XLA's cost analysis counts a loop body once, so a step whose layers run as one scan would
+      # report a fraction of its FLOPs.
+      logging.warning("no MFU with GemmaConfig.scan_layers: XLA counts the scanned layers once")
+      self.peak_flops = None
     self._update_flops = UpdateFlops(self._train_step, micro_batch_gradient(self.graphdef, self.objective),
                                      config.grad_accum_steps, self.objective.shares_of_batch_weight)
 

@@ -1,0 +1,140 @@
+"""`scan_layers`: one lax.scan over stacked layers computes what the unrolled layers compute.
+
+Checked against transformers through the importer (Gemma 3's 5:1 pattern with a tail of 2 layers,
+Gemma 2's alternation), against the unrolled model for a whole train step (loss, gradients, AdamW;
+with remat and a KL reference), and in the KV-cache sampler (greedy tokens and log-probs past the
+window, on one device and on a 2x2x2 mesh).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from swirl_jax import partitioning
+from swirl_jax.checkpoints.params import stack_scanned_layers
+from swirl_jax.checkpoints.safetensors_import import load_hf_checkpoint
+from swirl_jax.data import features
+from swirl_jax.models import init_model, model_config
+from swirl_jax.models.config import gemma3_layer_types
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig
+from swirl_jax.training import objectives
+from swirl_jax.training.optimizer import OptimizerConfig, make_optimizer
+from swirl_jax.training.step import train_step_fn
+from tests import hf_reference
+
+# Gemma 3's pattern (5 local, 1 global) twice, then 2 local layers that run unscanned.
+GEMMA3_PATTERN = model_config("tiny", layer_types=gemma3_layer_types(14))
+CONFIGS = {"gemma3_pattern": GEMMA3_PATTERN, "tiny_gemma2": model_config("tiny_gemma2")}
+
+
+def test_layout_of_the_real_configs():
+  assert model_config("gemma3_27b", scan_layers=True).scan_layout()[1] == 10  # 62 = 10 x 6 + 2
+  assert model_config("gemma3_270m", scan_layers=True).scan_layout() == (gemma3_layer_types(6), 3)
+  assert model_config("gemma2_27b", scan_layers=True).scan_layout() == (("local", "global"), 23)
+  assert model_config("gemma3_27b").scan_layout() == ((), 0)
+  model = init_model(GEMMA3_PATTERN.replace(scan_layers=True))
+  assert model.scanned.period[0].attn.q[...].shape[0] == 2 and len(model.blocks) == 2
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_scanned_logits_match_transformers(tmp_path, name):
+  cfg = CONFIGS[name]
+  reference = hf_reference.random_hf_model(cfg, seed=5)
+  reference.save_pretrained(tmp_path)
+  model = load_hf_checkpoint(str(tmp_path), scan_layers=True)
+  assert model.scanned is not None and model.config.layer_types == cfg.layer_types
+  rng = np.random.default_rng(2)
+  tokens = rng.integers(1, cfg.vocab_size, (2, 27))  # > 3 x the window of 8
+  ones = np.ones_like(tokens)
+  expected = hf_reference.hf_logits(reference, tokens, ones, np.cumsum(ones, 1) - 1)
+  np.testing.assert_allclose(np.asarray(model(tokens.astype(np.int32))), expected, atol=1e-4, rtol=1e-4)
+
+
+def _batch(cfg, rows=4, length=24):
+  rng = np.random.default_rng(7)
+  tokens = rng.integers(1, cfg.vocab_size, (rows, length + 1))
+  weights = (rng.random((rows, length)) < 0.5).astype(np.float32)
+  weights[:, -1] = 1.0
+  return {
+      features.INPUT_TOKENS: jnp.asarray(tokens[:, :-1], jnp.int32),
+      features.TARGET_TOKENS: jnp.asarray(tokens[:, 1:], jnp.int32),
+      features.LOSS_WEIGHTS: jnp.asarray(weights),
+      features.REWARDS: jnp.asarray(rng.normal(size=(rows, length)), jnp.float32),
+      features.BEHAVIOUR_LOGPROBS: jnp.asarray(-rng.random((rows, length)) * 3, jnp.float32),
+      features.SEGMENT_IDS: jnp.ones((rows, length), jnp.int32),
+      features.POSITIONS: jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (rows, length)),
+  }
+
+
+def _at_scanned_paths(state: nnx.State, cfg) -> dict:
+  """Flat {path: array} of a model's state at the scanned model's paths."""
+  flat = {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(state)}
+  return flat if cfg.scan_layers else stack_scanned_layers(flat, cfg.replace(scan_layers=True))
+
+
+@pytest.mark.parametrize("name,remat,objective", [
+    ("gemma3_pattern", "full", objectives.PolicyGradient(kl_coef=0.05, clip_epsilon=0.2)),
+    ("tiny_gemma2", "none", objectives.RewardWeightedLikelihood()),
+])
+def test_a_train_step_with_scanned_layers_equals_the_unrolled_step(name, remat, objective):
+  results = []
+  for scan in (False, True):
+    cfg = CONFIGS[name].replace(remat=remat, scan_layers=scan)
+    model = init_model(cfg, seed=9)
+    graphdef, params = nnx.split(model)
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=0), steps=10)
+    reference = jax.tree.map(lambda x: x * 0.9, params) if objective.__class__.__name__ == "PolicyGradient" else None
+    step = jax.jit(train_step_fn(graphdef, objective, tx, 2), static_argnums=4)
+    opt_state = tx.init(params)
+    for _ in range(2):  # the first update's learning rate is 0 (warmup starts there)
+      params, opt_state, metrics = step(params, opt_state, _batch(cfg), reference, 32)
+    results.append((_at_scanned_paths(params, cfg), {k: float(v) for k, v in metrics.items()}))
+  (unrolled, unrolled_metrics), (scanned, scanned_metrics) = results
+  assert unrolled.keys() == scanned.keys()
+  for key in unrolled_metrics:
+    np.testing.assert_allclose(scanned_metrics[key], unrolled_metrics[key], rtol=1e-5, err_msg=key)
+  assert unrolled_metrics["grad_norm"] > 0
+  for path in unrolled:
+    np.testing.assert_allclose(scanned[path], unrolled[path], atol=1e-5, err_msg=str(path))
+
+
+def test_stacked_parameters_shard_per_rules_with_the_layers_axis_whole():
+  cfg = GEMMA3_PATTERN.replace(scan_layers=True)
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(2, 2, 2))
+  model = partitioning.shard_model(init_model(cfg, seed=1), mesh, partitioning.DEFAULT_RULES)
+  q = model.scanned.period[0].attn.q
+  assert q.get_metadata()["logical_axes"] == ("layers", "embed", "q_heads", "head_dim")
+  assert q[...].sharding.spec == P(None, "fsdp", "tensor", None)
+  assert q[...].addressable_shards[0].data.shape == (2, 32, 2, 16)
+
+
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=10, stop_ids=(1,))
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_the_sampler_with_scanned_layers_gives_the_unrolled_tokens(on_mesh):
+  prompts = [np.random.default_rng(s).integers(2, 512, n).tolist() for s, n in ((0, 19), (1, 6), (2, 30), (3, 2))]
+  tool = {0: [7, 8, 9], 1: [10] * 11, 2: [12], 3: [4, 4]}
+  got = []
+  for scan in (False, True):
+    cfg = GEMMA3_PATTERN.replace(scan_layers=scan)
+    model, mesh = init_model(cfg, seed=4), None
+    if on_mesh:
+      mesh = partitioning.make_mesh(partitioning.MeshConfig(2, 2, 2))
+      model = partitioning.shard_model(model, mesh, partitioning.DEFAULT_RULES)
+    sampler = Sampler(model, rows=4, capacity=96, buckets=(8, 32), mesh=mesh)
+    sampler.append(dict(enumerate(prompts)))
+    turn1 = sampler.generate(range(4), GREEDY)
+    sampler.append(tool)
+    turn2 = sampler.generate(range(4), GREEDY)
+    if scan and on_mesh:
+      k_stack = sampler._cache.stacked[0][0]
+      assert k_stack.shape[0] == 2 and k_stack.sharding.spec[:2] == (None, ("data", "fsdp"))
+    got.append([(r.tokens, r.logprobs) for r in list(turn1.values()) + list(turn2.values())])
+  assert max(len(p) + len(tool[i]) for i, p in enumerate(prompts)) + 20 > 3 * GEMMA3_PATTERN.sliding_window
+  for (tokens, logprobs), (scanned_tokens, scanned_logprobs) in zip(*got):
+    assert scanned_tokens == tokens
+    np.testing.assert_allclose(scanned_logprobs, logprobs, atol=1e-4)
