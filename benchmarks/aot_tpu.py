@@ -1,8 +1,9 @@
 """Compile the project's real jitted functions for a TPU topology on this CPU machine, ahead of time.
 
-  pip install -e ".[tpu-aot]"     # libtpu matching the pinned jax (0.10.2 -> libtpu 0.0.42.*)
-  python benchmarks/aot_tpu.py --model=gemma3_1b --topology=v5e:2x2 --mesh=1,2,2 \
+  pip install --target .extras "libtpu==0.0.42.1"   # the libtpu of the pinned jax 0.10.2 (tpu-aot extra)
+  PYTHONPATH=.extras python benchmarks/aot_tpu.py --model=gemma3_1b --topology=v5e:2x2 --mesh=1,2,2 \
       --rows=16 --seq_len=2048 --functions=offline,online,prefill,decode
+  # 27B: --scan_layers --query_block=512 --rules=activation_embed:tensor --param_dtype=float32
 
 Nothing is allocated: params, optimizer state, batches and KV caches are abstract
 (`nnx.eval_shape`, `jax.ShapeDtypeStruct` with the shardings the project's rules give). For each
@@ -10,7 +11,8 @@ function it prints, per chip, the argument / output / temporary bytes against th
 XLA's FLOPs per call, and the compile time. The functions are the ones the trainer and sampler
 jit: `training.step.train_step_fn` with the offline objective (reward-weighted likelihood) and the
 online one (policy gradient, with a KL reference when --kl), and the sampler's prefill chunk
-(`sampler._append`) and decode chunk (`sampler._decode_chunk`).
+(`sampler._append`) and decode chunk (`sampler._decode_chunk`). A program that does not fit the chip
+is reported with XLA's message (the GiB of temporaries it needs); docs/scaling.md has the figures.
 """
 
 from __future__ import annotations
@@ -53,14 +55,22 @@ def abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def report(name: str, lowered, hbm_gib: float | None) -> dict:
+def report(name: str, lowered, hbm_gib: float | None, scanned: bool = False) -> dict:
   start = time.perf_counter()
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as error:
+    if "RESOURCE_EXHAUSTED" not in str(error):
+      raise
+    # XLA refuses a program whose temporaries exceed the chip's HBM; say so and by how much.
+    message = str(error).split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0]
+    print(f"{name:>8}: DOES NOT FIT: {message} (after {time.perf_counter() - start:.1f} s)", flush=True)
+    return {"function": name, "fits": False, "message": message}
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  row = {"function": name, "compile_s": seconds, "flops": float(cost.get("flops", 0.0)),
+  row = {"function": name, "fits": True, "compile_s": seconds, "flops": float(cost.get("flops", 0.0)),
          "argument_gib": memory.argument_size_in_bytes / GIB, "output_gib": memory.output_size_in_bytes / GIB,
          "alias_gib": memory.alias_size_in_bytes / GIB, "temp_gib": memory.temp_size_in_bytes / GIB}
   # Donated outputs alias their arguments: the peak holds arguments, temporaries and new outputs.
@@ -68,7 +78,7 @@ def report(name: str, lowered, hbm_gib: float | None) -> dict:
   fits = "" if hbm_gib is None else f" of {hbm_gib} GiB ({row['total_gib'] / hbm_gib:.0%})"
   print(f"{name:>8}: arguments {row['argument_gib']:.2f} GiB, outputs {row['output_gib']:.2f} "
         f"(aliased {row['alias_gib']:.2f}), temporaries {row['temp_gib']:.2f}, total {row['total_gib']:.2f} GiB"
-        f"{fits} per chip; {row['flops']:.3g} FLOPs per chip; compiled in {seconds:.1f} s", flush=True)
+        f"{fits} per chip; {row['flops']:.3g} FLOPs per chip{' (XLA counts the scanned layers once)' if scanned else ''}; compiled in {seconds:.1f} s", flush=True)
   return row
 
 
@@ -82,9 +92,12 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--seq_len", type=int, default=512)
   parser.add_argument("--loss_tokens", type=int, default=0, help="loss slots per micro-batch (0: rows x 256)")
   parser.add_argument("--grad_accum", type=int, default=1)
-  parser.add_argument("--dtype", default="bfloat16", help="params and compute")
+  parser.add_argument("--dtype", default="bfloat16", help="compute dtype")
+  parser.add_argument("--param_dtype", default="", help="params, and with them AdamW's state (default: --dtype)")
   parser.add_argument("--remat", default="full")
   parser.add_argument("--scan_layers", action="store_true", help="one lax.scan over stacked layers")
+  parser.add_argument("--query_block", type=int, default=0, help="attention queries per block (0: all)")
+  parser.add_argument("--rules", default="", help="logical rule overrides, e.g. activation_embed:tensor")
   parser.add_argument("--kl", action="store_true", help="online step with a KL reference")
   parser.add_argument("--sampler_rows", type=int, default=0, help="(0: --rows)")
   parser.add_argument("--cache_len", type=int, default=0, help="KV cache capacity (0: --seq_len)")
@@ -99,11 +112,12 @@ def main(argv=None) -> list[dict]:
   data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
   mesh = partitioning.make_mesh(partitioning.MeshConfig(data=data, fsdp=fsdp, tensor=tensor), devices,
                                 num_slices=args.num_slices)
-  rules = partitioning.DEFAULT_RULES
-  config = model_config(args.model, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat,
-                        scan_layers=args.scan_layers)
+  overrides = tuple((name, axis or None) for name, _, axis in (r.partition(":") for r in args.rules.split(",") if r))
+  rules = partitioning.logical_rules(overrides)
+  config = model_config(args.model, param_dtype=args.param_dtype or args.dtype, dtype=args.dtype, remat=args.remat,
+                        scan_layers=args.scan_layers, attention_query_block=args.query_block)
   print(f"{args.model}{' (scanned layers)' if args.scan_layers else ''} on {args.topology} x {args.num_slices} ({len(devices)} chips, {kind}, "
-        f"{hbm} GiB HBM each); mesh {dict(mesh.shape)}; jax {jax.__version__}, libtpu {libtpu_version()}")
+        f"{hbm} GiB HBM each); mesh {dict(mesh.shape)}; rule overrides {dict(overrides)}; query block {args.query_block}; jax {jax.__version__}, libtpu {libtpu_version()}")
 
   graphdef, params = nnx.split(nnx.eval_shape(lambda: init_model(config)))
   params = abstract(params, partitioning.state_shardings(params, mesh, rules))
@@ -127,7 +141,7 @@ def main(argv=None) -> list[dict]:
       reference = jax.tree.map(lambda x: x, params) if name == "online" and args.kl else None  # its own leaves
       slots = args.loss_tokens or (args.rows // args.grad_accum) * 256
       with partitioning.activate(mesh, rules):
-        rows.append(report(name, step.lower(params, opt_state, batch, reference, slots), hbm))
+        rows.append(report(name, step.lower(params, opt_state, batch, reference, slots), hbm, args.scan_layers))
     elif name in ("prefill", "decode"):
       b = args.sampler_rows or args.rows
       capacity = args.cache_len or args.seq_len
@@ -147,7 +161,7 @@ def main(argv=None) -> list[dict]:
           lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b,), jnp.bool_), batch_of((b,), jnp.int32),
                              batch_of((b, 2), jnp.uint32), jax.ShapeDtypeStruct((2,), jnp.int32),
                              batch_of((b,), jnp.int32), steps=args.decode_steps, temperature=1.0, top_k=0, top_p=1.0)
-        rows.append(report(name, lowered, hbm))
+        rows.append(report(name, lowered, hbm, args.scan_layers))
     else:
       raise SystemExit(f"--functions: unknown {name!r}; use offline, online, prefill, decode")
   return rows

@@ -89,8 +89,11 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
       raise ValueError(f"make_mesh(granule={granule!r}): use 'slice' or 'process'")
     from jax.experimental import mesh_utils
     per_slice = (shape[0] // num_slices,) + tuple(shape[1:])
+    # Splitting a physical axis lets a slice's mesh take any factoring of its chips (fsdp=64,
+    # tensor=4 on a 16x16 v5e slice), as the single-slice path does.
     grid = mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices,
-                                                process_is_granule=granule == "process")
+                                                process_is_granule=granule == "process",
+                                                allow_split_physical_axes=True)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   if devices == list(jax.devices()):
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)

@@ -48,14 +48,42 @@ def dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS,
   return out_BxLxKxGxH.reshape(b, l, n, h)
 
 
+def blocked_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, softcap: float | None = None,
+                      block: int = 0):
+  """`dot_product_attention` with the queries taken `block` at a time.
+
+  Each query's softmax runs over the same keys as before, so the result is the same; what changes is
+  memory: fp32 logits of one block ([B, N, block, S]) exist at a time, not of all L queries, and the
+  backward pass recomputes a block's logits instead of keeping them (jax.checkpoint per block). With
+  block 0, or L <= block, it is `dot_product_attention`.
+  """
+  b, l, n, h = q_BxLxNxH.shape
+  if not block or l <= block:
+    return dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, softcap)
+  blocks = -(-l // block)
+  pad = blocks * block - l  # padded queries see no key and are dropped below
+  q = jnp.pad(q_BxLxNxH, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  mask = jnp.pad(mask_BxLxS, ((0, 0), (0, pad), (0, 0)))
+  q_RxBxCxNxH = q.reshape(b, blocks, block, n, h).swapaxes(0, 1)
+  mask_RxBxCxS = mask.reshape(b, blocks, block, -1).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_block(args):
+    q_BxCxNxH, mask_BxCxS = args
+    return dot_product_attention(q_BxCxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxCxS, softcap)
+  out_RxBxCxNxH = jax.lax.map(one_block, (q_RxBxCxNxH, mask_RxBxCxS))
+  return out_RxBxCxNxH.swapaxes(0, 1).reshape(b, blocks * block, n, h)[:, :l]
+
+
 class Attention(nnx.Module):
   """Gemma attention: projections, optional QK-norm, RoPE, softcap, output proj."""
 
   def __init__(self, *, embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
                query_pre_attn_scalar: float, use_qk_norm: bool, softcap: float | None,
                rope_base: float, rope_scale: float, eps: float, param_dtype, dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, query_block: int = 0):
     self.dtype = dtype
+    self.query_block = query_block
     self.softcap = softcap
     self.rope_base = rope_base
     self.rope_scale = rope_scale
@@ -92,7 +120,8 @@ class Attention(nnx.Module):
 
   def attend(self, q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS):
     """Attention over given keys/values, then the output projection."""
-    out_BxLxNxH = dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, self.softcap)
+    out_BxLxNxH = blocked_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, self.softcap,
+                                    self.query_block)
     return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o[...].astype(self.dtype))
 
   def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None, layer=None):

@@ -42,6 +42,9 @@ class GemmaConfig:
   # Run the layers as one lax.scan over stacked parameters (one period of the layer pattern is the
   # scanned body), so the compiled program and its compile time do not grow with depth.
   scan_layers: bool = False
+  # Attention takes queries this many at a time (0: all at once), so fp32 logits of [B, heads,
+  # block, keys] exist at a time instead of [B, heads, L, keys]; the result is the same.
+  attention_query_block: int = 0
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -52,6 +55,8 @@ class GemmaConfig:
     if bad:
       raise ValueError(f"GemmaConfig.layer_types has unknown entries {bad}; "
                        "use 'local' or 'global'")
+    if self.attention_query_block < 0:
+      raise ValueError(f"GemmaConfig.attention_query_block={self.attention_query_block} must be >= 0")
     if self.remat not in ("none", "full", "dots"):
       raise ValueError(f"GemmaConfig.remat={self.remat!r}; use none|full|dots")
 

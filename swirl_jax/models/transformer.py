@@ -35,7 +35,7 @@ class Block(nnx.Module):
         use_qk_norm=config.use_qk_norm, softcap=config.attn_logit_softcap,
         rope_base=config.global_rope_base if is_global else config.local_rope_base,
         rope_scale=config.global_rope_scale if is_global else 1.0,
-        eps=config.rms_norm_eps, rngs=rngs, **dtypes)
+        eps=config.rms_norm_eps, rngs=rngs, query_block=config.attention_query_block, **dtypes)
     self.post_attn_norm = norm(config.embed_dim)
     self.pre_ffw_norm = norm(config.embed_dim)
     self.mlp = FeedForward(config.embed_dim, config.mlp_dim, rngs=rngs, **dtypes)

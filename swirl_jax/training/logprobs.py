@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from swirl_jax import partitioning
 from swirl_jax.data.features import INPUT_TOKENS, LOSS_WEIGHTS, POSITIONS, REWARDS, SEGMENT_IDS, TARGET_TOKENS
 from swirl_jax.models.transformer import Transformer
 
@@ -28,8 +29,10 @@ def target_logprobs(model: Transformer, features: dict, max_loss_tokens: int | N
   n = b * l if max_loss_tokens is None else max_loss_tokens
   index_N = jnp.nonzero(weights > 0, size=n, fill_value=0)[0]
   valid_N = jnp.arange(n) < jnp.sum(weights > 0)
-  hidden_NxD = hidden_BxLxD.reshape(b * l, -1)[index_N]
-  logits_NxV = model.logits_at(hidden_NxD)
+  # The slots split over the batch axes like rows do: each device projects its share of them onto
+  # its share of the vocabulary, rather than every device all N slots.
+  hidden_NxD = partitioning.constrain(hidden_BxLxD.reshape(b * l, -1)[index_N], ("activation_batch", None))
+  logits_NxV = partitioning.constrain(model.logits_at(hidden_NxD), ("activation_batch", "activation_vocab"))
   targets_N = features[TARGET_TOKENS].reshape(-1)[index_N]
   logp_N = jnp.take_along_axis(jax.nn.log_softmax(logits_NxV, axis=-1), targets_N[:, None], axis=-1)[:, 0]
   return jnp.where(valid_N, logp_N, 0.0), index_N, valid_N
