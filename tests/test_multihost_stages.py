@@ -135,10 +135,10 @@ def _params(checkpoint_dir):
   return step, {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model))}
 
 
-def _assert_params_close(a, b):
+def _assert_params_close(a, b, atol=1e-5):
   assert set(a) == set(b) and len(a) > 10
   for name in a:
-    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=atol, err_msg=name)
 
 
 def _report(path):
@@ -269,10 +269,12 @@ def test_sigterm_saves_one_step_everywhere_and_the_restart_ends_where_an_uninter
   _run(tmp, "train", bindings, processes=2, devices=4, log_name="four-again")
   step, resumed = _params(four / "checkpoints")
   assert step == STEPS
-  _assert_params_close(resumed, _params(one / "checkpoints")[1])
+  # 8 devices sum in other orders than 1 (the loss slots' logits split over the batch axes too):
+  # through Adam's steps, an element may move 1.2e-5 apart.
+  _assert_params_close(resumed, _params(one / "checkpoints")[1], atol=2e-5)
 
   # 1 process x 8 devices, same mesh shape, uninterrupted.
   five = tmp / "five"
   _run(tmp, "train", make_bindings(five) + mesh[:3] + [f"run_train.judged_dir='{one}/judged'"], devices=8,
        log_name="five")
-  _assert_params_close(resumed, _params(five / "checkpoints")[1])
+  _assert_params_close(resumed, _params(five / "checkpoints")[1], atol=2e-5)
