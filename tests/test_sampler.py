@@ -161,3 +161,34 @@ def test_greedy_tokens_on_a_2x2x2_mesh_equal_single_device(model):
   for row in range(4):
     assert got[row].tokens == expected[row].tokens
     np.testing.assert_allclose(got[row].logprobs, expected[row].logprobs, atol=1e-4)
+
+
+@pytest.mark.parametrize("scan_layers,on_mesh", [(False, False), (True, False), (False, True)])
+def test_a_forked_row_samples_what_a_prefilled_row_samples(scan_layers, on_mesh):
+  """fork copies a row's cache on device: sampling from it equals sampling after prefilling the same
+  context (tokens and log-probs, at temperature 1 with fixed row keys), past the window too."""
+  from swirl_jax.sampling.sampler import row_key
+  model, mesh = init_model(model_config("tiny", scan_layers=scan_layers), seed=11), None
+  if on_mesh:
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(2, 2, 2))
+    model = partitioning.shard_model(model, mesh, partitioning.DEFAULT_RULES)
+  contexts = {0: _prompts()[1] * 2, 2: _prompts()[0]}  # 26 and 5 tokens; rows 1 and 3 are forks
+  sources = {1: 0, 3: 2}
+  sampled = SamplingConfig(temperature=1.0, max_new_tokens=12)
+  keys = {row: row_key("fork", row) for row in range(4)}
+  prefilled = Sampler(model, rows=4, capacity=64, buckets=(8, 32), mesh=mesh)
+  prefilled.append({row: contexts[sources.get(row, row)] for row in range(4)})
+  expected = prefilled.generate(range(4), sampled, row_keys=keys)
+  forked = Sampler(model, rows=4, capacity=64, buckets=(8, 32), mesh=mesh)
+  forked.append({1: [5, 6, 7]})  # what a forked row held before is dropped
+  forked.append(contexts)
+  forked.fork(sources)
+  assert forked.lengths().tolist() == [26, 26, 5, 5]
+  assert forked.prefill_tokens == 3 + 26 + 5 and prefilled.prefill_tokens == 2 * (26 + 5)
+  got = forked.generate(range(4), sampled, row_keys=keys)
+  for row in range(4):
+    assert got[row].tokens == expected[row].tokens
+    np.testing.assert_allclose(got[row].logprobs, expected[row].logprobs, atol=1e-6)
+  assert expected[0].tokens != expected[1].tokens  # the rows' own keys drew different samples
+  with pytest.raises(ValueError, match="source rows"):
+    forked.fork({1: 7})

@@ -112,6 +112,16 @@ def _append(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B):
   return cache, _last_hidden(hidden_BxCxD, num_new_B, last_hidden_BxD)
 
 
+def _fork(cache: KVCache, last_hidden_BxD, source_B):
+  """Row b takes row source_B[b]'s keys and values, length and last hidden state (source_B[b] = b:
+  unchanged). On device: a context prefilled once serves several rows."""
+  take = lambda x, axis: jnp.take(x, source_B, axis=axis)
+  return (KVCache(layers=tuple((take(k, 0), take(v, 0)) for k, v in cache.layers),
+                  length_B=take(cache.length_B, 0),
+                  stacked=tuple((take(k, 1), take(v, 1)) for k, v in cache.stacked)),
+          take(last_hidden_BxD, 0))
+
+
 def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, key_data_Bx2,
                   stop_ids_S, limit_B, *, steps: int, temperature: float, top_k: int, top_p: float):
   """`steps` decode steps for the active rows; tokens land in [B, steps] buffers.
@@ -184,6 +194,12 @@ class Sampler:
     config = model.config
     self._make_cache = self._zeros_maker(lambda: KVCache.zeros(config, rows, capacity))
     self._make_hidden = self._zeros_maker(lambda: jnp.zeros((rows, config.embed_dim), jnp.float32))
+    # The fork keeps the cache's placement (a gather could leave it elsewhere, and the next step
+    # would compile again).
+    placed = None if mesh is None else jax.tree.map(self._sharding_of, jax.eval_shape(
+        lambda: (KVCache.zeros(config, rows, capacity), jnp.zeros((rows, config.embed_dim), jnp.float32))))
+    self._fork = jax.jit(_fork, donate_argnums=(0, 1), out_shardings=placed)
+    self.prefill_tokens = 0  # tokens this process's rows have prefilled (append), for accounting
     self.reset()
 
   # -- state ---------------------------------------------------------------
@@ -283,7 +299,27 @@ class Sampler:
           f"prefill[{bucket}]", self._append, self._graphdef, nnx.state(self.model), self._cache,
           self._last_hidden, self._put(tokens_BxC), self._put(num_new_B))
       self._lengths += num_new_B
+      self.prefill_tokens += int(num_new_B.sum())
       offset += bucket
+
+  def fork(self, sources: Mapping[int, int]) -> None:
+    """Row `target` becomes a copy of row `sources[target]`: its context's keys and values, length
+    and last hidden state, copied on device (no prefill). What the target held is dropped.
+
+    Collective: every process calls it, with its own target rows (a source may be any row).
+    Sampling a forked row then equals sampling a row that prefilled the same context.
+    """
+    error = self._foreign(sources, "fork")
+    bad = [s for s in sources.values() if not 0 <= s < self.rows]
+    if error is None and bad:
+      error = f"Sampler.fork: source rows {bad[:8]} are not rows of this sampler ({self.rows})"
+    multihost.raise_together(error, across=self.collective)
+    source_B = np.arange(self.rows, dtype=np.int32)
+    for target, source in sources.items():
+      source_B[target] = source
+    self._cache, self._last_hidden = self._call("fork", self._fork, self._cache, self._last_hidden,
+                                                self._put(source_B))
+    self._lengths = multihost.host_rows(self._cache.length_B, self.local_rows).astype(np.int64)
 
   def generate(self, rows: Sequence[int], config: SamplingConfig,
                row_keys: Mapping[int, np.ndarray] | None = None) -> dict[int, TurnOutput]:
