@@ -112,14 +112,37 @@ def _append(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B):
   return cache, _last_hidden(hidden_BxCxD, num_new_B, last_hidden_BxD)
 
 
+def _take_rows(cache: KVCache, rows_R) -> KVCache:
+  """The cache of rows `rows_R` only (the batch is axis 0 of a layer's cache, 1 of a stacked one)."""
+  take = lambda x, axis: jnp.take(x, rows_R, axis=axis)
+  return KVCache(layers=tuple((take(k, 0), take(v, 0)) for k, v in cache.layers),
+                 length_B=take(cache.length_B, 0),
+                 stacked=tuple((take(k, 1), take(v, 1)) for k, v in cache.stacked))
+
+
+def _set_rows(cache: KVCache, rows_R, part: KVCache) -> KVCache:
+  """`cache` with rows `rows_R` replaced by `part` (distinct rows)."""
+  return KVCache(layers=tuple((k.at[rows_R].set(pk), v.at[rows_R].set(pv))
+                              for (k, v), (pk, pv) in zip(cache.layers, part.layers)),
+                 length_B=cache.length_B.at[rows_R].set(part.length_B),
+                 stacked=tuple((k.at[:, rows_R].set(pk), v.at[:, rows_R].set(pv))
+                               for (k, v), (pk, pv) in zip(cache.stacked, part.stacked)))
+
+
+def _append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R):
+  """`_append` computed for rows `rows_R` only (distinct; the others keep what they hold): a prefill
+  for a few rows costs what those rows need, not the whole batch."""
+  model = nnx.merge(graphdef, params)
+  num_new_R = num_new_B[rows_R]
+  hidden_RxCxD, part = model.extend(tokens_BxC[rows_R], _take_rows(cache, rows_R), num_new_R)
+  last_RxD = _last_hidden(hidden_RxCxD, num_new_R, last_hidden_BxD[rows_R])
+  return _set_rows(cache, rows_R, part), last_hidden_BxD.at[rows_R].set(last_RxD)
+
+
 def _fork(cache: KVCache, last_hidden_BxD, source_B):
   """Row b takes row source_B[b]'s keys and values, length and last hidden state (source_B[b] = b:
   unchanged). On device: a context prefilled once serves several rows."""
-  take = lambda x, axis: jnp.take(x, source_B, axis=axis)
-  return (KVCache(layers=tuple((take(k, 0), take(v, 0)) for k, v in cache.layers),
-                  length_B=take(cache.length_B, 0),
-                  stacked=tuple((take(k, 1), take(v, 1)) for k, v in cache.stacked)),
-          take(last_hidden_BxD, 0))
+  return _take_rows(cache, source_B), jnp.take(last_hidden_BxD, source_B, axis=0)
 
 
 def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, key_data_Bx2,
@@ -199,6 +222,7 @@ class Sampler:
     placed = None if mesh is None else jax.tree.map(self._sharding_of, jax.eval_shape(
         lambda: (KVCache.zeros(config, rows, capacity), jnp.zeros((rows, config.embed_dim), jnp.float32))))
     self._fork = jax.jit(_fork, donate_argnums=(0, 1), out_shardings=placed)
+    self._append_rows = jax.jit(_append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed)
     self.prefill_tokens = 0  # tokens this process's rows have prefilled (append), for accounting
     self.reset()
 
@@ -284,6 +308,18 @@ class Sampler:
     longest = max((len(t) for t in new_tokens.values()), default=0)
     if self.collective:
       longest = multihost.max_over_processes(longest)
+    # Only the rows that get tokens are computed when they are at most half the batch (their number
+    # padded to a power of two with rows that get none), so a prefill pays for those rows.
+    receiving = np.zeros(self.rows, np.int64)
+    receiving[[r for r, t in new_tokens.items() if len(t)]] = 1
+    if self.collective:
+      receiving = multihost.sum_over_processes(receiving)
+    count = int((receiving > 0).sum())
+    subset = 1 << max(count - 1, 0).bit_length()
+    rows_R = None
+    if subset * 2 <= self.rows:
+      rows_R = np.concatenate([np.flatnonzero(receiving > 0), np.flatnonzero(receiving == 0)[:subset - count]])
+      rows_R = jnp.asarray(rows_R.astype(np.int32))
     # Chunks are padded to a bucket (padding is never stored); a long append
     # runs as several chunks.
     offset = 0
@@ -295,9 +331,13 @@ class Sampler:
         piece = list(tokens[offset:offset + bucket])
         tokens_BxC[row, :len(piece)] = piece
         num_new_B[row] = len(piece)
-      self._cache, self._last_hidden = self._call(
-          f"prefill[{bucket}]", self._append, self._graphdef, nnx.state(self.model), self._cache,
-          self._last_hidden, self._put(tokens_BxC), self._put(num_new_B))
+      inputs = (self._graphdef, nnx.state(self.model), self._cache, self._last_hidden, self._put(tokens_BxC),
+                self._put(num_new_B))
+      if rows_R is None:
+        self._cache, self._last_hidden = self._call(f"prefill[{bucket}]", self._append, *inputs)
+      else:
+        self._cache, self._last_hidden = self._call(f"prefill[{bucket}, {rows_R.shape[0]} rows]",
+                                                    self._append_rows, *inputs, rows_R)
       self._lengths += num_new_B
       self.prefill_tokens += int(num_new_B.sum())
       offset += bucket
