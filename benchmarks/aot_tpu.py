@@ -11,7 +11,8 @@ function it prints, per chip, the argument / output / temporary bytes against th
 XLA's FLOPs per call, and the compile time. The functions are the ones the trainer and sampler
 jit: `training.step.train_step_fn` with the offline objective (reward-weighted likelihood) and the
 online one (policy gradient, with a KL reference when --kl), and the sampler's prefill chunk
-(`sampler._append`) and decode chunk (`sampler._decode_chunk`). A program that does not fit the chip
+(`sampler._append`), decode chunk (`sampler._decode_chunk`), and what online sampling runs: a prefill
+of one row in G (`sampler._append_rows`, --functions=prefill_rows) and the fork (`sampler._fork`). A program that does not fit the chip
 is reported with XLA's message (the GiB of temporaries it needs); docs/scaling.md has the figures.
 """
 
@@ -103,6 +104,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--cache_len", type=int, default=0, help="KV cache capacity (0: --seq_len)")
   parser.add_argument("--prefill_chunk", type=int, default=512)
   parser.add_argument("--decode_steps", type=int, default=16)
+  parser.add_argument("--samples", type=int, default=4, help="G: prefill_rows prefills rows / G rows")
   parser.add_argument("--functions", default="offline,online,prefill,decode")
   args = parser.parse_args(argv)
 
@@ -142,7 +144,7 @@ def main(argv=None) -> list[dict]:
       slots = args.loss_tokens or (args.rows // args.grad_accum) * 256
       with partitioning.activate(mesh, rules):
         rows.append(report(name, step.lower(params, opt_state, batch, reference, slots), hbm, args.scan_layers))
-    elif name in ("prefill", "decode"):
+    elif name in ("prefill", "prefill_rows", "fork", "decode"):
       b = args.sampler_rows or args.rows
       capacity = args.cache_len or args.seq_len
       cache_shapes = jax.eval_shape(lambda: KVCache.zeros(config, b, capacity))
@@ -151,10 +153,18 @@ def main(argv=None) -> list[dict]:
           else partitioning.batch_sharding(mesh, rules, x.shape))), cache_shapes)
       hidden = batch_of((b, config.embed_dim), jnp.float32)
       with partitioning.activate(mesh, rules):
+        placed = (jax.tree.map(lambda x: x.sharding, cache), hidden.sharding)
         if name == "prefill":
           fn = jax.jit(sampler_lib._append, static_argnums=0, donate_argnums=(2, 3))
           lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b, args.prefill_chunk), jnp.int32),
                              batch_of((b,), jnp.int32))
+        elif name == "prefill_rows":  # online sampling: each state's context into one row of its G
+          fn = jax.jit(sampler_lib._append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed)
+          lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b, args.prefill_chunk), jnp.int32),
+                             batch_of((b,), jnp.int32), jax.ShapeDtypeStruct((b // args.samples,), jnp.int32))
+        elif name == "fork":  # ... then copied into the other G - 1 rows
+          fn = jax.jit(sampler_lib._fork, donate_argnums=(0, 1), out_shardings=placed)
+          lowered = fn.lower(cache, hidden, batch_of((b,), jnp.int32))
         else:
           fn = jax.jit(sampler_lib._decode_chunk, static_argnums=0, donate_argnums=(2, 3),
                        static_argnames=("steps", "temperature", "top_k", "top_p"))
@@ -163,7 +173,7 @@ def main(argv=None) -> list[dict]:
                              batch_of((b,), jnp.int32), steps=args.decode_steps, temperature=1.0, top_k=0, top_p=1.0)
         rows.append(report(name, lowered, hbm, args.scan_layers))
     else:
-      raise SystemExit(f"--functions: unknown {name!r}; use offline, online, prefill, decode")
+      raise SystemExit(f"--functions: unknown {name!r}; use offline, online, prefill, prefill_rows, fork, decode")
   return rows
 
 

@@ -6,9 +6,11 @@ result after a turn); `generate` samples each chosen row's next turn until a
 stop id, a stop string, `max_new_tokens` or the cache's end. Contexts persist
 across calls, so a multi-turn episode never re-encodes what it already has.
 
-Shapes are fixed per sampler (rows, capacity, decode chunk) and prefill chunks
-are padded to a small set of buckets, so an episode compiles nothing after its
-first turn. The model is re-split at every call: the sampler always uses the
+Shapes are fixed per sampler (rows, capacity, decode chunk); prefill chunks
+are padded to a small set of buckets, and (where rows are not split over devices) a
+prefill for at most half the rows runs on those rows only, their count padded
+to a power of two: one program per
+(chunk bucket, row-count bucket) met, a handful per sampler. The model is re-split at every call: the sampler always uses the
 params the trainer currently holds, without copying them.
 
 Multi-host: every process runs `append` and `generate` together (they are
@@ -208,6 +210,11 @@ class Sampler:
                            static_argnames=("steps", "temperature", "top_k", "top_p"))
     # On a mesh that spans processes, reset(), append and generate are collective.
     self.collective = multihost.spans_processes(mesh)
+    # Whether the batch of rows is split over devices. Gathering some rows of a split cache (a
+    # prefill of a few rows, a fork) makes XLA gather the whole cache onto every device: Gemma 3 27B
+    # with 256 x 8,192 slots on v5e-256 would need 122 GiB a chip. So neither is done there.
+    self.rows_split = mesh is not None and partitioning.batch_sharding(
+        mesh, self.rules, (rows,)).spec[0] is not None
     # Which process does each row's host work (its addressable shard of the batch).
     self.row_owners = np.full(rows, jax.process_index(), np.int64)
     if self.collective:
@@ -317,7 +324,7 @@ class Sampler:
     count = int((receiving > 0).sum())
     subset = 1 << max(count - 1, 0).bit_length()
     rows_R = None
-    if subset * 2 <= self.rows:
+    if subset * 2 <= self.rows and not self.rows_split:
       rows_R = np.concatenate([np.flatnonzero(receiving > 0), np.flatnonzero(receiving == 0)[:subset - count]])
       rows_R = jnp.asarray(rows_R.astype(np.int32))
     # Chunks are padded to a bucket (padding is never stored); a long append
@@ -346,7 +353,10 @@ class Sampler:
     """Row `target` becomes a copy of row `sources[target]`: its context's keys and values, length
     and last hidden state, copied on device (no prefill). What the target held is dropped.
 
-    Collective: every process calls it, with its own target rows (a source may be any row).
+    Collective: every process calls it, with its own target rows (a source may be any row). On a
+    mesh that splits rows over devices (`rows_split`) it gathers the whole cache on every device:
+    there, prefill the rows instead (as `online.sample_actions` does).
+    Sources are read as they were before the call ({1: 0, 2: 1} gives row 2 the old row 1).
     Sampling a forked row then equals sampling a row that prefilled the same context.
     """
     error = self._foreign(sources, "fork")

@@ -105,7 +105,8 @@ def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples
                    config: SamplingConfig, key_ids: Sequence | None = None,
                    sample_ids: Mapping[int, int] | None = None) -> dict[int, list[TurnOutput]]:
   """G actions for each state slot in `contexts` (this process's), each sampled in its own row; the
-  state's context is prefilled once and forked into its G rows.
+  state's context is prefilled once and forked into its G rows (where the sampler's rows are not
+  split over devices; otherwise each row prefills it).
 
   Collective: every process calls it together. Sample g of slot s is seeded by
   row_key(*key_ids, sample_ids[s], g) when key_ids are given (sample_ids: the slot itself by
@@ -114,9 +115,11 @@ def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples
   """
   g_count = samples_per_state
   sampler.reset()
-  # Each context is prefilled once, into its first row, and copied on device into the other G - 1.
-  sampler.append({slot * g_count: list(c) for slot, c in contexts.items()})
-  sampler.fork({slot * g_count + g: slot * g_count for slot in contexts for g in range(1, g_count)})
+  if sampler.rows_split:  # a fork would gather the whole cache onto every device: prefill G rows
+    sampler.append({slot * g_count + g: list(c) for slot, c in contexts.items() for g in range(g_count)})
+  else:  # each context prefilled once, into its first row, and copied on device into the other G - 1
+    sampler.append({slot * g_count: list(c) for slot, c in contexts.items()})
+    sampler.fork({slot * g_count + g: slot * g_count for slot in contexts for g in range(1, g_count)})
   rows = [slot * g_count + g for slot in contexts for g in range(g_count)]
   keys = None
   if key_ids is not None:
