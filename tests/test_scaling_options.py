@@ -119,7 +119,7 @@ def test_a_train_step_with_scanned_layers_and_blocked_attention_equals_the_defau
     # Plain SGD: updated params then differ exactly as gradients do (Adam's m / sqrt(v) would turn a
     # rounding difference in a near-zero gradient into a full-size step).
     tx = optax.sgd(0.5)
-    reference = jax.tree.map(lambda x: x * 0.9, params) if objective.__class__.__name__ == "PolicyGradient" else None
+    reference = jax.tree.map(lambda x: x * 0.9, params) if isinstance(objective, objectives.PolicyGradient) else None
     step = jax.jit(train_step_fn(graphdef, objective, tx, 2), static_argnums=4)
     opt_state = tx.init(params)
     for _ in range(2):

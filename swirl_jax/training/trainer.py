@@ -186,13 +186,13 @@ class Trainer:
     self.checkpoints = TrainCheckpoints(config.checkpoint_dir, config.keep_checkpoints)
     self.metrics_dir = metrics_dir or os.path.join(os.path.dirname(os.path.abspath(config.checkpoint_dir)), "metrics")
     # MFU only when asked: a given per-device peak, or one measured once here in the compute dtype.
-    self.peak_flops = config.peak_flops or (peak.xla_matmul_peak(model.config.dtype) if config.measure_peak
-                                            else None)
-    if self.peak_flops and model.config.scan_layers:
-      # XLA's cost analysis counts a loop body once, so a step whose layers run as one scan would
-      # report a fraction of its FLOPs.
+    # Not for scanned layers: XLA's cost analysis counts a loop body once, so the step would report
+    # a fraction of its FLOPs (and the peak is then not measured for nothing).
+    wants_mfu = bool(config.peak_flops or config.measure_peak)
+    if wants_mfu and model.config.scan_layers:
       logging.warning("no MFU with GemmaConfig.scan_layers: XLA counts the scanned layers once")
-      self.peak_flops = None
+    self.peak_flops = None if not wants_mfu or model.config.scan_layers else (
+        config.peak_flops or peak.xla_matmul_peak(model.config.dtype))
     self._update_flops = UpdateFlops(self._train_step, micro_batch_gradient(self.graphdef, self.objective),
                                      config.grad_accum_steps, self.objective.shares_of_batch_weight)
 
