@@ -147,7 +147,10 @@ def main(argv=None) -> list[dict]:
     elif name in ("prefill", "prefill_rows", "fork", "decode"):
       b = args.sampler_rows or args.rows
       capacity = args.cache_len or args.seq_len
-      cache_shapes = jax.eval_shape(lambda: KVCache.zeros(config, b, capacity))
+      # As the sampler builds it: window layers in rings of window + decode_steps slots; attention
+      # reads the whole capacity (the largest span, the worst case).
+      cache_shapes = jax.eval_shape(lambda: KVCache.zeros(
+          config, b, capacity, window_slots=config.sliding_window + args.decode_steps))
       cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=(
           partitioning.cache_sharding(mesh, rules, x.shape) if len(x.shape) >= 4
           else partitioning.batch_sharding(mesh, rules, x.shape))), cache_shapes)
@@ -155,22 +158,25 @@ def main(argv=None) -> list[dict]:
       with partitioning.activate(mesh, rules):
         placed = (jax.tree.map(lambda x: x.sharding, cache), hidden.sharding)
         if name == "prefill":
-          fn = jax.jit(sampler_lib._append, static_argnums=0, donate_argnums=(2, 3))
+          fn = jax.jit(sampler_lib._append, static_argnums=0, donate_argnums=(2, 3), static_argnames="span")
           lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b, args.prefill_chunk), jnp.int32),
-                             batch_of((b,), jnp.int32))
+                             batch_of((b,), jnp.int32), span=capacity)
         elif name == "prefill_rows":  # online sampling: each state's context into one row of its G
-          fn = jax.jit(sampler_lib._append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed)
+          fn = jax.jit(sampler_lib._append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
+                       static_argnames="span")
           lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b, args.prefill_chunk), jnp.int32),
-                             batch_of((b,), jnp.int32), jax.ShapeDtypeStruct((b // args.samples,), jnp.int32))
+                             batch_of((b,), jnp.int32), jax.ShapeDtypeStruct((b // args.samples,), jnp.int32),
+                             span=capacity)
         elif name == "fork":  # ... then copied into the other G - 1 rows
           fn = jax.jit(sampler_lib._fork, donate_argnums=(0, 1), out_shardings=placed)
           lowered = fn.lower(cache, hidden, batch_of((b,), jnp.int32))
         else:
           fn = jax.jit(sampler_lib._decode_chunk, static_argnums=0, donate_argnums=(2, 3),
-                       static_argnames=("steps", "temperature", "top_k", "top_p"))
+                       static_argnames=("steps", "span", "temperature", "top_k", "top_p"))
           lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b,), jnp.bool_), batch_of((b,), jnp.int32),
                              batch_of((b, 2), jnp.uint32), jax.ShapeDtypeStruct((2,), jnp.int32),
-                             batch_of((b,), jnp.int32), steps=args.decode_steps, temperature=1.0, top_k=0, top_p=1.0)
+                             batch_of((b,), jnp.int32), steps=args.decode_steps, span=capacity, temperature=1.0, top_k=0,
+                             top_p=1.0)
         rows.append(report(name, lowered, hbm, args.scan_layers))
     else:
       raise SystemExit(f"--functions: unknown {name!r}; use offline, online, prefill, prefill_rows, fork, decode")

@@ -128,6 +128,12 @@ def any_process(*flags: bool, across: bool = True) -> tuple[bool, ...] | bool:
   return out[0] if len(out) == 1 else out
 
 
+def maxima(*values: int, across: bool = True) -> tuple[int, ...]:
+  """Each value's maximum over processes (one collective for all); across=False: the values."""
+  merged = allgather_ints(values).max(axis=0) if across else np.asarray(values)
+  return tuple(int(v) for v in merged)
+
+
 def max_over_processes(value: int) -> int:
   return int(allgather_ints([value]).max())
 

@@ -37,7 +37,7 @@ def _full_logprobs(model, context, new):
   out = []
   for i, token in enumerate(new):
     ids = list(context) + list(new[:i])
-    row = np.zeros((1, 64), np.int32)
+    row = np.zeros((1, 64 * (1 + len(ids) // 64)), np.int32)
     row[0, :len(ids)] = ids
     out.append(float(_log_softmax_last(model, jnp.asarray(row), jnp.asarray([len(ids)]))[0, token]))
   return out
@@ -49,8 +49,12 @@ def _prompts():
 
 
 def test_greedy_equals_full_recomputation_across_turns(model):
+  """Exact across turns, past the sliding window: the window layers' ring buffers (8 + 16 slots)
+  wrap twice, and attention reads a span of 32, then 64 slots."""
   prompts = _prompts()
-  sampler = Sampler(model, rows=3, capacity=64, buckets=(8, 16))
+  compiled_before = Sampler(model, rows=3, capacity=64)._decode._cache_size()
+  sampler = Sampler(model, rows=3, capacity=64, buckets=(8, 16), spans=(16, 32))
+  assert sampler._cache.layers[0][0].shape[1] == model.config.sliding_window + sampler.decode_steps
   sampler.append(dict(enumerate(prompts)))
   turn1 = sampler.generate([0, 1, 2], GREEDY)
   expected1 = greedy_decode_uncached(model, prompts, 12, stop_ids=(1,))
@@ -62,28 +66,53 @@ def test_greedy_equals_full_recomputation_across_turns(model):
     contexts.append(prompts[row] + turn1[row].tokens)
   # A "tool result" of different lengths per row, then the next turn from the cache.
   tool = {0: [7, 8, 9], 1: [10] * 11, 2: [12]}
-  compiled_after_turn1 = sampler._decode._cache_size()
   sampler.append(tool)
   turn2 = sampler.generate([0, 1, 2], GREEDY)
-  # No compile after the first turn (the jit cache is shared by every sampler in the process,
-  # so compare sizes rather than expect one entry).
-  assert sampler._decode._cache_size() == compiled_after_turn1
   contexts = [contexts[r] + tool[r] for r in range(3)]
   expected2 = greedy_decode_uncached(model, contexts, 12, stop_ids=(1,))
   for row in range(3):
     assert len(contexts[row]) + len(expected2[row]) > model.config.sliding_window * 3
     assert turn2[row].tokens == expected2[row]
     assert sampler.lengths()[row] == len(contexts[row]) + len(expected2[row])
+  # One decode program per span met (the jit cache is shared by every sampler in the process, so
+  # count what this one added).
+  decodes = {name for name in sampler.compile_seconds if name.startswith("decode")}
+  assert decodes == {"decode[span 32]", "decode[span 64]"}
+  assert sampler._decode._cache_size() - compiled_before <= len(decodes)
 
-  # The same turn from a fresh sampler that prefills the whole context at once.
-  fresh = Sampler(model, rows=3, capacity=64, buckets=(8, 16))
-  fresh.append(dict(enumerate(contexts)))
-  again = fresh.generate([0, 1, 2], GREEDY)
-  for row in range(3):
-    assert again[row].tokens == turn2[row].tokens
-    np.testing.assert_allclose(again[row].logprobs, turn2[row].logprobs, atol=1e-5)
-  # One decode, one prefill per bucket, whatever the turns.
-  assert set(sampler.compile_seconds) <= {"decode", "prefill[8]", "prefill[16]"}
+  # The same turn from a fresh sampler that prefills the whole context at once, and from one whose
+  # window layers keep every slot and whose attention reads the whole capacity (the layout before
+  # ring buffers and spans).
+  for fresh in (Sampler(model, rows=3, capacity=64, buckets=(8, 16)),
+                Sampler(model, rows=3, capacity=64, buckets=(8, 16), spans=(), ring_buffers=False)):
+    fresh.append(dict(enumerate(contexts)))
+    again = fresh.generate([0, 1, 2], GREEDY)
+    for row in range(3):
+      assert again[row].tokens == turn2[row].tokens
+      np.testing.assert_allclose(again[row].logprobs, turn2[row].logprobs, atol=1e-5)
+  assert fresh._cache.layers[0][0].shape[1] == 64 and set(fresh.compile_seconds) <= {
+      "decode[span 64]", "prefill[8, span 64]", "prefill[16, span 64]"}
+
+
+def test_ring_buffer_exact_after_a_stop_string_cut_past_the_window(model):
+  """A stop-string cut rolls a row back over tokens whose ring slots held keys the window still
+  needs, unless the ring has room for a chunk more than the window: the next turn stays exact."""
+  prompt = np.random.default_rng(5).integers(2, 512, 30).tolist()
+  probe = Sampler(model, rows=1, capacity=96, vocab=IdVocab(), decode_steps=4)
+  probe.append({0: prompt})
+  tokens = probe.generate([0], GREEDY)[0].tokens
+  stop_at = next(i for i in range(5, 12) if f"<{tokens[i]}>" not in "".join(f"<{t}>" for t in tokens[:i])) + 1
+  sampler = Sampler(model, rows=1, capacity=96, vocab=IdVocab(), decode_steps=4, spans=(32, 64))
+  assert sampler._cache.layers[0][0].shape[1] == 12  # window 8 + 4: positions 30 on wrap around it
+  sampler.append({0: prompt})
+  out = sampler.generate([0], SamplingConfig(max_new_tokens=12, stop_strings=(f"<{tokens[stop_at - 1]}>",)))[0]
+  assert out.finish_reason == "stop_string" and out.tokens == tokens[:stop_at]
+  assert stop_at % 4  # the cut falls inside a chunk: tokens after it were written, then dropped
+  sampler.append({0: [5, 6]})
+  context = prompt + tokens[:stop_at] + [5, 6]
+  nxt = sampler.generate([0], GREEDY)[0]
+  assert nxt.tokens == greedy_decode_uncached(model, [context], 12, stop_ids=(1,))[0]
+  np.testing.assert_allclose(nxt.logprobs, _full_logprobs(model, context, nxt.tokens), atol=1e-5)
 
 
 def test_stop_strings_cut_and_continue_exactly(model):
@@ -190,7 +219,7 @@ def test_a_forked_row_samples_what_a_prefilled_row_samples(scan_layers, on_mesh)
   # The forked sampler prefilled 1, then 2 of its 4 rows: only those rows were computed, except on
   # a mesh that splits the rows over devices, where that would gather the whole cache everywhere.
   assert forked.rows_split == on_mesh
-  subsets = {"prefill[8, 1 rows]", "prefill[32, 2 rows]"}
+  subsets = {"prefill[8, 1 rows, span 64]", "prefill[32, 2 rows, span 64]"}
   assert subsets <= set(forked.compile_seconds) if not on_mesh else not subsets & set(forked.compile_seconds)
   for row in range(4):
     assert got[row].tokens == expected[row].tokens

@@ -6,6 +6,8 @@ G = N / K query heads per kv head, H head_dim.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -32,47 +34,88 @@ def attention_mask(q_positions_BxL, q_segments_BxL, k_positions_BxS, k_segments_
   return mask_BxLxS
 
 
+def attention_over_parts(q_BxLxNxH, parts, softcap: float | None = None):
+  """Softmax attention with GQA over keys given in parts; logits and softmax in fp32.
+
+  parts = ((k_BxSxKxH, v_BxSxKxH, mask_BxLxS), ...): one softmax runs over the keys of every part,
+  as over their concatenation, without copying keys into one array (a KV cache's slots and the
+  chunk being appended to it).
+  """
+  b, l, n, h = q_BxLxNxH.shape
+  k = parts[0][0].shape[2]
+  q_BxLxKxGxH = q_BxLxNxH.reshape(b, l, k, n // k, h)
+  logits = []
+  for k_BxSxKxH, _, mask_BxLxS in parts:
+    part = jnp.einsum("blkgh,bskh->bkgls", q_BxLxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
+    if softcap is not None:
+      part = jnp.tanh(part / softcap) * softcap
+    logits.append(jnp.where(mask_BxLxS[:, None, None, :, :], part, _MASKED))
+  probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1) if len(logits) > 1 else logits[0], axis=-1)
+  out_BxLxKxGxH = 0
+  start = 0
+  for _, v_BxSxKxH, mask_BxLxS in parts:
+    size = mask_BxLxS.shape[-1]
+    probs_part = jax.lax.slice_in_dim(probs, start, start + size, axis=-1).astype(v_BxSxKxH.dtype)
+    out_BxLxKxGxH = out_BxLxKxGxH + jnp.einsum("bkgls,bskh->blkgh", probs_part, v_BxSxKxH)
+    start += size
+  return out_BxLxKxGxH.reshape(b, l, n, h)
+
+
 def dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS,
                           softcap: float | None = None):
   """Softmax attention with GQA; logits and softmax in fp32."""
-  b, l, n, h = q_BxLxNxH.shape
-  k = k_BxSxKxH.shape[2]
-  q_BxLxKxGxH = q_BxLxNxH.reshape(b, l, k, n // k, h)
-  logits = jnp.einsum("blkgh,bskh->bkgls", q_BxLxKxGxH, k_BxSxKxH,
-                      preferred_element_type=jnp.float32)
-  if softcap is not None:
-    logits = jnp.tanh(logits / softcap) * softcap
-  logits = jnp.where(mask_BxLxS[:, None, None, :, :], logits, _MASKED)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v_BxSxKxH.dtype)
-  out_BxLxKxGxH = jnp.einsum("bkgls,bskh->blkgh", probs, v_BxSxKxH)
-  return out_BxLxKxGxH.reshape(b, l, n, h)
+  return attention_over_parts(q_BxLxNxH, ((k_BxSxKxH, v_BxSxKxH, mask_BxLxS),), softcap)
 
 
 def blocked_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, softcap: float | None = None,
                       block: int = 0):
-  """`dot_product_attention` with the queries taken `block` at a time.
+  """`dot_product_attention` with the queries taken `block` at a time (see `blocked_parts`)."""
+  return blocked_parts(q_BxLxNxH, ((k_BxSxKxH, v_BxSxKxH, mask_BxLxS),), softcap, block)
+
+
+def blocked_parts(q_BxLxNxH, parts, softcap: float | None = None, block: int = 0):
+  """`attention_over_parts` with the queries taken `block` at a time.
 
   Each query's softmax runs over the same keys as before, so the result is the same; what changes is
   memory: fp32 logits of one block ([B, N, block, S]) exist at a time, not of all L queries, and the
   backward pass recomputes a block's logits instead of keeping them (jax.checkpoint per block). With
-  block 0, or L <= block, it is `dot_product_attention`.
+  block 0, or L <= block, it is `attention_over_parts`.
   """
   b, l, n, h = q_BxLxNxH.shape
   if not block or l <= block:
-    return dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, softcap)
+    return attention_over_parts(q_BxLxNxH, parts, softcap)
   blocks = -(-l // block)
   pad = blocks * block - l  # padded queries see no key and are dropped below
   q = jnp.pad(q_BxLxNxH, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  mask = jnp.pad(mask_BxLxS, ((0, 0), (0, pad), (0, 0)))
   q_RxBxCxNxH = q.reshape(b, blocks, block, n, h).swapaxes(0, 1)
-  mask_RxBxCxS = mask.reshape(b, blocks, block, -1).swapaxes(0, 1)
+  masks_RxBxCxS = tuple(jnp.pad(mask, ((0, 0), (0, pad), (0, 0))).reshape(b, blocks, block, -1).swapaxes(0, 1)
+                        for _, _, mask in parts)
 
   @jax.checkpoint
   def one_block(args):
-    q_BxCxNxH, mask_BxCxS = args
-    return dot_product_attention(q_BxCxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxCxS, softcap)
-  out_RxBxCxNxH = jax.lax.map(one_block, (q_RxBxCxNxH, mask_RxBxCxS))
+    q_BxCxNxH, masks_BxCxS = args
+    return attention_over_parts(
+        q_BxCxNxH, tuple((k, v, m) for (k, v, _), m in zip(parts, masks_BxCxS)), softcap)
+  out_RxBxCxNxH = jax.lax.map(one_block, (q_RxBxCxNxH, masks_RxBxCxS))
   return out_RxBxCxNxH.swapaxes(0, 1).reshape(b, blocks * block, n, h)[:, :l]
+
+
+class CacheAccess(NamedTuple):
+  """How a chunk of L new tokens meets one layer's KV cache of S slots.
+
+  slots_BxL: the slot each new token is stored in (S or more: not stored, as padding).
+  read: how many leading slots queries look at (static): the filled span of a full-length cache, or
+    a sliding-window layer's whole ring buffer.
+  mask_BxLxS: which of those `read` slots each query sees.
+  new_mask_BxLxL: None to store the new tokens first and attend over the slots only (they hold the
+    new tokens); else queries attend over the slots as they were plus the new tokens (this mask),
+    and the new tokens are stored after.
+  """
+
+  slots_BxL: jax.Array
+  read: int
+  mask_BxLxS: jax.Array
+  new_mask_BxLxL: jax.Array | None = None
 
 
 class Attention(nnx.Module):
@@ -118,19 +161,18 @@ class Attention(nnx.Module):
     q_BxLxNxH = apply_rope(q_BxLxNxH, positions_BxL, self.rope_base, self.rope_scale)
     return q_BxLxNxH * jnp.asarray(self.query_scale, self.dtype)
 
-  def attend(self, q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS):
-    """Attention over given keys/values, then the output projection."""
-    out_BxLxNxH = blocked_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, self.softcap,
-                                    self.query_block)
+  def attend(self, q_BxLxNxH, parts):
+    """Attention over keys/values given in parts ((k, v, mask), ...), then the output projection."""
+    out_BxLxNxH = blocked_parts(q_BxLxNxH, parts, self.softcap, self.query_block)
     return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o[...].astype(self.dtype))
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None, layer=None):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS=None, cache=None, access: CacheAccess | None = None,
+               layer=None):
     """Self-attention over the new tokens, or over a KV cache they are written into.
 
     Without `cache`, keys are the new tokens (mask [B, L, L]); returns (out, None).
-    With `cache` = (k_BxSxKxH, v_BxSxKxH), new token (b, l) is stored at slot
-    write_slots_BxL[b, l] (an index >= S drops it: padding writes nothing) and
-    queries see the whole cache through the mask [B, L, S]; returns (out, cache).
+    With `cache` = (k_BxSxKxH, v_BxSxKxH), `access` says where each new token is stored and which
+    cached slots each query sees (see `CacheAccess`); returns (out, cache).
     With `layer` (a traced index, for scanned layers) the cache is the stack
     (k_RxBxSxKxH, v_RxBxSxKxH) of every repeat of this layer: the new tokens are
     written into entry `layer` in place and the updated stack is returned.
@@ -138,15 +180,24 @@ class Attention(nnx.Module):
     q_BxLxNxH = self.project_q(x_BxLxD, positions_BxL)
     k_BxLxKxH, v_BxLxKxH = self.project_kv(x_BxLxD, positions_BxL)
     if cache is None:
-      return self.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_BxLxS), None
+      return self.attend(q_BxLxNxH, ((k_BxLxKxH, v_BxLxKxH, mask_BxLxS),)), None
     rows_Bx1 = jnp.arange(x_BxLxD.shape[0])[:, None]
-    index = (rows_Bx1, write_slots_BxL) if layer is None else (layer, rows_Bx1, write_slots_BxL)
-    write = lambda c, new: c.at[index].set(new.astype(c.dtype), mode="drop")
+    index = (rows_Bx1, access.slots_BxL) if layer is None else (layer, rows_Bx1, access.slots_BxL)
     kv_axes = ("activation_batch", "activation_length", "activation_kv_heads", None)
     if layer is not None:
       kv_axes = (None,) + kv_axes
-    k_cache = partitioning.constrain(write(cache[0], k_BxLxKxH), kv_axes)
-    v_cache = partitioning.constrain(write(cache[1], v_BxLxKxH), kv_axes)
-    k_BxSxKxH, v_BxSxKxH = (k_cache, v_cache) if layer is None else (k_cache[layer], v_cache[layer])
-    out = self.attend(q_BxLxNxH, k_BxSxKxH.astype(self.dtype), v_BxSxKxH.astype(self.dtype), mask_BxLxS)
-    return out, (k_cache, v_cache)
+    write = lambda c, new: partitioning.constrain(c.at[index].set(new.astype(c.dtype), mode="drop"), kv_axes)
+
+    def read(c):  # the first access.read slots of this layer's cache, [B, read, K, H]
+      c = c if layer is None else c[layer]
+      return jax.lax.slice_in_dim(c, 0, access.read, axis=1).astype(self.dtype)
+
+    if access.new_mask_BxLxL is None:  # write, then attend over the slots (the new tokens among them)
+      cache = (write(cache[0], k_BxLxKxH), write(cache[1], v_BxLxKxH))
+      out = self.attend(q_BxLxNxH, ((read(cache[0]), read(cache[1]), access.mask_BxLxS),))
+      return out, cache
+    # Attend over the slots as they were and over the new tokens, then write (a ring buffer's new
+    # tokens may overwrite slots that earlier tokens of the same chunk still see).
+    out = self.attend(q_BxLxNxH, ((read(cache[0]), read(cache[1]), access.mask_BxLxS),
+                                  (k_BxLxKxH, v_BxLxKxH, access.new_mask_BxLxL)))
+    return out, (write(cache[0], k_BxLxKxH), write(cache[1], v_BxLxKxH))

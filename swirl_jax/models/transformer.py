@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from swirl_jax import partitioning
-from swirl_jax.models.attention import Attention, attention_mask
+from swirl_jax.models.attention import Attention, CacheAccess, attention_mask
 from swirl_jax.models.config import GemmaConfig
 from swirl_jax.models.layers import Embedder, FeedForward, RMSNorm
 
@@ -41,9 +41,9 @@ class Block(nnx.Module):
     self.mlp = FeedForward(config.embed_dim, config.mlp_dim, rngs=rngs, **dtypes)
     self.post_ffw_norm = norm(config.embed_dim)
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, write_slots_BxL=None, layer=None):
-    h, cache = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, cache, write_slots_BxL,
-                         layer)
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS=None, cache=None, access: CacheAccess | None = None,
+               layer=None):
+    h, cache = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, cache, access, layer)
     x_BxLxD = x_BxLxD + self.post_attn_norm(h)
     h = self.mlp(self.pre_ffw_norm(x_BxLxD))
     return partitioning.constrain(x_BxLxD + self.post_ffw_norm(h), _ACT), cache
@@ -95,32 +95,38 @@ class ScannedBlocks(nnx.Module):
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer, one context per row, slot index = position.
+  """Keys and values of every layer, one context per row.
 
   layers[i] = (k_BxSxKxH, v_BxSxKxH) for the unscanned layers (all of them
   without `scan_layers`); stacked[j] = (k_RxBxSxKxH, v_RxBxSxKxH) for the R
-  repeats of position j of the scanned period. Slots at or past length_B[b]
-  are empty. Local layers keep all slots too and apply their window through
-  the mask, so a row stays exact however far it runs past the window.
+  repeats of position j of the scanned period. A global layer has `capacity`
+  slots, slot index = position; slots at or past length_B[b] are empty. A
+  sliding-window layer keeps only what its window can see: a ring buffer of
+  at least the window's size, position p in slot p % slots, so a row stays
+  exact however far it runs past the window while the cache's memory and the
+  keys a query reads stay at the window's size.
   """
 
   layers: tuple
   length_B: jax.Array
   stacked: tuple = ()
-
-  @property
-  def capacity(self) -> int:
-    return (self.layers or self.stacked)[0][0].shape[-3]
+  capacity: int = flax.struct.field(pytree_node=False, default=0)  # tokens a row can hold
 
   @classmethod
-  def zeros(cls, config: GemmaConfig, batch: int, capacity: int, dtype=None) -> "KVCache":
+  def zeros(cls, config: GemmaConfig, batch: int, capacity: int, dtype=None,
+            window_slots: int | None = None) -> "KVCache":
+    """An empty cache. Sliding-window layers get `window_slots` slots (at most the capacity): by
+    default the window; a row that may roll back n tokens (a stop-string cut) needs window + n, or the
+    tokens it drops will have overwritten keys its window still sees."""
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, capacity, config.num_kv_heads, config.head_dim)
+    window_slots = min(config.sliding_window if window_slots is None else window_slots, capacity)
+    shape = lambda kind: (batch, capacity if kind == "global" else window_slots,
+                          config.num_kv_heads, config.head_dim)
     period, repeats = config.scan_layout()
     pair = lambda s: (jnp.zeros(s, dtype), jnp.zeros(s, dtype))
-    return cls(layers=tuple(pair(shape) for _ in config.layer_types[repeats * len(period):]),
+    return cls(layers=tuple(pair(shape(t)) for t in config.layer_types[repeats * len(period):]),
                length_B=jnp.zeros((batch,), jnp.int32),
-               stacked=tuple(pair((repeats,) + shape) for _ in period))
+               stacked=tuple(pair((repeats,) + shape(t)) for t in period), capacity=capacity)
 
 
 class Transformer(nnx.Module):
@@ -171,42 +177,69 @@ class Transformer(nnx.Module):
                           global_mask if block.is_global else local_mask)
     return self.final_norm(x_BxLxD)
 
-  def extend(self, tokens_BxC, cache: "KVCache", num_new_B):
+  def extend(self, tokens_BxC, cache: "KVCache", num_new_B, span: int | None = None):
     """Appends row b's first num_new_B[b] tokens to its cached context.
 
     Returns the hidden states [B, C, D] of the chunk (positions past
     num_new_B are padding and are not stored) and the cache with lengths
     advanced by num_new_B. The caller keeps length + num_new within capacity.
+    `span` (static; default the capacity) bounds what queries read: every
+    row's length + num_new must be at most span, and attention then costs
+    span keys, not capacity (global layers), or min(span, ring) (local).
     """
     b, c = tokens_BxC.shape
+    span = cache.capacity if span is None else span
     start_B = cache.length_B
-    positions_BxC = start_B[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+    chunk_C = jnp.arange(c, dtype=jnp.int32)
+    positions_BxC = start_B[:, None] + chunk_C[None, :]
     end_B = start_B + num_new_B
-    is_new_BxC = jnp.arange(c, dtype=jnp.int32)[None, :] < num_new_B[:, None]
-    write_slots_BxC = jnp.where(is_new_BxC, positions_BxC, cache.capacity)
-    slots_S = jnp.arange(cache.capacity, dtype=jnp.int32)
-    slot_positions_BxS = jnp.broadcast_to(slots_S, (b, cache.capacity))
-    slot_valid_BxS = (slots_S[None, :] < end_B[:, None]).astype(jnp.int32)
+    is_new_BxC = chunk_C[None, :] < num_new_B[:, None]
     ones_BxC = jnp.ones((b, c), jnp.int32)
-    global_mask = attention_mask(positions_BxC, ones_BxC, slot_positions_BxS, slot_valid_BxS)
-    local_mask = attention_mask(positions_BxC, ones_BxC, slot_positions_BxS, slot_valid_BxS,
-                                window=self.config.sliding_window)
+    window = self.config.sliding_window
+
+    def make_access(is_global: bool, slots: int) -> CacheAccess:
+      """How the chunk meets a layer's cache of `slots` slots."""
+      if is_global:  # slot = position: store, then read the first `span` slots
+        slots_S = jnp.arange(span, dtype=jnp.int32)
+        filled_BxS = (slots_S[None, :] < end_B[:, None]).astype(jnp.int32)
+        access = CacheAccess(
+            slots_BxL=jnp.where(is_new_BxC, positions_BxC, cache.capacity), read=span,
+            mask_BxLxS=attention_mask(positions_BxC, ones_BxC, jnp.broadcast_to(slots_S, (b, span)), filled_BxS))
+      else:  # a ring of `slots`: position p in slot p % slots
+        read = min(span, slots)  # no row has reached slot `span` yet when span <= slots
+        ring_S = jnp.arange(read, dtype=jnp.int32)
+        last_Bx1 = start_B[:, None] - 1
+        held_BxS = last_Bx1 - jnp.mod(last_Bx1 - ring_S[None, :], slots)  # position in each slot (<0: none)
+        # Of the new tokens, only the last `slots` are stored (earlier ones would be overwritten).
+        stored_BxC = is_new_BxC & (chunk_C[None, :] >= num_new_B[:, None] - slots)
+        new_BxC = is_new_BxC.astype(jnp.int32)
+        access = CacheAccess(
+            slots_BxL=jnp.where(stored_BxC, jnp.mod(positions_BxC, slots), slots), read=read,
+            mask_BxLxS=attention_mask(positions_BxC, ones_BxC, held_BxS, (held_BxS >= 0).astype(jnp.int32),
+                                      window=window),
+            new_mask_BxLxL=attention_mask(positions_BxC, new_BxC, positions_BxC, new_BxC, window=window))
+      return access
+
+    # One access per (layer kind, cache size), built before the scan so its body and the tail share it.
+    period_blocks = list(self.scanned.period) if self.scanned is not None else []
+    pairs = list(zip(period_blocks, cache.stacked)) + list(zip(self.blocks, cache.layers))
+    key = lambda block, layer: (block.is_global, layer[0].shape[-3])
+    accesses = {k: make_access(*k) for k in dict.fromkeys(key(*pair) for pair in pairs)}
     x_BxCxD = partitioning.constrain(self.embedder.encode(tokens_BxC), _ACT)
-    mask_of = lambda block: global_mask if block.is_global else local_mask
     stacked = cache.stacked
     if self.scanned is not None:
       def run_period(x, period, r, stacked):
         updated = []
         for block, layer in zip(period, stacked):
-          x, layer = block(x, positions_BxC, mask_of(block), layer, write_slots_BxC, layer=r)
+          x, layer = block(x, positions_BxC, None, layer, accesses[key(block, layer)], layer=r)
           updated.append(layer)
         return x, tuple(updated)
       x_BxCxD, stacked = self.scanned.scan(x_BxCxD, run_period, stacked)
     new_layers = []
     for block, layer in zip(self.blocks, cache.layers):
-      x_BxCxD, layer = block(x_BxCxD, positions_BxC, mask_of(block), layer, write_slots_BxC)
+      x_BxCxD, layer = block(x_BxCxD, positions_BxC, None, layer, accesses[key(block, layer)])
       new_layers.append(layer)
-    return self.final_norm(x_BxCxD), KVCache(layers=tuple(new_layers), length_B=end_B, stacked=stacked)
+    return self.final_norm(x_BxCxD), cache.replace(layers=tuple(new_layers), length_B=end_B, stacked=stacked)
 
   def logits_at(self, hidden_NxD):
     """Logits [..., V] of hidden states of any leading shape, soft-capped, fp32."""

@@ -108,35 +108,35 @@ def _last_hidden(hidden_BxCxD, num_new_B, previous_BxD):
   return jnp.where((num_new_B > 0)[:, None], last_BxD, previous_BxD)
 
 
-def _append(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B):
+def _append(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, *, span: int):
   model = nnx.merge(graphdef, params)
-  hidden_BxCxD, cache = model.extend(tokens_BxC, cache, num_new_B)
+  hidden_BxCxD, cache = model.extend(tokens_BxC, cache, num_new_B, span)
   return cache, _last_hidden(hidden_BxCxD, num_new_B, last_hidden_BxD)
 
 
 def _take_rows(cache: KVCache, rows_R) -> KVCache:
   """The cache of rows `rows_R` only (the batch is axis 0 of a layer's cache, 1 of a stacked one)."""
   take = lambda x, axis: jnp.take(x, rows_R, axis=axis)
-  return KVCache(layers=tuple((take(k, 0), take(v, 0)) for k, v in cache.layers),
-                 length_B=take(cache.length_B, 0),
-                 stacked=tuple((take(k, 1), take(v, 1)) for k, v in cache.stacked))
+  return cache.replace(layers=tuple((take(k, 0), take(v, 0)) for k, v in cache.layers),
+                       length_B=take(cache.length_B, 0),
+                       stacked=tuple((take(k, 1), take(v, 1)) for k, v in cache.stacked))
 
 
 def _set_rows(cache: KVCache, rows_R, part: KVCache) -> KVCache:
   """`cache` with rows `rows_R` replaced by `part` (distinct rows)."""
-  return KVCache(layers=tuple((k.at[rows_R].set(pk), v.at[rows_R].set(pv))
-                              for (k, v), (pk, pv) in zip(cache.layers, part.layers)),
-                 length_B=cache.length_B.at[rows_R].set(part.length_B),
-                 stacked=tuple((k.at[:, rows_R].set(pk), v.at[:, rows_R].set(pv))
-                               for (k, v), (pk, pv) in zip(cache.stacked, part.stacked)))
+  return cache.replace(layers=tuple((k.at[rows_R].set(pk), v.at[rows_R].set(pv))
+                                    for (k, v), (pk, pv) in zip(cache.layers, part.layers)),
+                       length_B=cache.length_B.at[rows_R].set(part.length_B),
+                       stacked=tuple((k.at[:, rows_R].set(pk), v.at[:, rows_R].set(pv))
+                                     for (k, v), (pk, pv) in zip(cache.stacked, part.stacked)))
 
 
-def _append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R):
+def _append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, *, span: int):
   """`_append` computed for rows `rows_R` only (distinct; the others keep what they hold): a prefill
   for a few rows costs what those rows need, not the whole batch."""
   model = nnx.merge(graphdef, params)
   num_new_R = num_new_B[rows_R]
-  hidden_RxCxD, part = model.extend(tokens_BxC[rows_R], _take_rows(cache, rows_R), num_new_R)
+  hidden_RxCxD, part = model.extend(tokens_BxC[rows_R], _take_rows(cache, rows_R), num_new_R, span)
   last_RxD = _last_hidden(hidden_RxCxD, num_new_R, last_hidden_BxD[rows_R])
   return _set_rows(cache, rows_R, part), last_hidden_BxD.at[rows_R].set(last_RxD)
 
@@ -148,8 +148,10 @@ def _fork(cache: KVCache, last_hidden_BxD, source_B):
 
 
 def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, key_data_Bx2,
-                  stop_ids_S, limit_B, *, steps: int, temperature: float, top_k: int, top_p: float):
-  """`steps` decode steps for the active rows; tokens land in [B, steps] buffers.
+                  stop_ids_S, limit_B, *, steps: int, span: int, temperature: float, top_k: int,
+                  top_p: float):
+  """`steps` decode steps for the active rows; tokens land in [B, steps] buffers. Every active row
+  holds at most span - steps tokens (attention reads `span` slots).
 
   Row b's token number n of this turn is drawn with fold_in(key_b, n): what a
   row samples does not depend on the other rows or on chunk boundaries.
@@ -166,7 +168,7 @@ def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, k
     tokens_BxT = tokens_BxT.at[:, i].set(jnp.where(active_B, token_B, -1))
     logprobs_BxT = logprobs_BxT.at[:, i].set(logprob_B)
     num_new_B = active_B.astype(jnp.int32)
-    hidden_Bx1xD, cache = model.extend(token_B[:, None], cache, num_new_B)
+    hidden_Bx1xD, cache = model.extend(token_B[:, None], cache, num_new_B, span)
     last_hidden_BxD = _last_hidden(hidden_Bx1xD, num_new_B, last_hidden_BxD)
     count_B = count_B + num_new_B
     # Finish reasons: 1 stop id, 3 capacity, 2 max_new_tokens (0: still running).
@@ -192,12 +194,19 @@ class Sampler:
   def __init__(self, model: Transformer, *, rows: int, capacity: int,
                buckets: Sequence[int] = (16, 32, 64, 128, 256, 512, 1024, 2048),
                decode_steps: int = 16, mesh: Mesh | None = None,
-               rules: partitioning.LogicalRules | None = None, vocab=None, seed: int = 0):
+               rules: partitioning.LogicalRules | None = None, vocab=None, seed: int = 0,
+               spans: Sequence[int] | None = None, ring_buffers: bool = True):
     self.model = model
     self.rows = rows
     self.capacity = capacity
     self.buckets = tuple(sorted(b for b in buckets if b <= capacity)) or (capacity,)
     self.decode_steps = decode_steps
+    # Attention reads only the filled part of the cache, rounded up to one of these spans (powers of
+    # two from 128, and the capacity): decode cost follows the rows' lengths, a few shapes compile.
+    if spans is None:
+      spans = [1 << k for k in range(7, max(capacity, 1).bit_length()) if 1 << k < capacity]
+    self.spans = tuple(sorted({s for s in spans if 0 < s < capacity} | {capacity}))
+    self.ring_buffers = ring_buffers
     self.mesh = mesh
     self.rules = rules if rules is not None else partitioning.DEFAULT_RULES
     self.vocab = vocab
@@ -205,9 +214,9 @@ class Sampler:
     self.compile_seconds: dict[str, float] = {}
     self._calls = 0  # generate calls made without row keys (their default keys count them)
     self._graphdef = nnx.graphdef(model)
-    self._append = jax.jit(_append, static_argnums=0, donate_argnums=(2, 3))
+    self._append = jax.jit(_append, static_argnums=0, donate_argnums=(2, 3), static_argnames="span")
     self._decode = jax.jit(_decode_chunk, static_argnums=0, donate_argnums=(2, 3),
-                           static_argnames=("steps", "temperature", "top_k", "top_p"))
+                           static_argnames=("steps", "span", "temperature", "top_k", "top_p"))
     # On a mesh that spans processes, reset(), append and generate are collective.
     self.collective = multihost.spans_processes(mesh)
     # Whether the batch of rows is split over devices. Gathering some rows of a split cache (a
@@ -222,14 +231,19 @@ class Sampler:
     self.local_rows: tuple[int, ...] = tuple(int(r) for r in np.flatnonzero(self.row_owners == jax.process_index()))
     self._owned = self.row_owners == jax.process_index()
     config = model.config
-    self._make_cache = self._zeros_maker(lambda: KVCache.zeros(config, rows, capacity))
+    # Sliding-window layers keep a ring buffer of window + decode_steps slots: a stop-string cut drops
+    # at most one chunk's tokens, and those must not have overwritten keys the window still needs.
+    window_slots = config.sliding_window + decode_steps if ring_buffers else capacity
+    self._make_cache = self._zeros_maker(lambda: KVCache.zeros(config, rows, capacity, window_slots=window_slots))
     self._make_hidden = self._zeros_maker(lambda: jnp.zeros((rows, config.embed_dim), jnp.float32))
     # The fork keeps the cache's placement (a gather could leave it elsewhere, and the next step
     # would compile again).
     placed = None if mesh is None else jax.tree.map(self._sharding_of, jax.eval_shape(
-        lambda: (KVCache.zeros(config, rows, capacity), jnp.zeros((rows, config.embed_dim), jnp.float32))))
+        lambda: (KVCache.zeros(config, rows, capacity, window_slots=window_slots),
+                 jnp.zeros((rows, config.embed_dim), jnp.float32))))
     self._fork = jax.jit(_fork, donate_argnums=(0, 1), out_shardings=placed)
-    self._append_rows = jax.jit(_append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed)
+    self._append_rows = jax.jit(_append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
+                                static_argnames="span")
     self.prefill_tokens = 0  # tokens this process's rows have prefilled (append), for accounting
     self.reset()
 
@@ -311,22 +325,29 @@ class Sampler:
         error = (f"Sampler.append: row {row} would hold {self._lengths[row] + len(tokens)} tokens; "
                  f"capacity is {self.capacity}")
     multihost.raise_together(error, across=self.collective)
-    # All processes run the same chunks: as many as the longest append anywhere needs.
+    # All processes run the same chunks: as many as the longest append anywhere needs; attention
+    # reads a span that holds the longest row that receives tokens.
     longest = max((len(t) for t in new_tokens.values()), default=0)
-    if self.collective:
-      longest = multihost.max_over_processes(longest)
-    # Only the rows that get tokens are computed when they are at most half the batch (their number
-    # padded to a power of two with rows that get none), so a prefill pays for those rows.
-    receiving = np.zeros(self.rows, np.int64)
-    receiving[[r for r, t in new_tokens.items() if len(t)]] = 1
-    if self.collective:
-      receiving = multihost.sum_over_processes(receiving)
-    count = int((receiving > 0).sum())
-    subset = 1 << max(count - 1, 0).bit_length()
-    rows_R = None
-    if subset * 2 <= self.rows and not self.rows_split:
-      rows_R = np.concatenate([np.flatnonzero(receiving > 0), np.flatnonzero(receiving == 0)[:subset - count]])
-      rows_R = jnp.asarray(rows_R.astype(np.int32))
+    end = max((self._lengths[r] + len(t) for r, t in new_tokens.items() if len(t)), default=0)
+    if self.rows_split:
+      longest, end = multihost.maxima(longest, end, across=self.collective)
+      rows_R = None
+    else:
+      # Only the rows that get tokens are computed when they are at most half the batch (their
+      # number padded to a power of two with rows that get none), so a prefill pays for those rows.
+      receiving = np.zeros(self.rows, np.int64)
+      receiving[[r for r, t in new_tokens.items() if len(t)]] = 1
+      if self.collective:
+        gathered = multihost.allgather_ints([longest, end] + receiving.tolist())
+        longest, end = (int(v) for v in gathered[:, :2].max(axis=0))
+        receiving = gathered[:, 2:].sum(axis=0)
+      count = int((receiving > 0).sum())
+      subset = 1 << max(count - 1, 0).bit_length()
+      rows_R = None
+      if subset * 2 <= self.rows:
+        rows_R = np.concatenate([np.flatnonzero(receiving > 0), np.flatnonzero(receiving == 0)[:subset - count]])
+        rows_R = jnp.asarray(rows_R.astype(np.int32))
+    span = self._span(end)
     # Chunks are padded to a bucket (padding is never stored); a long append
     # runs as several chunks.
     offset = 0
@@ -341,13 +362,18 @@ class Sampler:
       inputs = (self._graphdef, nnx.state(self.model), self._cache, self._last_hidden, self._put(tokens_BxC),
                 self._put(num_new_B))
       if rows_R is None:
-        self._cache, self._last_hidden = self._call(f"prefill[{bucket}]", self._append, *inputs)
+        self._cache, self._last_hidden = self._call(f"prefill[{bucket}, span {span}]", self._append, *inputs,
+                                                    span=span)
       else:
-        self._cache, self._last_hidden = self._call(f"prefill[{bucket}, {rows_R.shape[0]} rows]",
-                                                    self._append_rows, *inputs, rows_R)
+        self._cache, self._last_hidden = self._call(f"prefill[{bucket}, {rows_R.shape[0]} rows, span {span}]",
+                                                    self._append_rows, *inputs, rows_R, span=span)
       self._lengths += num_new_B
       self.prefill_tokens += int(num_new_B.sum())
       offset += bucket
+
+  def _span(self, tokens: int) -> int:
+    """The smallest span that holds `tokens` tokens a row."""
+    return next((s for s in self.spans if s >= tokens), self.capacity)
 
   def fork(self, sources: Mapping[int, int]) -> None:
     """Row `target` becomes a copy of row `sources[target]`: its context's keys and values, length
@@ -403,13 +429,19 @@ class Sampler:
       if not active[row]:
         reasons[row] = "capacity"
     keys, limit_B = self._put(key_data), self._put(limit)
-    # One small collective per chunk: whether any process still decodes, or must re-append.
-    running = self.any_process(active.any())
+    # One small collective per chunk: whether any process still decodes, or must re-append, and the
+    # span that holds the longest active row after one more chunk.
+    def progress(rolled_back: bool = False):
+      longest = max((int(self._lengths[r]) for r in np.flatnonzero(active)), default=0)
+      return multihost.maxima(int(active.any()), int(rolled_back), longest + self.decode_steps,
+                              across=self.collective)
+    running, _, need = progress()
     while running:
+      span = self._span(need)
       out = self._call(
-          "decode", self._decode, self._graphdef, nnx.state(self.model), self._cache, self._last_hidden,
+          f"decode[span {span}]", self._decode, self._graphdef, nnx.state(self.model), self._cache, self._last_hidden,
           self._put(active), self._put(count), keys, stop_ids, limit_B,
-          steps=self.decode_steps, temperature=config.temperature, top_k=config.top_k,
+          steps=self.decode_steps, span=span, temperature=config.temperature, top_k=config.top_k,
           top_p=config.top_p)
       self._cache, self._last_hidden, active_after, count_after, chunk_tokens, chunk_logprobs, chunk_reasons = out
       mine = lambda x: multihost.host_rows(x, self.local_rows)
@@ -436,7 +468,7 @@ class Sampler:
           active_after[row] = False
       active = active_after & in_call
       count = mine(count_after).astype(np.int32)
-      running, rolled_back = self.any_process(active.any(), bool(recompute))
+      running, rolled_back, need = progress(bool(recompute))
       if rolled_back:  # a stop-string cut rolled some rows back: every process re-appends
         self._sync_lengths()
         self.append(recompute)
