@@ -8,7 +8,7 @@ from flax import nnx
 
 from swirl_jax import partitioning
 from swirl_jax.models import init_model, model_config
-from swirl_jax.sampling.sampler import Sampler, SamplingConfig, choose_tokens
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig, argmax_last, choose_tokens
 from swirl_jax.sampling.uncached import greedy_decode_uncached
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12, stop_ids=(1,))
@@ -173,6 +173,21 @@ def test_choose_tokens_options():
   best = int(np.argmax(probs))
   expected = probs[best] / probs[list(allowed)].sum()
   assert abs(np.mean(np.asarray(picks) == best) - expected) < 0.05
+
+
+def test_two_level_argmax_and_sampling_equal_jax():
+  """argmax_last is jnp.argmax (first index of the maximum, NaN the maximum) for vocabularies that
+  split into blocks (Gemma 2's 256,000 = 500 x 512) and those that do not; sampling draws what
+  jax.random.categorical draws for the same keys."""
+  rng = np.random.default_rng(4)
+  for v in (262_144, 256_000, 1_000, 97, 7):
+    ties = jnp.asarray(rng.integers(0, 4, size=(3, v)), jnp.float32)  # many equal maxima
+    ties = ties.at[2, v // 2].set(jnp.nan)
+    np.testing.assert_array_equal(argmax_last(ties), jnp.argmax(ties, axis=-1))
+  logits = jnp.asarray(rng.normal(size=(8, 4096)) * 3, jnp.float32)
+  keys = jax.random.split(jax.random.key(9), 8)
+  np.testing.assert_array_equal(choose_tokens(logits, keys, 1.0, 0, 1.0)[0],
+                                jax.vmap(jax.random.categorical)(keys, logits))
 
 
 def test_greedy_tokens_on_a_2x2x2_mesh_equal_single_device(model):
