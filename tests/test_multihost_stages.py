@@ -9,6 +9,9 @@ every request sent exactly once over both processes. Then a 2-process x
 one process: both save the same step and exit 0, and the restarted run ends
 with the params of the uninterrupted runs, of 1 process x 8 devices too.
 
+The pipeline runs train online with tree-packed rows (`OnlineConfig.layout='tree'`, a row per
+state), the SIGTERM runs with a row per sample: both layouts must end at the same params.
+
 The judge is an HTTP judge served on 127.0.0.1 that calls a step GOOD or BAD by a
 hash of its prompt: its verdicts vary per action, so the RLOO advantages, and
 the updates, are not zero.
@@ -54,7 +57,8 @@ def _bindings(tokenizer, run_dir, judge_url):
       "EvalConfig.questions_per_shard=2", f"EvalConfig.output_dir='{run_dir}/eval'",
       "TrainConfig.mode='online'", f"TrainConfig.steps={STEPS}", "TrainConfig.batch_size=4",
       "OnlineConfig.samples_per_state=2", "OnlineConfig.max_action_tokens=8", "TrainConfig.sequence_length=512",
-      "OnlineConfig.temperature=1.0", "OptimizerConfig.learning_rate=1e-3", "OptimizerConfig.warmup_steps=1",
+      "OnlineConfig.temperature=1.0", "OnlineConfig.layout='tree'", "OptimizerConfig.learning_rate=1e-3",
+      "OptimizerConfig.warmup_steps=1",
       "TrainConfig.checkpoint_every=100", "TrainConfig.log_every=1",
       f"TrainConfig.checkpoint_dir='{run_dir}/checkpoints'",
       f"run_train.judged_dir='{run_dir}/judged'", "run_train.filter_strategy='none'",
@@ -249,7 +253,9 @@ def test_sigterm_saves_one_step_everywhere_and_the_restart_ends_where_an_uninter
   four = tmp / "four"
   mesh = ["MeshConfig.data=2", "MeshConfig.fsdp=2", "MeshConfig.tensor=2", "RuntimeConfig.num_slices=2",
           "RuntimeConfig.slice_granule='process'"]
-  bindings = make_bindings(four) + mesh + [f"run_train.judged_dir='{one}/judged'"]
+  # The pipeline runs trained tree-packed rows (a row per state); these runs train a row per sample,
+  # and must end where they did.
+  bindings = make_bindings(four) + mesh + [f"run_train.judged_dir='{one}/judged'", "OnlineConfig.layout='rows'"]
   procs, logs = _start(tmp, "train", bindings, processes=2, devices=4, log_name="four")
   metrics = four / "metrics" / "metrics.jsonl"
   deadline = time.time() + 600
@@ -275,6 +281,6 @@ def test_sigterm_saves_one_step_everywhere_and_the_restart_ends_where_an_uninter
 
   # 1 process x 8 devices, same mesh shape, uninterrupted.
   five = tmp / "five"
-  _run(tmp, "train", make_bindings(five) + mesh[:3] + [f"run_train.judged_dir='{one}/judged'"], devices=8,
-       log_name="five")
+  _run(tmp, "train", make_bindings(five) + mesh[:3] + [f"run_train.judged_dir='{one}/judged'",
+                                                        "OnlineConfig.layout='rows'"], devices=8, log_name="five")
   _assert_params_close(resumed, _params(five / "checkpoints")[1], atol=2e-5)

@@ -10,6 +10,14 @@ Every batch the losses read is a dict of [rows, length] arrays:
   decoder_segment_ids         int32    1, 2, ... per packed segment; 0 is padding
   decoder_positions           int32    position within the segment
 
+Tree-packed rows (online RL: a state's context once, its G sampled actions as branches) add
+
+  decoder_branch_ids          int32    0 on the shared context; 1, 2, ... per branch of a segment
+
+A token sees the keys of its segment that are on the context or on its own branch, at positions up
+to its own (every branch's positions continue from the context's end). Batches without branches
+leave the feature out.
+
 Position p holds what is needed to predict token p + 1, so the per-target values
 (weights, rewards, log-probs) are the per-token values shifted left by one and
 zeroed where the next token starts another segment. The numpy builder (Stage 2's
@@ -30,6 +38,7 @@ REWARDS = "decoder_rewards"
 BEHAVIOUR_LOGPROBS = "decoder_behaviour_logprobs"
 SEGMENT_IDS = "decoder_segment_ids"
 POSITIONS = "decoder_positions"
+BRANCH_IDS = "decoder_branch_ids"  # optional: tree-packed rows only
 
 DTYPES: dict[str, str] = {
     INPUT_TOKENS: "int32", TARGET_TOKENS: "int32", LOSS_WEIGHTS: "float32", REWARDS: "float32",
@@ -51,9 +60,10 @@ class Features(TypedDict):
 
 
 def numpy_row(tokens, token_weights, token_rewards, token_logprobs, segment_ids, positions,
-              length: int) -> Features:
+              length: int, branch_ids=None) -> Features:
   """One row of features from token-aligned arrays (the weight, reward and log-prob of each token
-  as a target), padded to `length`."""
+  as a target), padded to `length`. With `branch_ids` (a tree-packed row) the row carries them, and
+  a token's target is the next token only on the same branch."""
   tokens = np.asarray(tokens, np.int32)
   n = len(tokens)
   if n > length:
@@ -61,6 +71,9 @@ def numpy_row(tokens, token_weights, token_rewards, token_logprobs, segment_ids,
   segment_ids = np.asarray(segment_ids, np.int32)
   same_segment = np.zeros(n, np.float32)
   same_segment[:-1] = (segment_ids[1:] == segment_ids[:-1]) & (segment_ids[1:] > 0)
+  if branch_ids is not None:
+    branch_ids = np.asarray(branch_ids, np.int32)
+    same_segment[:-1] *= branch_ids[1:] == branch_ids[:-1]
 
   def shifted(values, dtype):
     out = np.zeros(n, dtype)
@@ -68,7 +81,8 @@ def numpy_row(tokens, token_weights, token_rewards, token_logprobs, segment_ids,
     return out * same_segment.astype(dtype)
 
   pad = lambda x, dtype: np.pad(np.asarray(x, dtype), (0, length - n))
-  return Features(**{
+  branches = {} if branch_ids is None else {BRANCH_IDS: pad(branch_ids, np.int32)}
+  return Features(**branches, **{
       INPUT_TOKENS: pad(tokens, np.int32),
       TARGET_TOKENS: pad(shifted(tokens, np.int32), np.int32),
       LOSS_WEIGHTS: pad(shifted(token_weights, np.float32), np.float32),
@@ -81,7 +95,8 @@ def numpy_row(tokens, token_weights, token_rewards, token_logprobs, segment_ids,
 
 def stack(rows: list[Features]) -> Features:
   """Rows of equal length into one batch."""
-  return Features(**{name: np.stack([row[name] for row in rows]) for name in NAMES})
+  names = NAMES + ((BRANCH_IDS,) if BRANCH_IDS in rows[0] else ())
+  return Features(**{name: np.stack([row[name] for row in rows]) for name in names})
 
 
 def tf_row(tokens, token_weights, token_rewards, token_logprobs, segment_ids, positions) -> dict:

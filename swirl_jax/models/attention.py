@@ -19,11 +19,12 @@ _MASKED = -1e30  # finite, so a row with no visible key gives no NaN
 
 
 def attention_mask(q_positions_BxL, q_segments_BxL, k_positions_BxS, k_segments_BxS,
-                   window: int | None = None):
-  """Which keys each query sees: same segment (0 = padding), causal, in window.
+                   window: int | None = None, q_branches_BxL=None, k_branches_BxS=None):
+  """Which keys each query sees: same segment (0 = padding), causal, in window, and (with branch
+  ids, for tree-packed rows) a key on the shared trunk (branch 0) or on the query's own branch.
 
   Positions, not indices, decide causality and the window, so packed rows,
-  left padding and (later) KV-cache slots all use the same rule.
+  branches whose positions restart at the trunk's end, and KV-cache slots all use the same rule.
   """
   q_pos = q_positions_BxL[:, :, None]
   k_pos = k_positions_BxS[:, None, :]
@@ -31,6 +32,9 @@ def attention_mask(q_positions_BxL, q_segments_BxL, k_positions_BxS, k_segments_
   mask_BxLxS &= (k_segments_BxS[:, None, :] != 0) & (k_pos <= q_pos)
   if window is not None:
     mask_BxLxS &= (q_pos - k_pos) < window
+  if q_branches_BxL is not None:
+    k_branch = k_branches_BxS[:, None, :]
+    mask_BxLxS &= (k_branch == 0) | (k_branch == q_branches_BxL[:, :, None])
   return mask_BxLxS
 
 

@@ -145,20 +145,23 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(config.embed_dim, eps=config.rms_norm_eps,
                               param_dtype=jnp.dtype(config.param_dtype))
 
-  def hidden_states(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
+  def hidden_states(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, branch_ids_BxL=None):
     """Final-normed hidden states [B, L, D].
 
     positions default to 0..L-1; segment_ids default to one segment per row.
-    Tokens attend only within their segment; segment 0 marks padding.
+    Tokens attend only within their segment; segment 0 marks padding. With
+    branch_ids (tree-packed rows), a token on branch g > 0 sees its segment's
+    trunk (branch 0) and its own branch only.
     """
     b, l = tokens_BxL.shape
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.ones((b, l), jnp.int32)
-    global_mask = attention_mask(positions_BxL, segment_ids_BxL, positions_BxL, segment_ids_BxL)
+    branches = dict(q_branches_BxL=branch_ids_BxL, k_branches_BxS=branch_ids_BxL)
+    global_mask = attention_mask(positions_BxL, segment_ids_BxL, positions_BxL, segment_ids_BxL, **branches)
     local_mask = attention_mask(positions_BxL, segment_ids_BxL, positions_BxL, segment_ids_BxL,
-                                window=self.config.sliding_window)
+                                window=self.config.sliding_window, **branches)
     x_BxLxD = partitioning.constrain(self.embedder.encode(tokens_BxL), _ACT)
 
     def run_block(block, x, pos, mask):
@@ -249,9 +252,9 @@ class Transformer(nnx.Module):
       logits = jnp.tanh(logits / cap) * cap
     return logits
 
-  def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
+  def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, branch_ids_BxL=None):
     """Logits [B, L, V]. For inference and tests; training uses `logits_at`."""
-    hidden_BxLxD = self.hidden_states(tokens_BxL, positions_BxL, segment_ids_BxL)
+    hidden_BxLxD = self.hidden_states(tokens_BxL, positions_BxL, segment_ids_BxL, branch_ids_BxL)
     logits_BxLxV = self.logits_at(hidden_BxLxD)
     return partitioning.constrain(
         logits_BxLxV, ("activation_batch", "activation_length", "activation_vocab"))

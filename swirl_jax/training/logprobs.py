@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from swirl_jax import partitioning
-from swirl_jax.data.features import INPUT_TOKENS, LOSS_WEIGHTS, POSITIONS, REWARDS, SEGMENT_IDS, TARGET_TOKENS
+from swirl_jax.data.features import BRANCH_IDS, INPUT_TOKENS, LOSS_WEIGHTS, POSITIONS, REWARDS, SEGMENT_IDS, TARGET_TOKENS
 from swirl_jax.models.transformer import Transformer
 
 
@@ -24,7 +24,7 @@ def target_logprobs(model: Transformer, features: dict, max_loss_tokens: int | N
   """
   tokens = features[INPUT_TOKENS]
   b, l = tokens.shape
-  hidden_BxLxD = model.hidden_states(tokens, features[POSITIONS], features[SEGMENT_IDS])
+  hidden_BxLxD = model.hidden_states(tokens, features[POSITIONS], features[SEGMENT_IDS], features.get(BRANCH_IDS))
   weights = features[LOSS_WEIGHTS].reshape(-1)
   n = b * l if max_loss_tokens is None else max_loss_tokens
   index_N = jnp.nonzero(weights > 0, size=n, fill_value=0)[0]

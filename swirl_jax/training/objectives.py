@@ -59,6 +59,7 @@ class PolicyGradient:
 
   kl_coef: float = 0.0
   clip_epsilon: float | None = None
+  sequences_per_row: int = 1  # G for tree-packed rows (a state's G samples in one row)
   shares_of_batch_weight: bool = False
 
   def loss(self, model, batch, reference_model, max_loss_tokens, total_weight):
@@ -66,6 +67,7 @@ class PolicyGradient:
     reference_N = None
     if reference_model is not None:
       reference_N = losses.reference_logprobs(reference_model, batch, max_loss_tokens)
-    return losses.policy_gradient_loss(model, batch, num_sequences=batch[INPUT_TOKENS].shape[0],
+    num_sequences = batch[INPUT_TOKENS].shape[0] * self.sequences_per_row
+    return losses.policy_gradient_loss(model, batch, num_sequences=num_sequences,
                                        reference_logprobs_N=reference_N, kl_coef=self.kl_coef,
                                        clip_epsilon=self.clip_epsilon, max_loss_tokens=max_loss_tokens)

@@ -28,6 +28,9 @@ from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput, row_
 from swirl_jax.training.losses import advantages
 
 
+LAYOUTS = ("rows", "tree")
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig:
@@ -42,11 +45,16 @@ class OnlineConfig:
   updates_per_batch: int = 1  # optimizer updates on each batch of samples
   temperature: float = 1.0
   max_action_tokens: int = 128
+  # How the update lays out a state's G samples: "rows", one row each (context + action); "tree",
+  # one row per state holding the context once and the G actions as branches (same loss and
+  # gradients, about G times fewer context tokens trained).
+  layout: str = "rows"
 
   def __post_init__(self):
     validation.at_least_one(self, ("samples_per_state", "updates_per_batch", "max_action_tokens"))
     validation.not_negative(self, ("temperature", "kl_coef"))
     validation.check(self.baseline in ("none", "rloo"), self, f"baseline={self.baseline!r}; use 'none' or 'rloo'")
+    validation.check(self.layout in LAYOUTS, self, f"layout={self.layout!r}; use 'rows' or 'tree'")
     validation.check(self.judge_failures in ("exclude", "zero"), self,
                      f"judge_failures={self.judge_failures!r}; use 'exclude' or 'zero'")
     validation.check(self.baseline != "rloo" or self.samples_per_state >= 2, self,
@@ -162,6 +170,49 @@ def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOut
   return features.stack(rows)
 
 
+def tree_length(context: Sequence[int], actions: Sequence[TurnOutput]) -> int:
+  """Tokens of a state's tree-packed row: the context once, then each action after a copy of the
+  context's last token."""
+  return len(context) - 1 + sum(1 + len(a.tokens) for a in actions)
+
+
+def tree_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput], advantage_per_action,
+                  length: int, row_length: int | None = None) -> dict[str, np.ndarray]:
+  """One row per state: its context once (the trunk, branch 0), then its G actions as branches.
+
+  Branch g holds a copy of the context's last token and then action g, at positions continuing from
+  the trunk's end, so each action token sees the context and its own branch's earlier tokens exactly
+  as in its own row (`online_features`), and the copied token predicts the action's first token. The
+  loss and its gradients are those of the one-row-per-sample layout, with G - 1 fewer copies of the
+  context per state. The policy-gradient loss must then count G sequences a row
+  (`objectives.PolicyGradient.sequences_per_row`).
+  """
+  per_state = len(actions) // len(contexts)
+  grouped = [actions[s * per_state:(s + 1) * per_state] for s in range(len(contexts))]
+  longest = max(tree_length(c, group) for c, group in zip(contexts, grouped))
+  length = row_length if row_length is not None else _padded_length(longest, length)
+  if longest > length:
+    raise ValueError(f"a state and its {per_state} actions need {longest} tokens; rows hold {length}")
+  rows = []
+  for s, (context, group) in enumerate(zip(contexts, grouped)):
+    context = list(context)
+    trunk = len(context) - 1
+    tokens, on_action, logprobs, rewards = context[:-1], [0.0] * trunk, [0.0] * trunk, [0.0] * trunk
+    positions, branches = list(range(trunk)), [0] * trunk
+    for g, action in enumerate(group):
+      n = len(action.tokens)
+      advantage = float(advantage_per_action[s * per_state + g])
+      tokens += context[-1:] + list(action.tokens)
+      on_action += [0.0] + [1.0] * n
+      logprobs += [0.0] + list(action.logprobs)
+      rewards += [0.0] + [advantage] * n
+      positions += list(range(trunk, trunk + 1 + n))
+      branches += [g + 1] * (1 + n)
+    rows.append(features.numpy_row(tokens, on_action, rewards, logprobs, np.ones(len(tokens), np.int32),
+                                   positions, length, branch_ids=branches))
+  return features.stack(rows)
+
+
 class OnlineBatch(NamedTuple):
   """This process's part of one online batch: its rows' features, its states' rewards [S_local, G],
   their actions (state-major), and the slots of its states in the global batch."""
@@ -175,7 +226,7 @@ class OnlineBatch(NamedTuple):
 def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample] | Mapping[int, StateExample],
                  samples_per_state: int, config: SamplingConfig, length: int, baseline: str = "rloo",
                  key_ids: Sequence | None = None, judge_failures: str = "exclude",
-                 sample_ids: Mapping[int, int] | None = None) -> OnlineBatch:
+                 sample_ids: Mapping[int, int] | None = None, layout: str = "rows") -> OnlineBatch:
   """Samples, scores and lays out this process's part of one online batch. Collective: every
   process calls it together.
 
@@ -183,9 +234,12 @@ def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample
   rows it owns), or this process's states by slot (`local_state_slots`), as a trainer reading its
   own shard of the data gives them. judge_failures: "exclude" leaves an unscored sample out of the
   loss and of its state's baseline; "zero" scores it 0 (a failure then reads as a bad action).
+  layout: "rows" gives a row per sample (state-major), "tree" a row per state (`tree_features`).
   """
   if judge_failures not in ("exclude", "zero"):
     raise ValueError(f"judge_failures={judge_failures!r}; use 'exclude' or 'zero'")
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r}; use 'rows' or 'tree'")
   num_states = sampler.rows // samples_per_state if isinstance(states, Mapping) else len(states)
   slots = local_state_slots(sampler, num_states, samples_per_state)
   if isinstance(states, Mapping):
@@ -201,10 +255,20 @@ def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample
   rewards = rewards.reshape(len(slots), samples_per_state)
   adv = advantages(np.nan_to_num(rewards, nan=0.0) if judge_failures == "zero" else rewards, baseline).reshape(-1)
   # Every process pads its rows to the same length: the global batch has one shape.
-  local_longest = max((len(states[slot].context) + len(a.tokens) for slot in slots for a in sampled[slot]), default=1)
+  if layout == "tree":
+    local_longest = max((tree_length(contexts[slot], sampled[slot]) for slot in slots), default=1)
+  else:
+    local_longest = max((len(contexts[slot]) + len(a.tokens) for slot in slots for a in sampled[slot]), default=1)
   row_length = _padded_length(multihost.max_over_processes(local_longest) if sampler.collective else local_longest,
                                length)
-  feats = online_features([contexts[slot] for slot in slots], actions, adv, length, row_length) if slots else {}
+  lay_out = tree_features if layout == "tree" else online_features
+  feats = lay_out([contexts[slot] for slot in slots], actions, adv, length, row_length) if slots else {}
   if judge_failures == "exclude" and slots:  # no loss on a sample nobody scored
-    feats[features.LOSS_WEIGHTS][np.isnan(rewards).reshape(-1)] = 0.0
+    unscored = np.isnan(rewards).reshape(-1)
+    if layout == "tree":  # sample g of a row: the branch g + 1 positions
+      for i in np.flatnonzero(unscored):
+        row = feats[features.LOSS_WEIGHTS][i // samples_per_state]
+        row[feats[features.BRANCH_IDS][i // samples_per_state] == i % samples_per_state + 1] = 0.0
+    else:
+      feats[features.LOSS_WEIGHTS][unscored] = 0.0
   return OnlineBatch(feats, rewards, actions, slots)

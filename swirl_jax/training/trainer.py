@@ -106,7 +106,9 @@ def register_data(trajectories: Sequence[Trajectory], mode: str, share_prefixes:
 
 def _objective(mode: str, online_config: OnlineConfig) -> objectives.Objective:
   if mode == "online":
-    return objectives.PolicyGradient(kl_coef=online_config.kl_coef, clip_epsilon=online_config.clip_epsilon)
+    tree = online_config.layout == "tree"
+    return objectives.PolicyGradient(kl_coef=online_config.kl_coef, clip_epsilon=online_config.clip_epsilon,
+                                     sequences_per_row=online_config.samples_per_state if tree else 1)
   return objectives.RewardWeightedLikelihood()
 
 
@@ -131,6 +133,11 @@ class Trainer:
     if config.mode == "online" and config.batch_size % g:
       raise ValueError(f"TrainConfig.batch_size={config.batch_size} rows must be a multiple of "
                        f"OnlineConfig.samples_per_state={g} (each state's samples fill {g} rows)")
+    # Tree-packed online rows: the update trains one row per state (its G samples as branches).
+    self.tree_rows = config.mode == "online" and self.online.layout == "tree"
+    if self.tree_rows and (config.batch_size // g) % config.grad_accum_steps:
+      raise ValueError(f"OnlineConfig.layout='tree' trains {config.batch_size // g} rows a step (one per state), "
+                       f"not a multiple of TrainConfig.grad_accum_steps={config.grad_accum_steps}")
     self.updates_per_step = self.online.updates_per_batch if config.mode == "online" else 1
     self.task = data if isinstance(data, str) else register_data(data, config.mode, config.share_prefixes)
     facts = batches.task_facts(self.task, config.use_cached_task)
@@ -164,7 +171,7 @@ class Trainer:
       self.stream = batches.RowStream(self.task, config.sequence_length, seed=config.seed, pack=config.pack_rows,
                                       reward_one=config.mode == "sft", context_weight=self.sft.context_weight,
                                       use_cached=config.use_cached_task)
-    self.total_rows = config.batch_size
+    self.total_rows = config.batch_size // g if self.tree_rows else config.batch_size  # rows the update trains
 
     # The algorithm, the optimizer and the step.
     self.objective = _objective(config.mode, self.online)
@@ -277,13 +284,15 @@ class Trainer:
     batch = online.online_batch(
         self.sampler, self.scorer, dict(zip(slots, local_states)), g, self.sampling, self.config.sequence_length,
         self.online.baseline, key_ids=("online", self.config.seed, step),
-        sample_ids={slot: i * count + p for i, slot in enumerate(slots)}, judge_failures=self.online.judge_failures)
+        sample_ids={slot: i * count + p for i, slot in enumerate(slots)}, judge_failures=self.online.judge_failures,
+        layout=self.online.layout)
     scored = ~np.isnan(batch.rewards)
     reward_sum, scored_count, failures, sampled, logged_sum = np.sum(
         multihost.allgather_json([float(batch.rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
                                   int(sum(len(a.tokens) for a in batch.actions)),
                                   float(sum(s.reward for s in local_states))]), axis=0)
-    rows = np.array([slot * g + i for slot in batch.state_slots for i in range(g)], np.int64)
+    rows = np.array(batch.state_slots if self.tree_rows else
+                    [slot * g + i for slot in batch.state_slots for i in range(g)], np.int64)
     extra = {"mean_reward": float(reward_sum / max(scored_count, 1)), "judge_failures": int(failures),
              "logged_reward": float(logged_sum / states_per_step), "sampled_tokens": int(sampled)}
     return batch.features, rows, extra
