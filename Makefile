@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test venv benchmarks miniature clean extras-test
+.PHONY: demo test venv benchmarks miniature clean extras-test tunix
 
 $(STAMP): requirements/lock.txt setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -40,5 +40,14 @@ $(EXTRAS)/.installed: requirements/launch.txt $(STAMP)
 extras-test: $(EXTRAS)/.installed
 	PYTHONPATH=$(EXTRAS) $(VENV)/bin/python -m pytest -q tests/test_launch.py tests/test_aot_tpu.py
 
+# tunix, a second baseline for benchmarks/sampler_throughput.py (--tunix), pinned, in .tunix/.
+TUNIX := .tunix
+$(TUNIX)/.installed: requirements/bench-tunix.txt $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(TUNIX) \
+	    -r requirements/bench-tunix.txt
+	touch $@
+
+tunix: $(TUNIX)/.installed
+
 clean:
-	rm -rf $(VENV) $(EXTRAS) build *.egg-info
+	rm -rf $(VENV) $(EXTRAS) $(TUNIX) build *.egg-info
