@@ -68,15 +68,15 @@ def machine_limits() -> tuple[float, dict[str, float]]:
   return peak, {"copy_in_place": 2 * nbytes / best, "read": nbytes / read}
 
 
-def decode_step_cost(model, batch: int, span: int) -> tuple[float, float]:
+def decode_step_cost(model, batch: int, span: int, decode_steps: int) -> tuple[float, float]:
   """(FLOPs, bytes read) of one decode step at `batch` rows, attention reading `span` slots of a
-  global layer's cache and min(span, its ring) of a sliding-window layer's."""
+  global layer's cache and min(span, its ring of window + decode_steps) of a sliding-window layer's."""
   import jax
   from flax import nnx
   c = model.config
   d, n, k, h = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim
   per_layer = d * n * h + 2 * d * k * h + n * h * d + 3 * d * c.mlp_dim
-  keys = [span if t == "global" else min(span, c.sliding_window + 16) for t in c.layer_types]
+  keys = [span if t == "global" else min(span, c.sliding_window + decode_steps) for t in c.layer_types]
   flops = 2 * batch * (c.num_layers * per_layer + d * c.vocab_size) + 4 * batch * n * h * sum(keys)
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
   cache_bytes = batch * 2 * k * h * np.dtype(c.dtype).itemsize * sum(keys)
@@ -191,7 +191,7 @@ def main():
     our_tokens = made["ours"]
     ours = batch * args.new_tokens / median("ours", 0)
     span = max(int(name.split()[-1].rstrip("]")) for name in sampler.compile_seconds if name.startswith("decode"))
-    flops, read_bytes = decode_step_cost(model, batch, span)
+    flops, read_bytes = decode_step_cost(model, batch, span, sampler.decode_steps)
     step = median("ours", 1) / args.new_tokens
     bound = max(flops / peak, read_bytes / bandwidth)
     uncached = bench_uncached(model, prompts, args.uncached_tokens)

@@ -122,9 +122,7 @@ def raise_together(error: str | None, across: bool = True) -> None:
 def any_process(*flags: bool, across: bool = True) -> tuple[bool, ...] | bool:
   """Whether any process has each flag set (one collective for all flags). across=False: this
   process's flags, no collective (work on devices of this process only)."""
-  local = [int(bool(f)) for f in flags]
-  merged = allgather_ints(local).max(axis=0) if across else np.asarray(local)
-  out = tuple(bool(v) for v in merged)
+  out = tuple(bool(v) for v in maxima(*(int(bool(f)) for f in flags), across=across))
   return out[0] if len(out) == 1 else out
 
 

@@ -66,3 +66,17 @@ def test_tree_rows_give_the_loss_and_gradients_of_one_row_per_sample(clip_epsilo
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), tree_grads, rows_grads)
   if clip_epsilon:
     assert float(rows_metrics["clipped_fraction"]) > 0  # the clipped branch of the loss is exercised
+
+
+def test_an_unweighted_sample_leaves_the_same_loss_positions_in_both_layouts():
+  """An action weighted 0 (a sample the judge left unscored) has no loss position in either layout."""
+  contexts, actions, advantages = _batch()
+  weights = np.ones(len(actions), np.float32)
+  weights[[1, 5]] = 0.0
+  rows = online_features(contexts, actions, advantages, 128, action_weights=weights)
+  tree = tree_features(contexts, actions, advantages, 128, action_weights=weights)
+  expected = sum(len(a.tokens) for a, w in zip(actions, weights) if w)
+  assert (rows[features.LOSS_WEIGHTS] > 0).sum() == (tree[features.LOSS_WEIGHTS] > 0).sum() == expected
+  for name in (features.TARGET_TOKENS, features.REWARDS):
+    np.testing.assert_array_equal(rows[name][rows[features.LOSS_WEIGHTS] > 0],
+                                  tree[name][tree[features.LOSS_WEIGHTS] > 0])

@@ -227,7 +227,6 @@ class Sampler:
     if spans is None:
       spans = [1 << k for k in range(7, max(capacity, 1).bit_length()) if 1 << k < capacity]
     self.spans = tuple(sorted({s for s in spans if 0 < s < capacity} | {capacity}))
-    self.ring_buffers = ring_buffers
     self.mesh = mesh
     self.rules = rules if rules is not None else partitioning.DEFAULT_RULES
     self.vocab = vocab

@@ -145,8 +145,9 @@ def _padded_length(longest: int, length: int) -> int:
 
 
 def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput], advantage_per_action,
-                    length: int, row_length: int | None = None) -> dict[str, np.ndarray]:
+                    length: int, row_length: int | None = None, action_weights=None) -> dict[str, np.ndarray]:
   """One row per (state, sample): context + action, loss on the action, its advantage per token.
+  `action_weights[i]` (default 1) weighs action i's tokens in the loss (0: left out).
 
   Rows are `length` long at most; shorter batches are padded only to the next
   multiple of 128 (or to `row_length`, when processes agree on one), so a step
@@ -161,7 +162,8 @@ def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOut
   rows = []
   for i, action in enumerate(actions):
     context, action_tokens = list(contexts[i // per_state]), list(action.tokens)
-    on_action = np.concatenate([np.zeros(len(context), np.float32), np.ones(len(action_tokens), np.float32)])
+    weight = 1.0 if action_weights is None else float(action_weights[i])
+    on_action = np.concatenate([np.zeros(len(context), np.float32), np.full(len(action_tokens), weight, np.float32)])
     logprobs = np.concatenate([np.zeros(len(context), np.float32), np.asarray(action.logprobs, np.float32)])
     t = len(context) + len(action_tokens)
     rewards = np.where(on_action > 0, np.float32(advantage_per_action[i]), np.float32(0.0))
@@ -177,7 +179,7 @@ def tree_length(context: Sequence[int], actions: Sequence[TurnOutput]) -> int:
 
 
 def tree_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput], advantage_per_action,
-                  length: int, row_length: int | None = None) -> dict[str, np.ndarray]:
+                  length: int, row_length: int | None = None, action_weights=None) -> dict[str, np.ndarray]:
   """One row per state: its context once (the trunk, branch 0), then its G actions as branches.
 
   Branch g holds a copy of the context's last token and then action g, at positions continuing from
@@ -202,8 +204,9 @@ def tree_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutpu
     for g, action in enumerate(group):
       n = len(action.tokens)
       advantage = float(advantage_per_action[s * per_state + g])
+      weight = 1.0 if action_weights is None else float(action_weights[s * per_state + g])
       tokens += context[-1:] + list(action.tokens)
-      on_action += [0.0] + [1.0] * n
+      on_action += [0.0] + [weight] * n
       logprobs += [0.0] + list(action.logprobs)
       rewards += [0.0] + [advantage] * n
       positions += list(range(trunk, trunk + 1 + n))
@@ -261,14 +264,8 @@ def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample
     local_longest = max((len(contexts[slot]) + len(a.tokens) for slot in slots for a in sampled[slot]), default=1)
   row_length = _padded_length(multihost.max_over_processes(local_longest) if sampler.collective else local_longest,
                                length)
+  # No loss on a sample nobody scored (judge_failures "exclude").
+  weights = (~np.isnan(rewards)).reshape(-1) if judge_failures == "exclude" else None
   lay_out = tree_features if layout == "tree" else online_features
-  feats = lay_out([contexts[slot] for slot in slots], actions, adv, length, row_length) if slots else {}
-  if judge_failures == "exclude" and slots:  # no loss on a sample nobody scored
-    unscored = np.isnan(rewards).reshape(-1)
-    if layout == "tree":  # sample g of a row: the branch g + 1 positions
-      for i in np.flatnonzero(unscored):
-        row = feats[features.LOSS_WEIGHTS][i // samples_per_state]
-        row[feats[features.BRANCH_IDS][i // samples_per_state] == i % samples_per_state + 1] = 0.0
-    else:
-      feats[features.LOSS_WEIGHTS][unscored] = 0.0
+  feats = lay_out([contexts[slot] for slot in slots], actions, adv, length, row_length, weights) if slots else {}
   return OnlineBatch(feats, rewards, actions, slots)
