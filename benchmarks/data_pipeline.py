@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from swirl_jax.data import decomposition, seqio_tasks  # noqa: E402
-from swirl_jax.data.trajectory import Step, Trajectory  # noqa: E402
+from swirl_jax.records import Step, Trajectory, Verdict  # noqa: E402
 from swirl_jax.training import batches  # noqa: E402
 
 
@@ -41,9 +41,9 @@ def synthetic(n: int, seed: int = 0) -> list[Trajectory]:
       context = rng.integers(3, 262_000, 420 if k == 0 else int(rng.integers(15, 26))).tolist()
       action = rng.integers(3, 262_000, int(rng.integers(20, 41))).tolist()
       steps.append(Step(k, context, "", action, "", (-rng.random(len(action))).tolist(), "tool", "stop_string",
-                        process={"verdict": "GOOD", "score": 1.0, "reasoning": "", "judge": "bench", "error": ""}))
+                        process=Verdict("GOOD", 1.0, judge="bench")))
     out.append(Trajectory(f"q{i}#0", f"q{i}", 0, "bench", "", ["1"], steps, "1", "answered",
-                          outcome={"verdict": "YES", "score": 1.0, "reasoning": "", "judge": "bench", "error": ""}))
+                          outcome=Verdict("YES", 1.0, judge="bench")))
   return out
 
 

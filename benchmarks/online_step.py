@@ -44,7 +44,7 @@ def main():
   from swirl_jax.checkpoints import embedded
   from swirl_jax.data import features
   from swirl_jax.data.decomposition import StateExample
-  from swirl_jax.data.question import Question
+  from swirl_jax.records import Question
   from swirl_jax.rewards.rule_judge import RuleJudge
   from swirl_jax.sampling.sampler import Sampler, SamplingConfig
   from swirl_jax.training.losses import advantages

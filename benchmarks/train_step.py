@@ -44,7 +44,7 @@ def run_ours(args, mode):
   import matmul_peak
   from swirl_jax.models import init_model, model_config
   from swirl_jax.training.trainer import OnlineConfig, OptimizerConfig, TrainConfig, Trainer
-  from swirl_jax.data.trajectory import Step, Trajectory
+  from swirl_jax.records import Step, Trajectory, Verdict
 
   config = model_config("gemma3_270m")
   model = init_model(config)
@@ -52,7 +52,7 @@ def run_ours(args, mode):
   n_ctx = args.seq_len - args.action_tokens
   trajectories = [Trajectory(f"t{i}#0", f"t{i}", 0, "bench", "", ["1"], [Step(
       0, tokens[i, :n_ctx].tolist(), "", tokens[i, n_ctx:].tolist(), "", [0.0] * args.action_tokens, "tool",
-      "stop_string", process={"verdict": "GOOD", "score": 1.0})], "1", "answered") for i in range(args.batch)]
+      "stop_string", process=Verdict("GOOD", 1.0))], "1", "answered") for i in range(args.batch)]
 
   class RandomScorer:
     def score(self, states, actions):

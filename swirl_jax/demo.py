@@ -13,7 +13,7 @@ import time
 from absl import app, flags
 
 from swirl_jax.checkpoints import embedded
-from swirl_jax.data.trajectory import format_trajectory
+from swirl_jax.records import format_trajectory
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.generation import summarize
 from swirl_jax.sampling.sampler import Sampler

@@ -22,6 +22,7 @@ import gin
 import jax
 
 from swirl_jax import atomic_io, multihost, provenance, validation
+from swirl_jax.checkpoints import policy
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.generation import check_unique_ids, run_sharded_episodes
@@ -114,7 +115,7 @@ def evaluate(task: Task, model, vocab, name: str, config: EvalConfig = EvalConfi
   directory = os.path.join(config.output_dir, name)
   process, processes = jax.process_index(), jax.process_count()
   check_unique_ids(task)
-  model_id = model_id or provenance.policy_identity()
+  model_id = model_id or policy.policy_identity()
   fingerprint = {"stage": "evaluate", "task": provenance.task_identity(task),
                  "config": provenance.config_fields(config, ("output_dir", "rows")), "model": model_id}
   provenance.claim(directory, fingerprint, has_outputs=bool(trajectory_io.shard_files(directory)))

@@ -24,6 +24,7 @@ import jax
 from tqdm import tqdm
 
 from swirl_jax import atomic_io, multihost, provenance, validation
+from swirl_jax.checkpoints import policy
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.sampling.sampler import Sampler
@@ -127,7 +128,7 @@ def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig()
   check_unique_ids(task)
   fingerprint = {"stage": "generate", "task": provenance.task_identity(task),
                  "config": provenance.config_fields(config, ("output_dir", "rows")),
-                 "episode": dataclasses.asdict(episode), "model": model_id or provenance.policy_identity()}
+                 "episode": dataclasses.asdict(episode), "model": model_id or policy.policy_identity()}
   provenance.claim(config.output_dir, fingerprint, has_outputs=bool(trajectory_io.shard_files(config.output_dir)))
   questions = task.questions
   n_shards = -(-len(questions) // config.questions_per_shard)

@@ -12,7 +12,6 @@ process's counts.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -22,14 +21,16 @@ import jax
 from tqdm import tqdm
 
 from swirl_jax import atomic_io, multihost, provenance
+from swirl_jax.checkpoints import policy
 from swirl_jax.data import filters, trajectory_io
-from swirl_jax.data.trajectory import Trajectory, judge_transcript
+from swirl_jax.records import Trajectory, judge_transcript
 from swirl_jax.rewards import prompts
 from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest
 from swirl_jax.rewards.model_judge import ModelJudge
 from swirl_jax.rewards.request_log import RequestLog
 from swirl_jax.rewards.rule_judge import RuleJudge
+from swirl_jax.tasks import build_task
 
 
 def process_requests(trajectory: Trajectory) -> list[ProcessRequest]:
@@ -44,23 +45,20 @@ def judge_trajectories(trajectories: list[Trajectory], judge: Judge) -> list[Tra
   outcomes = judge.judge_outcomes([OutcomeRequest(t.question, t.final_answer, tuple(t.gold_answers),
                                                   t.question_id) for t in trajectories])
   for t, outcome in zip(trajectories, outcomes):
-    t.outcome = dataclasses.asdict(outcome)
+    t.outcome = outcome
     for step in t.steps:
-      step.process = dataclasses.asdict(next(verdicts))
+      step.process = next(verdicts)
   return trajectories
 
 
 def _complete(trajectories: list[Trajectory]) -> bool:
-  return all(t.outcome and t.outcome.get("verdict") is not None and
-             all(s.process and s.process.get("verdict") is not None for s in t.steps)
-             for t in trajectories)
+  return all(t.outcome_label is not None and None not in t.process_labels for t in trajectories)
 
 
 def _unparseable_only(trajectories: list[Trajectory]) -> bool:
   """Unjudged entries whose judge answered but could not be read stay as they are."""
   verdicts = [t.outcome for t in trajectories] + [s.process for t in trajectories for s in t.steps]
-  return all(v and (v.get("verdict") is not None or v.get("error") == "unparseable judge output")
-             for v in verdicts)
+  return all(v and (v.verdict is not None or v.error == "unparseable judge output") for v in verdicts)
 
 
 @gin.configurable
@@ -90,7 +88,7 @@ def _identity(kind, model_source, model_path, mode, http_base_url, http_model, j
                                      + [prompts.outcome_prompt("{question}", "{answer}", "{gold}")])
   if kind == "model":
     model = ({"source": model_source, "path": model_path} if model_source
-             else provenance.policy_identity())
+             else policy.policy_identity())
     return {"kind": "model", "mode": mode, "model": model, "max_new_tokens": judge.max_new_tokens,
             "prompts": prompts_digest}
   return {"kind": "http", "url": judge.url, "model": http_model, "temperature": judge.temperature,
@@ -98,7 +96,6 @@ def _identity(kind, model_source, model_path, mode, http_base_url, http_model, j
 
 
 def _make_judge(kind, model_source, model_path, mode, http_base_url, http_model, cache_dir, questions, task):
-  from swirl_jax.tasks import build_task
   if kind == "rule":
     task = task or build_task()
     titles = [p.title for tool in task.tools for p in getattr(tool, "passages", [])]
@@ -110,10 +107,9 @@ def _make_judge(kind, model_source, model_path, mode, http_base_url, http_model,
                        "make_judge.kind='model' or 'http' for this task")
     return RuleJudge(questions, titles)
   if kind == "model":
-    from swirl_jax.checkpoints.policy import load_policy
     # A judge of its own source is that model as it is: no trainer checkpoint of the policy's.
-    model, vocab = (load_policy(source=model_source, path=model_path, checkpoint_dir=None) if model_source
-                    else load_policy())
+    model, vocab = (policy.load_policy(source=model_source, path=model_path, checkpoint_dir=None) if model_source
+                    else policy.load_policy())
     return ModelJudge(model, vocab, mode=mode)
   if kind == "http":
     if not (http_base_url and http_model):
@@ -163,10 +159,10 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
 def _judged_counts(trajectories) -> dict:
   counts = {"steps": {}, "outcomes": {}, "filter_survival": filters.survival(trajectories)}
   for t in trajectories:
-    key = str((t.outcome or {}).get("verdict"))
+    key = str(t.outcome_label)
     counts["outcomes"][key] = counts["outcomes"].get(key, 0) + 1
-    for s in t.steps:
-      key = str((s.process or {}).get("verdict"))
+    for label in t.process_labels:
+      key = str(label)
       counts["steps"][key] = counts["steps"].get(key, 0) + 1
   return counts
 

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 # Everything gin can bind must be imported before the config is parsed.
 from swirl_jax import evaluation, generation, judging, multihost, partitioning, pipeline, provenance, runtime, tasks  # noqa: F401
 from swirl_jax.checkpoints import policy  # noqa: F401
+from swirl_jax.data import filters, seqio_tasks
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
 from swirl_jax.sampling import sampler  # noqa: F401
@@ -83,7 +84,6 @@ def run_train(rt: runtime.Runtime, judged_dir: str | None = None, filter_strateg
               task_name: str | None = None):
   """Stage 2 on a SeqIO task: `task_name` (one registered by a module a gin file imports), or the
   trajectories of `judged_dir` kept by `filter_strategy` (registered as swirl:{task}:{filter})."""
-  from swirl_jax.data import filters, seqio_tasks
   if (judged_dir is None) == (task_name is None):
     raise ValueError("run_train: set one of run_train.judged_dir (judged trajectories) or run_train.task_name "
                      "(a registered SeqIO task)")
@@ -116,7 +116,7 @@ def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str |
   if checkpoint_dir:
     trained = trainer.checkpoint_identity(checkpoint_dir, trainer.load_trained_params(model, checkpoint_dir))
   report = evaluation.evaluate(task, model, vocab, name, evaluation.EvalConfig(), judge, mesh=rt.mesh,
-                               rules=rt.rules, model_id=provenance.policy_identity(trained))
+                               rules=rt.rules, model_id=policy.policy_identity(trained))
   if jax.process_index() == 0:
     evaluation.write_comparison([report], os.path.join(evaluation.EvalConfig().output_dir, name))
   _print_json(report)

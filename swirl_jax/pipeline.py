@@ -23,9 +23,10 @@ import gin
 import jax
 
 from swirl_jax import atomic_io, evaluation, generation, judging, multihost, provenance, runtime, tasks
+from swirl_jax.checkpoints import policy
 from swirl_jax.checkpoints.policy import load_policy
 from swirl_jax.data import filters, seqio_tasks, trajectory_io
-from swirl_jax.data.trajectory import format_trajectory
+from swirl_jax.records import format_trajectory
 from swirl_jax.environment import protocol
 from swirl_jax.training.online import JudgeScorer
 from swirl_jax.training.trainer import TrainConfig, Trainer
@@ -66,7 +67,7 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = Pip
   eval_config = dataclasses.replace(evaluation.EvalConfig(), output_dir=paths["eval"])
 
   say(f"[1/5] evaluating the base model on {len(eval_task.questions)} held-out questions")
-  base_id = provenance.policy_identity()
+  base_id = policy.policy_identity()
   base = evaluation.evaluate(eval_task, model, vocab, "base", eval_config, judge, mesh=mesh, rules=rules,
                              model_id=base_id)
   say("[2/5] Stage 1: generating trajectories")
@@ -85,7 +86,7 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = Pip
                           metrics_dir=paths["metrics"], mesh=mesh, rules=rules, model_id=base_id)
   last_metrics = trainer.train()
   say("[5/5] evaluating the trained model")
-  trained_id = provenance.policy_identity(trainer.identity())
+  trained_id = policy.policy_identity(trainer.identity())
   trained = evaluation.evaluate(eval_task, model, vocab, "trained", eval_config, judge, mesh=mesh, rules=rules,
                                 model_id=trained_id)
   summary = {

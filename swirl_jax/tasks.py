@@ -9,7 +9,7 @@ import re
 import gin
 
 from swirl_jax.data import builtin_arithmetic, builtin_encyclopedia, loaders
-from swirl_jax.data.question import Question
+from swirl_jax.records import Question
 from swirl_jax.environment import protocol
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.search import BM25Search

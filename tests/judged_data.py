@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from swirl_jax.data.trajectory import Step, Trajectory
+from swirl_jax.records import Step, Trajectory, Verdict
 
 
 def make_trajectory(rng, tid, step_verdicts, outcome, vocab=512):
@@ -15,11 +15,10 @@ def make_trajectory(rng, tid, step_verdicts, outcome, vocab=512):
         index=i, context_tokens=context, context_text=f"{tid} context {i}", action_tokens=action,
         action_text=f"{tid} action {i}", behaviour_logprobs=(-rng.random(len(action))).tolist(),
         kind="tool", finish_reason="stop_string",
-        process={"verdict": verdict, "score": score, "reasoning": "", "judge": "test", "error": ""}))
+        process=Verdict(verdict, score, judge="test")))
   return Trajectory(id=tid, question_id=tid.split("#")[0], sample_index=0, source="test",
                     question=f"question of {tid}", gold_answers=["a"], steps=steps, final_answer="a", finish="answered",
-                    outcome={"verdict": outcome, "score": float(outcome == "YES"), "reasoning": "",
-                             "judge": "test", "error": ""})
+                    outcome=Verdict(outcome, float(outcome == "YES"), judge="test"))
 
 
 # id: (step verdicts, outcome verdict)

@@ -10,7 +10,8 @@ from swirl_jax.data import loaders
 from swirl_jax.data.builtin_arithmetic import arithmetic_questions
 from swirl_jax.data.builtin_encyclopedia import build_encyclopedia, encyclopedia_split
 from swirl_jax.environment.calculator import Calculator
-from swirl_jax.environment.search import BM25Search, HttpSearch, Passage, load_passages_jsonl
+from swirl_jax.environment.search import BM25Search, HttpSearch, load_passages_jsonl
+from swirl_jax.records import Passage
 from tests.local_server import serving
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from swirl_jax import tasks
 from swirl_jax.checkpoints.vocabulary_training import train_vocabulary
-from swirl_jax.data import demonstrations
+from swirl_jax import scripted_demonstrations as demonstrations
 from swirl_jax.judging import judge_trajectories
 from swirl_jax.rewards.answers import answer_correct
 from swirl_jax.rewards.rule_judge import RuleJudge
@@ -54,7 +54,7 @@ def test_noise_free_demonstrations_are_gold_and_judged_good(small_tasks, vocab, 
   judge_trajectories(made, _judge(task))
   for t in made:
     assert t.finish == "answered" and answer_correct(t.final_answer, t.gold_answers), t.id
-    assert all(s.process["verdict"] == "GOOD" for s in t.steps), t.id
+    assert all(s.process.verdict == "GOOD" for s in t.steps), t.id
     # Token ids are exactly what the episode loop feeds and what the vocabulary makes of the action.
     end_of_turn = vocab.encode("<end_of_turn>")
     for s in t.steps:
@@ -74,7 +74,7 @@ def test_noisy_demonstrations_mix_in_bad_steps_of_every_kind(small_tasks, vocab,
               else {"off_target", "redundant", "premature_answer", "misconception"})
   assert set(kinds) == expected
   judge_trajectories(made, _judge(task))
-  verdicts = collections.Counter(s.process["verdict"] for t in made for s in t.steps)
+  verdicts = collections.Counter(s.process.verdict for t in made for s in t.steps)
   assert verdicts["GOOD"] > 0 and verdicts["BAD"] > 0
   assert all(t.finish == "answered" and len([s for s in t.steps if s.kind == "tool"]) <= task.max_steps
              for t in made)

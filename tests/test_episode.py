@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from swirl_jax.data.question import Question
+from swirl_jax.records import Question
 from swirl_jax.environment import protocol
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
-from swirl_jax.environment.search import BM25Search, Passage
+from swirl_jax.environment.search import BM25Search
+from swirl_jax.records import Passage
 from swirl_jax.sampling.sampler import TurnOutput
 
 

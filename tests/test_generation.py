@@ -86,7 +86,7 @@ def test_judge_mode_with_the_rule_judge(tmp_path, tokenizer_gguf):
   summary = json.loads((judged / "judge_summary.json").read_text())
   trajectories = list(trajectory_io.read_all(str(judged)))
   assert len(trajectories) == QUESTIONS * SAMPLES
-  assert all(t.outcome["verdict"] in ("YES", "NO") for t in trajectories)
-  assert all(s.process["verdict"] in ("GOOD", "BAD") for t in trajectories for s in t.steps)
+  assert all(t.outcome.verdict in ("YES", "NO") for t in trajectories)
+  assert all(s.process.verdict in ("GOOD", "BAD") for t in trajectories for s in t.steps)
   assert summary["filter_survival"]["none"] == QUESTIONS * SAMPLES
   assert '"filter_survival"' in out.stdout

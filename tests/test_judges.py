@@ -12,7 +12,7 @@ import pytest
 
 from swirl_jax import judging
 from swirl_jax.data import trajectory_io
-from swirl_jax.data.question import Question
+from swirl_jax.records import Question
 from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import OutcomeRequest, ProcessRequest, parse_label
 from swirl_jax.rewards.rule_judge import RuleJudge
@@ -88,19 +88,19 @@ def test_http_judge_survives_a_flaky_server_and_resumes_from_its_cache(server, t
   judging.judge_directory(str(source), str(judged), judge)
   first = _verdicts(str(judged))
   assert len(first) == sum(len(t.steps) + 1 for t in trajectories)
-  failed = [v for v in first if v["verdict"] is None and v["error"].startswith("judge request failed")]
-  garbage = [v for v in first if v["error"] == "unparseable judge output"]
-  good = [v for v in first if v["verdict"] is not None]
+  failed = [v for v in first if v.verdict is None and v.error.startswith("judge request failed")]
+  garbage = [v for v in first if v.error == "unparseable judge output"]
+  good = [v for v in first if v.verdict is not None]
   assert failed and garbage and good and len(failed) + len(garbage) + len(good) == len(first)
-  assert all(v["score"] in (0.0, 1.0) for v in good)
+  assert all(v.score in (0.0, 1.0) for v in good)
 
   FlakyJudgeServer.healthy, FlakyJudgeServer.requests = True, 0
   judging.judge_directory(str(source), str(judged), judge)
   second = _verdicts(str(judged))
   # Only what failed was asked again; the rest came from the cache.
   assert FlakyJudgeServer.requests == len(failed)
-  assert sum(v["verdict"] is not None for v in second) == len(good) + len(failed)
-  assert [v for v in second if v["verdict"] is None] == garbage
+  assert sum(v.verdict is not None for v in second) == len(good) + len(failed)
+  assert [v for v in second if v.verdict is None] == garbage
 
   FlakyJudgeServer.requests = 0
   judging.judge_directory(str(source), str(judged), judge)  # nothing left to do
@@ -172,7 +172,7 @@ def test_online_scorer_judges_fresh_actions_in_the_state_s_transcript():
   """Stage 2 scores a sampled action with the question id and transcript of its logged state,
   exactly as Stage 1 steps are judged (the rule judge needs both)."""
   from swirl_jax.data.decomposition import expand
-  from swirl_jax.data.trajectory import Step, Trajectory
+  from swirl_jax.records import Step, Trajectory
   from swirl_jax.sampling.sampler import TurnOutput
   from swirl_jax.training.online import JudgeScorer
   math = Question("m", "...", ("26",), "builtin_arithmetic", ("3 * 12", "36 - 10"))
@@ -189,7 +189,7 @@ def test_online_scorer_judges_fresh_actions_in_the_state_s_transcript():
 
 
 def test_the_rule_judge_refuses_a_task_without_gold_steps():
-  from swirl_jax.data.question import Question
+  from swirl_jax.records import Question
   from swirl_jax.judging import make_judge
   from swirl_jax.tasks import build_task
   gsm8k_like = [Question("gsm8k-test-0", "How many?", ("3",), "gsm8k")]

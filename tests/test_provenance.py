@@ -7,11 +7,12 @@ import os
 import pytest
 
 from swirl_jax import evaluation, generation, judging, provenance, tasks
+from swirl_jax.checkpoints import policy
 from swirl_jax.checkpoints.policy import load_policy
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig
 from swirl_jax.models import init_model, model_config
-from swirl_jax.rewards.judge import Verdict
+from swirl_jax.records import Verdict
 from swirl_jax.training.trainer import OptimizerConfig, TrainConfig, Trainer
 from tests.judged_data import known_trajectories
 
@@ -30,13 +31,13 @@ def _task():
 def test_evaluation_of_another_model_is_refused_and_the_report_names_its_checkpoint(tmp_path, tiny_policy):
   model, vocab = tiny_policy
   config = evaluation.EvalConfig(output_dir=str(tmp_path), rows=2, capacity=1024, max_action_tokens=8)
-  first = provenance.policy_identity({"step": 100, "training": "abc"})
+  first = policy.policy_identity({"step": 100, "training": "abc"})
   report = evaluation.evaluate(_task(), model, vocab, "model", config, model_id=first)
   assert report["checkpoint_step"] == 100 and report["model"] == first
   # Evaluating checkpoint 200 under the same name must not print checkpoint 100's numbers.
   with pytest.raises(ValueError, match=r"model was made with other settings, data or model \(model\.checkpoint\.step: 100 -> 200\); remove "):
     evaluation.evaluate(_task(), model, vocab, "model", config,
-                        model_id=provenance.policy_identity({"step": 200, "training": "abc"}))
+                        model_id=policy.policy_identity({"step": 200, "training": "abc"}))
   with pytest.raises(ValueError, match=r"config\.max_action_tokens: 8 -> 9"):
     evaluation.evaluate(_task(), model, vocab, "model", dataclasses.replace(config, max_action_tokens=9),
                         model_id=first)
@@ -141,8 +142,8 @@ def test_load_policy_loads_a_trainer_checkpoint_and_names_it_by_what_it_holds(tm
   # gives the trainer's params).
   try:
     gin.bind_parameter("load_policy.checkpoint_dir", checkpoints)
-    assert provenance.policy_identity()["checkpoint"] == trainer.identity()
-    assert "checkpoint_dir" not in provenance.policy_identity()["policy"]
+    assert policy.policy_identity()["checkpoint"] == trainer.identity()
+    assert "checkpoint_dir" not in policy.policy_identity()["policy"]
   finally:
     gin.clear_config()
   with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):

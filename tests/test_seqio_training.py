@@ -30,7 +30,7 @@ USER_MODULE = textwrap.dedent('''
     import tensorflow as tf
 
     from swirl_jax.data import seqio_tasks
-    from swirl_jax.data.trajectory import Trajectory
+    from swirl_jax.records import Trajectory
 
     PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "my_trajectories.jsonl")
 

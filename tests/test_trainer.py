@@ -137,7 +137,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                        checkpoint_dir=str(tmp_path / "ckpt"))
   for poisoned in range(len(known_trajectories())):  # a trajectory that enters after the first step
     trajectories = known_trajectories()
-    trajectories[poisoned].steps[0].process["score"] = math.nan
+    first_step = trajectories[poisoned].steps[0]
+    first_step.process = dataclasses.replace(first_step.process, score=math.nan)
     bad_step = _first_batch_with_nan(trajectories, dataclasses.replace(config, checkpoint_dir=str(tmp_path / "probe")))
     if bad_step:
       break
@@ -272,11 +273,11 @@ def test_offline_gradient_accumulation_equals_one_large_batch(tmp_path):
 
 
 def _long_context_trajectories(rows=4, context=900, action=8, vocab=512):
-  from swirl_jax.data.trajectory import Step, Trajectory
+  from swirl_jax.records import Step, Trajectory, Verdict
   rng = np.random.default_rng(0)
   return [Trajectory(f"t{i}#0", f"t{i}", 0, "test", "q", ["1"], [Step(
       0, [2] + rng.integers(3, vocab, context - 1).tolist(), "", rng.integers(3, vocab, action).tolist(), "",
-      [-1.0] * action, "tool", "stop_string", process={"verdict": "GOOD", "score": 1.0})], "1", "answered")
+      [-1.0] * action, "tool", "stop_string", process=Verdict("GOOD", 1.0))], "1", "answered")
       for i in range(rows)]
 
 

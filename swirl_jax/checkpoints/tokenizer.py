@@ -2,7 +2,7 @@
 
 GGUF carries the pieces, scores and types of the original model. We write a
 SentencePiece ModelProto: BPE with byte fallback, no dummy prefix, whitespace
-escaped as U+2581, identity normalization. Two repairs (see DESIGN.md):
+escaped as U+2581, identity normalization. Two repairs (docs/design.md, decision 7):
 `<unk>` is typed control in the file, which TF-Text's SentencePiece op rejects,
 so it becomes UNKNOWN; and the special pieces are named in the trainer spec so
 that `eos_id` and friends resolve. User-defined pieces (runs of spaces) get

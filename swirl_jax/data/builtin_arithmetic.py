@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from swirl_jax.data.question import Question
+from swirl_jax.records import Question
 
 _PEOPLE = ["Ada", "Bram", "Chiara", "Dev", "Elif", "Femi", "Goran", "Hana", "Ivo", "Jun", "Kaia",
            "Lior", "Mona", "Nils", "Oona", "Pavel", "Quinn", "Rosa", "Sami", "Tove"]

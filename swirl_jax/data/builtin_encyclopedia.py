@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from swirl_jax.data.question import Question
-from swirl_jax.environment.search import Passage
+from swirl_jax.records import Question
+from swirl_jax.records import Passage
 
 _SYLLABLES = ["ka", "lo", "mir", "ven", "dra", "sel", "tor", "qui", "zan", "bel", "rho", "nal",
               "vex", "por", "gil", "tam", "wen", "sur", "fal", "kor", "lyn", "dax", "mun", "ith"]

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from swirl_jax.data.trajectory import Trajectory, judge_transcript
+from swirl_jax.records import Step, Trajectory, judge_transcript
 
 
 @dataclasses.dataclass
@@ -32,8 +32,9 @@ class StateExample:
   transcript: str = ""  # the question and earlier steps, as judges read them
 
 
-def step_reward(step) -> float:
-  score = (step.process or {}).get("score")
+def step_reward(step: Step) -> float:
+  """The process judge's score; 0 where the step has none."""
+  score = step.process.score if step.process else None
   return float(score) if score is not None else 0.0
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.records import GOOD, YES, Trajectory
 
 STRATEGIES = ("none", "process", "outcome", "process_and_outcome")
 
 
 def all_steps_good(t: Trajectory) -> bool:
-  return bool(t.steps) and all((s.process or {}).get("verdict") == "GOOD" for s in t.steps)
+  return bool(t.steps) and all(label == GOOD for label in t.process_labels)
 
 
 def outcome_correct(t: Trajectory) -> bool:
-  return (t.outcome or {}).get("verdict") == "YES"
+  return t.outcome_label == YES
 
 
 def keep(t: Trajectory, strategy: str) -> bool:

@@ -1,4 +1,4 @@
-"""Loaders for the benchmarks' released file formats (see PAPER.md), and TFDS gsm8k.
+"""Loaders for the benchmarks' released file formats (docs/method.md lists them), and TFDS gsm8k.
 
 Each returns questions and, for QA sets, the passages its search corpus is built
 from. Record files may be JSON lines or one JSON list (both layouts are shared
@@ -15,8 +15,8 @@ import os
 import re
 
 from swirl_jax.data.jsonl import read_json, read_records
-from swirl_jax.data.question import Question
-from swirl_jax.environment.search import Passage
+from swirl_jax.records import Question
+from swirl_jax.records import Passage
 
 
 @dataclasses.dataclass

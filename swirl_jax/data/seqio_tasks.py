@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from swirl_jax import provenance
 from swirl_jax.data import decomposition, features, filters, trajectory_io
-from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.records import Trajectory
 
 TASK_PREFIX = "swirl"
 TRAJECTORIES_SUFFIX = ":trajectories"

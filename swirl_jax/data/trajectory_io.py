@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 
 from swirl_jax import atomic_io
 from swirl_jax.data.jsonl import read_jsonl
-from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.records import Trajectory
 
 SHARD_PATTERN = "trajectories-s{shard:05d}.jsonl"
 

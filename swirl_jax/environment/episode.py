@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import gin
 
 from swirl_jax import validation
-from swirl_jax.data.question import Question
-from swirl_jax.data.trajectory import Step, Trajectory, trajectory_id
+from swirl_jax.records import Question
+from swirl_jax.records import Step, Trajectory, trajectory_id
 from swirl_jax.environment import protocol
 from swirl_jax.environment.tool import Tool, format_tool_result
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig, row_key

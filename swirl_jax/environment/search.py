@@ -6,24 +6,18 @@ corpus from the dataset's own paragraphs and rank with BM25 (`bm25s`).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import gin
 
+from swirl_jax.data.jsonl import read_jsonl
 from swirl_jax.environment.tool import ToolResult
 from swirl_jax.http_json import post_json
-
-
-@dataclasses.dataclass(frozen=True)
-class Passage:
-  title: str
-  text: str
+from swirl_jax.records import Passage
 
 
 def load_passages_jsonl(path: str) -> list[Passage]:
   """A corpus from JSONL lines `{"title": ..., "text": ...}`; errors name file and line."""
-  from swirl_jax.data.jsonl import read_jsonl
   passages = []
   for where, record in read_jsonl(path):
     for field in ("title", "text"):

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from swirl_jax import atomic_io
 from swirl_jax.http_json import post_json
 from swirl_jax.rewards import prompts
-from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict, verdict_from_text
+from swirl_jax.records import BAD, GOOD, NO, YES, Verdict
+from swirl_jax.rewards.judge import OutcomeRequest, ProcessRequest, verdict_from_text
 
 
 @gin.configurable

@@ -11,16 +11,7 @@ import dataclasses
 import re
 from typing import Protocol, Sequence
 
-GOOD, BAD, YES, NO = "GOOD", "BAD", "YES", "NO"
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-  verdict: str | None  # GOOD / BAD (process), YES / NO (outcome); None: no verdict
-  score: float | None  # in [0, 1]
-  reasoning: str = ""
-  judge: str = ""
-  error: str = ""
+from swirl_jax.records import Verdict
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,8 @@ from flax import nnx
 
 from swirl_jax.environment import protocol
 from swirl_jax.rewards import prompts
-from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict, verdict_from_text
+from swirl_jax.records import BAD, GOOD, NO, YES, Verdict
+from swirl_jax.rewards.judge import OutcomeRequest, ProcessRequest, verdict_from_text
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
 
 

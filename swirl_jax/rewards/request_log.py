@@ -16,7 +16,8 @@ from typing import Sequence
 
 import jax
 
-from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest, Verdict
+from swirl_jax.records import Verdict
+from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest
 
 
 def _digest(text: str) -> str:

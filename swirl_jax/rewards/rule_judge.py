@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
-from swirl_jax.data.question import Question
+from swirl_jax.records import Question
 from swirl_jax.environment.calculator import Calculator, CalculatorError
 from swirl_jax.environment.protocol import parse_action
 from swirl_jax.rewards.answers import answer_correct
-from swirl_jax.rewards.judge import BAD, GOOD, NO, YES, OutcomeRequest, ProcessRequest, Verdict
+from swirl_jax.records import BAD, GOOD, NO, YES, Verdict
+from swirl_jax.rewards.judge import OutcomeRequest, ProcessRequest
 
 _MATH_EXP = re.compile(r"<math_exp>(.*?)</math_exp>", re.DOTALL)
 

@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from swirl_jax import multihost, provenance
 from swirl_jax.data import decomposition, features, seqio_tasks
 
 
@@ -102,7 +103,6 @@ def task_facts(task: str, use_cached: bool = False) -> seqio_tasks.TaskInfo:
   known = seqio_tasks.info(task)
   if known is not None:
     return known
-  from swirl_jax import multihost, provenance
   ds = seqio.get_dataset(task, task_feature_lengths={k: None for k in seqio_tasks.TOKEN_ALIGNED},
                          feature_converter=seqio.PassThroughFeatureConverter(), dataset_split="train",
                          use_cached=use_cached, shuffle=False, num_epochs=1, shard_info=process_shard(),

@@ -45,10 +45,11 @@ from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
 from swirl_jax import multihost, partitioning, provenance, validation
+from swirl_jax.checkpoints import policy
 from swirl_jax.checkpoints.train_state import TrainCheckpoints, checkpoint_identity, load_trained_params
 from swirl_jax.data import seqio_tasks
 from swirl_jax.data.features import INPUT_TOKENS, LOSS_WEIGHTS, SEGMENT_IDS
-from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.records import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
 from swirl_jax.training import batches, objectives, online, peak
 from swirl_jax.training.flops import UpdateFlops
@@ -154,7 +155,7 @@ class Trainer:
         "algorithm": provenance.config_fields({"online": self.online, "sft": self.sft}.get(config.mode))
                      if config.mode != "offline" else None,
         "data": facts.identity,
-        "model": model_id or provenance.policy_identity(),
+        "model": model_id or policy.policy_identity(),
         "judge": provenance.judge_identity(scorer.judge) if scorer is not None and hasattr(scorer, "judge") else None,
     }, default=str))
 

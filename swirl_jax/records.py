@@ -1,8 +1,10 @@
-"""The trajectory record: what Stage 1 writes and every later stage reads.
+"""The records every stage exchanges: questions, passages, trajectories and their steps, verdicts.
 
+They sit below every other layer, so that data sources, tools, the episode loop,
+judges and trainers all speak of the same things without importing each other.
 Token ids are the source of truth: each step keeps the ids the model consumed
 (`context_tokens`, the delta since the previous action) and produced
-(`action_tokens`); the texts are for people. Records are JSON lines.
+(`action_tokens`); the texts are for people. Trajectories are JSON lines.
 """
 
 from __future__ import annotations
@@ -11,6 +13,43 @@ import dataclasses
 import json
 import math
 from typing import Any
+
+GOOD, BAD, YES, NO = "GOOD", "BAD", "YES", "NO"
+PROCESS_LABELS = (GOOD, BAD)
+OUTCOME_LABELS = (YES, NO)
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  id: str
+  question: str
+  answers: tuple[str, ...]  # the gold answer first, then aliases
+  source: str  # "gsm8k", "hotpotqa", "builtin_arithmetic", ...
+  # Built-in tasks know a correct solution path: calculator expressions or
+  # search sub-queries, one per step (empty for benchmark data).
+  gold_steps: tuple[str, ...] = ()
+
+@dataclasses.dataclass(frozen=True)
+class Passage:
+  """One searchable paragraph of a corpus."""
+
+  title: str
+  text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """A judge's verdict on a step (process) or a final answer (outcome).
+
+  When a judge's output cannot be read, `verdict` and `score` are None with
+  the reason in `error`: nothing is guessed.
+  """
+
+  verdict: str | None  # GOOD / BAD (process), YES / NO (outcome); None: no verdict
+  score: float | None  # in [0, 1]
+  reasoning: str = ""
+  judge: str = ""
+  error: str = ""
 
 
 @dataclasses.dataclass
@@ -29,7 +68,7 @@ class Step:
   tool_error: bool = False
   malformed_reason: str = ""
   forced_answer: bool = False  # this step followed the step-cap prompt
-  process: dict | None = None  # the process judge's Verdict (judged files only)
+  process: Verdict | None = None  # the process judge's (judged files only)
 
 
 @dataclasses.dataclass
@@ -43,7 +82,7 @@ class Trajectory:
   steps: list[Step]
   final_answer: str | None
   finish: str  # "answered" | "step_cap" | "malformed" | "capacity"
-  outcome: dict | None = None  # the outcome judge's Verdict (judged files only)
+  outcome: Verdict | None = None  # the outcome judge's (judged files only)
 
   @property
   def num_tokens(self) -> int:
@@ -58,7 +97,21 @@ class Trajectory:
     """A record read back, checked field by field: a file edited by hand or written by another
     tool must not misalign tokens and log-probs, or turn a string into characters."""
     check_record(record, where)
-    return cls(**{**record, "steps": [Step(**s) for s in record["steps"]]})
+    steps = [Step(**{**s, "process": _verdict(s.get("process"))}) for s in record["steps"]]
+    return cls(**{**record, "steps": steps, "outcome": _verdict(record.get("outcome"))})
+
+  @property
+  def process_labels(self) -> list[str | None]:
+    """Each step's process label (None where unjudged or unreadable)."""
+    return [s.process.verdict if s.process else None for s in self.steps]
+
+  @property
+  def outcome_label(self) -> str | None:
+    return self.outcome.verdict if self.outcome else None
+
+
+def _verdict(record: dict | None) -> Verdict | None:
+  return None if record is None else Verdict(**record)
 
 
 FINISHES = ("answered", "step_cap", "malformed", "capacity")
@@ -90,11 +143,18 @@ def _check_fields(record, fields: dict, where: str, prefix: str) -> None:
     _fail(where, prefix + missing[0], "is missing")
 
 
+_VERDICT_FIELDS = {f.name: f for f in dataclasses.fields(Verdict)}
+
+
 def _check_verdict(verdict, where: str, field: str, labels: tuple[str, str]) -> None:
   if verdict is None:
     return
   if not isinstance(verdict, dict):
     _fail(where, field, "is not an object or null")
+  _check_fields(verdict, _VERDICT_FIELDS, where, field + ".")
+  for name in ("reasoning", "judge", "error"):
+    if name in verdict and not isinstance(verdict[name], str):
+      _fail(where, f"{field}.{name}", "is not a string")
   if verdict.get("verdict") not in (*labels, None):
     _fail(where, f"{field}.verdict", f"is {verdict.get('verdict')!r}, not one of {labels} or null")
   score = verdict.get("score")
@@ -116,7 +176,7 @@ def check_record(record: dict[str, Any], where: str = "") -> None:
     _fail(where, "final_answer", "is not a string or null")
   if record["finish"] not in FINISHES:
     _fail(where, "finish", f"is {record['finish']!r}, not one of {FINISHES}")
-  _check_verdict(record.get("outcome"), where, "outcome", ("YES", "NO"))
+  _check_verdict(record.get("outcome"), where, "outcome", OUTCOME_LABELS)
   if not isinstance(record["steps"], list):
     _fail(where, "steps", "is not a list")
   for i, step in enumerate(record["steps"]):
@@ -143,7 +203,7 @@ def check_record(record: dict[str, Any], where: str = "") -> None:
     for name in ("tool_error", "forced_answer"):
       if name in step and not isinstance(step[name], bool):
         _fail(where, at + name, "is not true or false")
-    _check_verdict(step.get("process"), where, at + "process", ("GOOD", "BAD"))
+    _check_verdict(step.get("process"), where, at + "process", PROCESS_LABELS)
 
 
 def trajectory_id(question_id: str, sample_index: int) -> str:

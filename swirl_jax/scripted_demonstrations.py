@@ -34,8 +34,8 @@ from typing import Sequence
 import gin
 import numpy as np
 
-from swirl_jax.data.question import Question
-from swirl_jax.data.trajectory import Trajectory
+from swirl_jax.records import Question
+from swirl_jax.records import Trajectory
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.environment.protocol import END_TURN
