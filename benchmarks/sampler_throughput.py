@@ -40,7 +40,7 @@ PROMPTS = [
 
 
 def _prompts(vocab, batch):
-  bos = vocab.tokenizer.bos_id()
+  bos = vocab.bos_id
   return [[bos] + vocab.encode(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
 
 

@@ -103,15 +103,17 @@ def grade(trajectories, judge: Judge | None = None, grade_with_judge: bool = Fal
   return report_of(grade_each(trajectories, judge, grade_with_judge), judged=judge is not None)
 
 
-def evaluate(task: Task, model, vocab, name: str, config: EvalConfig = EvalConfig(),
+def evaluate(task: Task, model, vocab, name: str, config: EvalConfig | None = None,
              judge: Judge | None = None, mesh=None, rules=None, model_id: dict | None = None) -> dict:
   """Runs the tool loop once per held-out question; writes trajectories and the report.
 
   `model_id` says which model this is (default: the gin-configured policy, with
   no trained checkpoint); the report records it, and trajectories of another
   model, task or setting under `name` are refused, not graded as this model's.
-  Collective: every process of a run calls it; each returns the whole run's report.
+  Collective: every process of a run calls it; each returns the whole run's report. `config`
+  defaults to the gin-configured EvalConfig, built at call time (after gin has parsed).
   """
+  config = config or EvalConfig()
   directory = os.path.join(config.output_dir, name)
   process, processes = jax.process_index(), jax.process_count()
   check_unique_ids(task)

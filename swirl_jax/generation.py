@@ -112,7 +112,7 @@ def check_unique_ids(task: Task) -> None:
     seen[question.id] = index
 
 
-def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig(),
+def generate(task: Task, model, vocab, config: GenerateConfig | None = None,
              episode: EpisodeConfig | None = None, mesh=None, rules=None, model_id: dict | None = None) -> dict:
   """Writes this process's shards of `task` to config.output_dir; returns the run's summary (all
   processes). Collective: every process of a run calls it.
@@ -121,7 +121,7 @@ def generate(task: Task, model, vocab, config: GenerateConfig = GenerateConfig()
   the task, the settings and the episode settings it is the fingerprint that an
   existing output directory must match to be resumed.
   """
-  episode = episode or EpisodeConfig()
+  config, episode = config or GenerateConfig(), episode or EpisodeConfig()
   if episode.max_steps is None:
     episode = dataclasses.replace(episode, max_steps=task.max_steps)
   process, processes = jax.process_index(), jax.process_count()

@@ -98,14 +98,13 @@ def _identity(kind, model_source, model_path, mode, http_base_url, http_model, j
 def _make_judge(kind, model_source, model_path, mode, http_base_url, http_model, cache_dir, questions, task):
   if kind == "rule":
     task = task or build_task()
-    titles = [p.title for tool in task.tools for p in getattr(tool, "passages", [])]
     questions = questions if questions is not None else task.questions
     without = [q.id for q in questions if not q.gold_steps]
     if without:  # it would give no verdict on any step of these: refuse before any work
       raise ValueError(f"make_judge(kind='rule'): the rule judge knows only the built-in tasks' gold steps, and "
                        f"{len(without)} of {len(questions)} questions ({without[0]!r}, ...) have none; use "
                        "make_judge.kind='model' or 'http' for this task")
-    return RuleJudge(questions, titles)
+    return RuleJudge(questions, task.titles)
   if kind == "model":
     # A judge of its own source is that model as it is: no trainer checkpoint of the policy's.
     model, vocab = (policy.load_policy(source=model_source, path=model_path, checkpoint_dir=None) if model_source

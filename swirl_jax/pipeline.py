@@ -46,9 +46,10 @@ class PipelineConfig:
       raise ValueError(f"PipelineConfig.eval_questions={self.eval_questions} must be at least 1")
 
 
-def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig = PipelineConfig()) -> dict:
+def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig | None = None) -> dict:
   """All stages in order, resumably; returns the summary (the same on every process)."""
   start = time.perf_counter()
+  config = config or PipelineConfig()
   rt = rt or runtime.setup_runtime()
   main = rt.is_main_process
   say = (lambda message: print(message, flush=True)) if main else (lambda message: None)

@@ -18,7 +18,7 @@ calculator: "shares equally among d friends and keeps one share" is computed
 as a subtraction of d, and carried on; search: a three-hop question is
 answered one hop early, with the entity in hand.
 
-The episodes run through the real episode loop, with `ScriptedSampler` in the
+The episodes run through the real episode loop, with `PlanSampler` in the
 sampler's place, so token ids, tool results and turn layout are exactly what
 the policy sees when it samples.
 """
@@ -34,12 +34,13 @@ from typing import Sequence
 import gin
 import numpy as np
 
-from swirl_jax.records import Question
-from swirl_jax.records import Trajectory
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.environment.protocol import END_TURN
-from swirl_jax.sampling.sampler import TurnOutput
+from swirl_jax.records import Question, Trajectory
+from swirl_jax.sampling.interfaces import Vocabulary
+from swirl_jax.sampling.interfaces import TurnOutput
+from swirl_jax.tasks import Task
 
 _OTHER_OPERATIONS = {"+": ("-", "*"), "-": ("+",), "*": ("+",), "/": ("*", "-")}
 _QUESTION_RE = re.compile(r"Question: (.*?)" + re.escape(END_TURN), re.DOTALL)
@@ -133,14 +134,14 @@ def plan_search(question: Question, rng: random.Random, noise: NoiseConfig, max_
   return actions + [_tag("answer", question.answers[0])]
 
 
-class ScriptedSampler:
-  """Stands in for `Sampler` in the episode loop: each row writes the planned actions of its question.
+class PlanSampler:
+  """A `TurnSampler` (no model) whose rows write the planned actions of their questions.
 
   A row finds its plan by the question in its prompt; plans of one question
   are used in order, one per episode.
   """
 
-  def __init__(self, vocab, plans: dict[str, list[list[str]]], rows: int = 64, capacity: int = 1 << 16):
+  def __init__(self, vocab: Vocabulary, plans: dict[str, list[list[str]]], rows: int = 64, capacity: int = 1 << 16):
     self.vocab, self.rows, self.capacity = vocab, rows, capacity
     self.local_rows = tuple(range(rows))  # one host: every row is this process's
     self.collective = False
@@ -168,10 +169,10 @@ class ScriptedSampler:
       if self._script[row] is None:
         found = _QUESTION_RE.findall(self.vocab.decode(self._tokens[row]))
         if not found or not self._plans.get(found[-1]):
-          raise ValueError(f"ScriptedSampler: no plan left for the question of row {row}: {found[-1:]}")
+          raise ValueError(f"PlanSampler: no plan left for the question of row {row}: {found[-1:]}")
         self._script[row] = collections.deque(self._plans[found[-1]].popleft())
       if not self._script[row]:
-        raise ValueError(f"ScriptedSampler: row {row} ran past its plan (the step cap forced an extra turn)")
+        raise ValueError(f"PlanSampler: row {row} ran past its plan (the step cap forced an extra turn)")
       text = self._script[row].popleft()
       tokens = list(self.vocab.encode(text))
       self._tokens[row] += tokens
@@ -179,11 +180,12 @@ class ScriptedSampler:
     return out
 
 
-def demonstrations(task, vocab, noise: NoiseConfig = NoiseConfig(), samples_per_question: int = 1,
+def demonstrations(task: Task, vocab: Vocabulary, noise: NoiseConfig | None = None, samples_per_question: int = 1,
                    seed: int = 0) -> tuple[list[Trajectory], dict[str, int]]:
   """Noisy demonstration trajectories of a built-in task, and how often each kind of noise occurred."""
+  noise = noise or NoiseConfig()
   rng, kinds = random.Random(seed), collections.Counter()
-  titles = [p.title for tool in task.tools for p in getattr(tool, "passages", [])]
+  titles = task.titles
   plans: dict[str, list[list[str]]] = collections.defaultdict(list)
   for q in task.questions:
     for _ in range(samples_per_question):
@@ -191,7 +193,7 @@ def demonstrations(task, vocab, noise: NoiseConfig = NoiseConfig(), samples_per_
         plans[q.question.strip()].append(plan_search(q, rng, noise, task.max_steps, titles, kinds))
       else:
         plans[q.question.strip()].append(plan_arithmetic(q, rng, noise, task.max_steps, kinds))
-  runner = EpisodeRunner(ScriptedSampler(vocab, plans), vocab, task.tools, task.template,
+  runner = EpisodeRunner(PlanSampler(vocab, plans), vocab, task.tools, task.template,
                          EpisodeConfig(max_steps=task.max_steps))
   jobs = [(q, i) for q in task.questions for i in range(samples_per_question)]
   return list(runner.run(jobs)), dict(kinds)

@@ -9,10 +9,10 @@ import re
 import gin
 
 from swirl_jax.data import builtin_arithmetic, builtin_encyclopedia, loaders
-from swirl_jax.records import Question
+from swirl_jax.records import Passage, Question
 from swirl_jax.environment import protocol
 from swirl_jax.environment.calculator import Calculator
-from swirl_jax.environment.search import BM25Search
+from swirl_jax.environment.search import BM25Search, HttpSearch
 from swirl_jax.environment.tool import Tool
 
 MATH_EXAMPLES = (
@@ -50,6 +50,12 @@ class Task:
   tools: list[Tool]
   template: protocol.PromptTemplate
   max_steps: int
+  passages: tuple[Passage, ...] = ()  # the local search corpus (none for calculator tasks)
+
+  @property
+  def titles(self) -> list[str]:
+    """The corpus's titles: what a rule judge accepts as a search step's target."""
+    return [p.title for p in self.passages]
 
   def use_vocabulary(self, vocab) -> "Task":
     """Tool results are cut to a length in the policy's tokens; the task is built (and its data
@@ -63,7 +69,7 @@ class Task:
 @gin.configurable
 def build_task(name: str = "builtin_arithmetic", split: str = "train", num_questions: int | None = None,
                path: str | None = None, eval_path: str | None = None, held_out_fraction: float = 0.0,
-               seed: int = 0, few_shot: bool = True, search_top_k: int = 1, instructions: str | None = None,
+               seed: int = 0, search: str = "bm25", template: protocol.PromptTemplate | None = None,
                encyclopedia_organizations: int = 200, arithmetic_max_steps: int = 6, vocab=None) -> Task:
   """A task by name: builtin_arithmetic, builtin_encyclopedia, or a benchmark file.
 
@@ -74,11 +80,18 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
   test split is an error rather than the training questions. gsm8k_tfds reads
   a prepared TFDS gsm8k (`path` = its data_dir, optional); QA sets build their
   BM25 corpus from their own file's paragraphs. Step caps follow the paper: 10
-  with the calculator, 5 with search. `instructions` replaces the default
-  instructions (e.g. a short line for a model trained from scratch); the
-  encyclopedia has 4 questions per organization, 30% of them held out;
-  arithmetic problems take 2 to `arithmetic_max_steps` calculator steps.
+  with the calculator, 5 with search. The encyclopedia has 4 questions per
+  organization, 30% of them held out; arithmetic problems take 2 to
+  `arithmetic_max_steps` calculator steps.
+
+  The tools and the prompt are gin's: `Calculator()`, and for search tasks
+  `BM25Search(passages)` (search='bm25') or `HttpSearch()` (search='http', a
+  user's service at `HttpSearch.url`); `template` (default: the gin-configured
+  `PromptTemplate()`) has its unset fields filled with the tool's instructions
+  and worked examples.
   """
+  if search not in SEARCH_BACKENDS:
+    raise ValueError(f"build_task.search={search!r}; use one of {SEARCH_BACKENDS}")
   if not 0.0 <= held_out_fraction < 1.0:
     raise ValueError(f"build_task.held_out_fraction={held_out_fraction} must be in [0, 1)")
   if eval_path is not None and held_out_fraction > 0.0:
@@ -103,15 +116,19 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
                      f"builtin_encyclopedia, gsm8k_tfds, {', '.join(loaders.LOADERS)}")
   if num_questions is not None:
     questions = questions[:num_questions]
+  template = template or protocol.PromptTemplate()
   if passages is None:
     tools: list[Tool] = [Calculator()]
-    template = protocol.PromptTemplate(instructions or protocol.MATH_INSTRUCTIONS, MATH_EXAMPLES if few_shot else ())
+    template = template.with_defaults(protocol.MATH_INSTRUCTIONS, MATH_EXAMPLES)
     max_steps = 10
   else:
-    tools = [BM25Search(passages, top_k=search_top_k, vocab=vocab)]
-    template = protocol.PromptTemplate(instructions or protocol.SEARCH_INSTRUCTIONS, SEARCH_EXAMPLES if few_shot else ())
+    tools = [BM25Search(passages, vocab=vocab) if search == "bm25" else HttpSearch(vocab=vocab)]
+    template = template.with_defaults(protocol.SEARCH_INSTRUCTIONS, SEARCH_EXAMPLES)
     max_steps = 5
-  return Task(name, questions, tools, template, max_steps)
+  return Task(name, questions, tools, template, max_steps, tuple(passages or ()))
+
+
+SEARCH_BACKENDS = ("bm25", "http")
 
 
 QA_SETS = ("hotpotqa", "musique", "beerqa", "cofca")

@@ -24,7 +24,7 @@ def tokenizer_gguf(tmp_path_factory):
   """A tiny GGUF file (random tiny weights, a byte-fallback vocabulary) for subprocess tests."""
   from swirl_jax.models import model_config
   from tests import hf_reference
-  from tests.tiny_gguf import write_tiny_gguf
+  from swirl_jax.testing.tiny_gguf import write_tiny_gguf
   path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
   cfg = model_config("tiny")
   write_tiny_gguf(path, hf_reference.random_hf_model(cfg), cfg)

@@ -12,7 +12,7 @@ from swirl_jax.data.builtin_encyclopedia import build_encyclopedia, encyclopedia
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.search import BM25Search, HttpSearch, load_passages_jsonl
 from swirl_jax.records import Passage
-from tests.local_server import serving
+from swirl_jax.testing.local_server import serving
 
 
 def _write_jsonl(path, records):

@@ -6,6 +6,7 @@ import random
 import pytest
 
 from swirl_jax import tasks
+from swirl_jax.environment import protocol
 from swirl_jax.checkpoints.vocabulary_training import train_vocabulary
 from swirl_jax import scripted_demonstrations as demonstrations
 from swirl_jax.judging import judge_trajectories
@@ -15,10 +16,10 @@ from swirl_jax.rewards.rule_judge import RuleJudge
 
 @pytest.fixture(scope="module")
 def small_tasks():
-  arithmetic = tasks.build_task("builtin_arithmetic", split="demo", num_questions=60, few_shot=False,
-                                instructions="Use the calculator.")
-  encyclopedia = tasks.build_task("builtin_encyclopedia", split="train", num_questions=60, few_shot=False,
-                                  instructions="Use the search tool.", encyclopedia_organizations=60)
+  arithmetic = tasks.build_task("builtin_arithmetic", split="demo", num_questions=60,
+                                template=protocol.PromptTemplate("Use the calculator.", ()))
+  encyclopedia = tasks.build_task("builtin_encyclopedia", split="train", num_questions=60,
+                                  template=protocol.PromptTemplate("Use the search tool.", ()), encyclopedia_organizations=60)
   return arithmetic, encyclopedia
 
 
@@ -28,16 +29,16 @@ def vocab(small_tasks, tmp_path_factory):
   for task in small_tasks:
     texts += [task.template.prompt(q.question) for q in task.questions]
     texts += [f"<math_exp>{s}</math_exp> {s} -> 1.5" for q in task.questions for s in q.gold_steps]
-    texts += [f"{p.title}: {p.text}" for tool in task.tools for p in getattr(tool, "passages", [])]
+    texts += [f"{p.title}: {p.text}" for p in task.passages]
   return train_vocabulary(texts, str(tmp_path_factory.mktemp("vocab") / "v.model"), vocab_size=700)
 
 
 def _judge(task):
-  return RuleJudge(task.questions, [p.title for tool in task.tools for p in getattr(tool, "passages", [])])
+  return RuleJudge(task.questions, task.titles)
 
 
 def test_vocabulary_keeps_protocol_text_exact(vocab):
-  assert vocab.vocab_size == 700 and vocab.eos_id == 1 and vocab.tokenizer.bos_id() == 2
+  assert vocab.vocab_size == 700 and vocab.eos_id == 1 and vocab.bos_id == 2
   text = "<start_of_turn>user\n  Ada has 12 apples.<end_of_turn>\n<start_of_turn>model\n<math_exp>12 * 3</math_exp>"
   ids = vocab.encode(text)
   assert vocab.decode(ids) == text
@@ -60,7 +61,7 @@ def test_noise_free_demonstrations_are_gold_and_judged_good(small_tasks, vocab, 
     for s in t.steps:
       assert s.action_tokens == list(vocab.encode(s.action_text))
       # The prompt opens with BOS; every later context is the tool turn after the action's end.
-      opening = [vocab.tokenizer.bos_id()] if s.index == 0 else end_of_turn
+      opening = [vocab.bos_id] if s.index == 0 else end_of_turn
       assert s.context_tokens[:len(opening)] == opening, (t.id, s.index)
       assert vocab.decode(s.context_tokens[1:] if s.index == 0 else s.context_tokens) == s.context_text
 
@@ -90,6 +91,6 @@ def test_misconception_is_systematic(small_tasks):
   plan = demonstrations.plan_arithmetic(division, rng, noise, 10)
   assert not any(" / " in a for a in plan) and len(plan) == len(division.gold_steps) + 1
   three_hops = next(q for q in encyclopedia.questions if len(q.gold_steps) == 3)
-  titles = [p.title for p in encyclopedia.tools[0].passages]
+  titles = encyclopedia.titles
   plan = demonstrations.plan_search(three_hops, rng, noise, 5, titles)
   assert len(plan) == 3 and plan[-1].startswith("<answer>") and plan[-1] != f"<answer>{three_hops.answers[0]}</answer>"

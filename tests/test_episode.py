@@ -9,78 +9,7 @@ from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.environment.search import BM25Search
 from swirl_jax.records import Passage
-from swirl_jax.sampling.sampler import TurnOutput
-
-
-class CharVocab:
-  """One id per character (plus the chat markers), enough for the loop's bookkeeping."""
-
-  eos_id = 1
-  markers = {"<start_of_turn>": 4, "<end_of_turn>": 5}
-
-  class tokenizer:
-    @staticmethod
-    def bos_id():
-      return 2
-
-  def encode(self, text):
-    ids, i = [], 0
-    while i < len(text):
-      for marker, idx in self.markers.items():
-        if text.startswith(marker, i):
-          ids.append(idx)
-          i += len(marker)
-          break
-      else:
-        ids.append(1000 + ord(text[i]))
-        i += 1
-    return ids
-
-  def decode(self, ids):
-    inverse = {v: k for k, v in self.markers.items()}
-    return "".join(inverse.get(i, chr(i - 1000) if i >= 1000 else "") for i in ids)
-
-
-class ScriptedSampler:
-  """Stands in for Sampler: replays scripted turns per question, records what it was fed."""
-
-  def __init__(self, script, rows=2, capacity=100_000):
-    self.script, self.rows, self.capacity = script, rows, capacity
-    self.local_rows = tuple(range(rows))
-    self.collective = False
-    self.vocab = CharVocab()
-    self.fed = {r: [] for r in range(rows)}
-    self.turn = {r: 0 for r in range(rows)}
-    self.question_of = {}
-    self.max_rows_busy = 0
-
-  def any_process(self, *flags):
-    return flags[0] if len(flags) == 1 else flags
-
-  def reset(self, rows):
-    for r in rows:
-      self.fed[r], self.turn[r] = [], 0
-
-  def lengths(self):
-    return np.array([len(self.fed[r]) for r in range(self.rows)])
-
-  def append(self, new):
-    for r, tokens in new.items():
-      self.fed[r] += list(tokens)
-
-  def generate(self, rows, config, row_keys=None):
-    self.max_rows_busy = max(self.max_rows_busy, len(rows))
-    out = {}
-    for r in rows:
-      prompt = self.vocab.decode(self.fed[r])
-      key = next(k for k in self.script if k in prompt)
-      text = self.script[key][self.turn[r]]
-      self.turn[r] += 1
-      tokens = self.vocab.encode(text)
-      reason = "stop_id" if text.endswith("<end_of_turn>") else "stop_string"
-      out[r] = TurnOutput(tokens, [-0.5] * len(tokens), text, reason)
-      self.fed[r] += tokens
-    return out
+from swirl_jax.testing.fakes import ScriptedSampler
 
 
 def _runner(script, rows=2, **config):

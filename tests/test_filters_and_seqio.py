@@ -13,7 +13,7 @@ from flax import nnx
 from swirl_jax.data import decomposition, features, filters, seqio_tasks, trajectory_io
 from swirl_jax.models import init_model, model_config
 from swirl_jax.training.logprobs import reward_weighted_nll
-from tests.judged_data import EXPECTED, known_trajectories
+from swirl_jax.testing.judged import EXPECTED, known_trajectories
 
 
 def test_each_filter_keeps_exactly_the_expected_ids():

@@ -27,14 +27,14 @@ ROUND_TRIP = [
 
 
 def _bos(vocab, text):
-  return [vocab.tokenizer.bos_id()] + list(vocab.encode(text))
+  return [vocab.bos_id] + list(vocab.encode(text))
 
 
 def test_tokenizer_round_trips_and_specials(gemma3_270m):
   _, vocab = gemma3_270m
   for text in ROUND_TRIP:
     assert vocab.decode(vocab.encode(text)) == text, repr(text)
-  assert (vocab.pad_id, vocab.eos_id, vocab.unk_id, vocab.tokenizer.bos_id()) == (0, 1, 3, 2)
+  assert (vocab.pad_id, vocab.eos_id, vocab.unk_id, vocab.bos_id) == (0, 1, 3, 2)
   assert vocab.vocab_size == 262_144
   assert vocab.encode("<start_of_turn>") == [105]
   assert vocab.encode("<end_of_turn>") == [106]

@@ -8,7 +8,7 @@ from swirl_jax.checkpoints.gguf_import import load_gguf
 from swirl_jax.checkpoints.tokenizer import vocabulary_from_gguf
 from swirl_jax.models import model_config
 from tests import hf_reference
-from tests.tiny_gguf import write_tiny_gguf
+from swirl_jax.testing.tiny_gguf import write_tiny_gguf
 
 @pytest.fixture(scope="module")
 def tiny():

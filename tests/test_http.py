@@ -10,7 +10,7 @@ import pytest
 
 from swirl_jax import http_json
 from swirl_jax.rewards.http_judge import HttpJudge
-from tests.local_server import serving
+from swirl_jax.testing.local_server import serving
 
 
 def _answer(text):

@@ -16,8 +16,8 @@ from swirl_jax.records import Question
 from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import OutcomeRequest, ProcessRequest, parse_label
 from swirl_jax.rewards.rule_judge import RuleJudge
-from tests.judged_data import known_trajectories
-from tests.local_server import serving
+from swirl_jax.testing.judged import known_trajectories
+from swirl_jax.testing.local_server import serving
 
 SECRET = "sk-test-7f3a9c1e-DO-NOT-LEAK"
 
@@ -173,7 +173,7 @@ def test_online_scorer_judges_fresh_actions_in_the_state_s_transcript():
   exactly as Stage 1 steps are judged (the rule judge needs both)."""
   from swirl_jax.data.decomposition import expand
   from swirl_jax.records import Step, Trajectory
-  from swirl_jax.sampling.sampler import TurnOutput
+  from swirl_jax.sampling.interfaces import TurnOutput
   from swirl_jax.training.online import JudgeScorer
   math = Question("m", "...", ("26",), "builtin_arithmetic", ("3 * 12", "36 - 10"))
   first = Step(0, [2, 5], "", [7], "<math_exp>3 * 12</math_exp>", [0.0], "tool", "stop_string", "math_exp",

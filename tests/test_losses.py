@@ -9,7 +9,8 @@ from flax import nnx
 from swirl_jax.data import features
 from swirl_jax.data.decomposition import StateExample
 from swirl_jax.models import init_model, model_config
-from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput
+from swirl_jax.sampling.interfaces import TurnOutput
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig
 from swirl_jax.training import losses, online
 from swirl_jax.training.logprobs import reward_weighted_nll, target_logprobs
 
@@ -151,7 +152,7 @@ class FailingScorer:
 
 def test_judge_failures_are_counted_and_excluded_or_zeroed(tmp_path):
   from swirl_jax.training.trainer import OnlineConfig, TrainConfig, Trainer
-  from tests.judged_data import known_trajectories
+  from swirl_jax.testing.judged import known_trajectories
   for mode in ("exclude", "zero"):
     config = TrainConfig(mode="online", steps=1, batch_size=16, sequence_length=64, checkpoint_every=100,
                          checkpoint_dir=str(tmp_path / mode), log_every=1)

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     from swirl_jax.models import init_model, model_config
     from swirl_jax.data.features import INPUT_TOKENS
     from swirl_jax.training.trainer import OptimizerConfig, TrainConfig, Trainer
-    from tests.judged_data import known_trajectories
+    from swirl_jax.testing.judged import known_trajectories
     model = init_model(model_config("tiny"), seed=0)
     mesh = None
     if mode == "multi":
@@ -78,7 +78,7 @@ def test_two_processes_match_one(tmp_path):
   # shard; together, the rows one process reads.
   from swirl_jax.data import features, seqio_tasks
   from swirl_jax.training.trainer import register_data
-  from tests.judged_data import known_trajectories
+  from swirl_jax.testing.judged import known_trajectories
   task = register_data(known_trajectories(), "offline")
   one = np.load(f"{single}.rows0.npy")
   shards = [np.load(f"{multi}.rows{i}.npy") for i in range(2)]

@@ -13,7 +13,7 @@ from swirl_jax import multihost, partitioning, runtime
 from swirl_jax.models import init_model, model_config
 from swirl_jax.sampling.sampler import row_key
 from swirl_jax.training.trainer import OptimizerConfig, TrainConfig, Trainer
-from tests.judged_data import known_trajectories
+from swirl_jax.testing.judged import known_trajectories
 
 
 def test_one_process_owns_every_row_and_reads_them_back():

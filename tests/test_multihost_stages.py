@@ -34,7 +34,7 @@ import pytest
 
 from swirl_jax.data import trajectory_io
 from swirl_jax.rewards.request_log import read_request_logs
-from tests.local_server import serving
+from swirl_jax.testing.local_server import serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -43,8 +43,8 @@ STEPS = 8
 def _bindings(tokenizer, run_dir, judge_url):
   return [
       "load_policy.source='init'", "load_policy.config_name='tiny'", f"load_policy.tokenizer_gguf='{tokenizer}'",
-      "build_task.name='builtin_arithmetic'", "build_task.num_questions=8", "build_task.few_shot=False",
-      "build_task.instructions='Solve.'", "build_task.arithmetic_max_steps=2",
+      "build_task.name='builtin_arithmetic'", "build_task.num_questions=8", "PromptTemplate.examples=()",
+      "PromptTemplate.instructions='Solve.'", "build_task.arithmetic_max_steps=2",
       "make_judge.kind='http'", f"make_judge.http_base_url='{judge_url}'", "make_judge.http_model='hash'",
       f"make_judge.cache_dir='{run_dir}/judge_cache'", f"make_judge.request_log_dir='{run_dir}/judge_requests'",
       f"PipelineConfig.run_dir='{run_dir}'", "PipelineConfig.filter_strategy='none'",
@@ -95,7 +95,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _env(tmp, devices):
+def cpu_env(tmp, devices):
   env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
          "SWIRL_JAX_CACHE": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -112,7 +112,7 @@ def _start(tmp, mode, bindings, processes=1, devices=1, log_name="log"):
       command += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
                   f"--process_id={index}"]
     log = tmp / f"{log_name}-{mode}-{index}.txt"
-    procs.append(subprocess.Popen(command, env=_env(tmp, devices), cwd=REPO, stdout=open(log, "w"),
+    procs.append(subprocess.Popen(command, env=cpu_env(tmp, devices), cwd=REPO, stdout=open(log, "w"),
                                   stderr=subprocess.STDOUT))
     logs.append(log)
   return procs, logs

@@ -3,7 +3,7 @@ tests/test_multihost_stages.py (on 1 and on 2 processes)."""
 
 
 from swirl_jax.evaluation import grade, wilson_interval, write_comparison
-from tests.judged_data import known_trajectories
+from swirl_jax.testing.judged import known_trajectories
 
 
 def test_grading_and_report(tmp_path):

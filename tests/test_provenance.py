@@ -10,11 +10,12 @@ from swirl_jax import evaluation, generation, judging, provenance, tasks
 from swirl_jax.checkpoints import policy
 from swirl_jax.checkpoints.policy import load_policy
 from swirl_jax.data import trajectory_io
+from swirl_jax.environment import protocol
 from swirl_jax.environment.episode import EpisodeConfig
 from swirl_jax.models import init_model, model_config
 from swirl_jax.records import Verdict
 from swirl_jax.training.trainer import OptimizerConfig, TrainConfig, Trainer
-from tests.judged_data import known_trajectories
+from swirl_jax.testing.judged import known_trajectories
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def tiny_policy(tokenizer_gguf, tmp_path_factory):
 
 
 def _task():
-  return tasks.build_task("builtin_arithmetic", split="test", num_questions=2, few_shot=False, instructions="Solve.",
+  return tasks.build_task("builtin_arithmetic", split="test", num_questions=2, template=protocol.PromptTemplate("Solve.", ()),
                           arithmetic_max_steps=2)
 
 
@@ -53,8 +54,8 @@ def test_generation_refuses_shards_made_with_other_settings_or_without_a_fingerp
   generation.generate(_task(), model, vocab, config, episode)
   with pytest.raises(ValueError, match=r"episode\.temperature: 1\.0 -> 0\.5"):
     generation.generate(_task(), model, vocab, config, dataclasses.replace(episode, temperature=0.5))
-  other_questions = tasks.build_task("builtin_arithmetic", split="test", num_questions=2, seed=1, few_shot=False,
-                                     instructions="Solve.", arithmetic_max_steps=2)
+  other_questions = tasks.build_task("builtin_arithmetic", split="test", num_questions=2, seed=1, 
+                                     template=protocol.PromptTemplate("Solve.", ()), arithmetic_max_steps=2)
   with pytest.raises(ValueError, match=r"task\.question_digest"):
     generation.generate(other_questions, model, vocab, config, episode)
   # Rows are not part of it (per-row keys give the same trajectories in any batch): the finished

@@ -15,8 +15,8 @@ import seqio
 from swirl_jax.data import features, seqio_tasks
 from swirl_jax.models import init_model, model_config
 from swirl_jax.training.trainer import TrainConfig, Trainer
-from tests.judged_data import known_trajectories
-from tests.test_generation import _env
+from swirl_jax.testing.judged import known_trajectories
+from swirl_jax.testing.subprocesses import cpu_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +71,7 @@ def test_a_task_a_user_registers_trains_through_the_cli_with_gin_only(tmp_path, 
       TrainConfig.sequence_length = 96
       TrainConfig.checkpoint_dir = '{checkpoints}'
   '''))
-  env = {**_env(tmp_path), "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+  env = {**cpu_env(tmp_path), "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
   done = subprocess.run([sys.executable, "-m", "swirl_jax.main", "--mode=train", f"--gin_file={tmp_path / 'train.gin'}"],
                         env=env, capture_output=True, text=True, cwd=tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]

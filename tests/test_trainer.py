@@ -21,8 +21,8 @@ from swirl_jax.data import features, trajectory_io
 from swirl_jax.models import init_model, model_config
 from swirl_jax.training.trainer import (NonFiniteLossError, OnlineConfig, OptimizerConfig, SftConfig, TrainConfig,
                                         Trainer)
-from tests.judged_data import known_trajectories
-from tests.test_generation import _env
+from swirl_jax.testing.judged import known_trajectories
+from swirl_jax.testing.subprocesses import cpu_env
 from tests.test_losses import FirstTokenScorer
 
 STEPS = 12
@@ -68,7 +68,7 @@ def _kill_after_checkpoint(command, env, checkpoints, step):
 def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
   judged = _judged_dir(tmp_path)
   clean = tmp_path / "clean"
-  subprocess.run(_train_command(tokenizer_gguf, judged, clean), env=_env(tmp_path), check=True,
+  subprocess.run(_train_command(tokenizer_gguf, judged, clean), env=cpu_env(tmp_path), check=True,
                  capture_output=True)
   step, expected = _final_params(clean)
   assert step == STEPS
@@ -77,9 +77,9 @@ def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
   assert logged == [10, STEPS]
 
   killed = tmp_path / "killed"
-  _kill_after_checkpoint(_train_command(tokenizer_gguf, judged, killed), _env(tmp_path), killed, 4)
+  _kill_after_checkpoint(_train_command(tokenizer_gguf, judged, killed), cpu_env(tmp_path), killed, 4)
   assert ocp.CheckpointManager(str(killed)).latest_step() < STEPS, "the kill came too late"
-  subprocess.run(_train_command(tokenizer_gguf, judged, killed), env=_env(tmp_path), check=True,
+  subprocess.run(_train_command(tokenizer_gguf, judged, killed), env=cpu_env(tmp_path), check=True,
                  capture_output=True)
   step, resumed = _final_params(killed)
   assert step == STEPS
@@ -91,7 +91,7 @@ KILL_SCRIPT = """
 import sys
 from swirl_jax.models import init_model, model_config
 from swirl_jax.training.trainer import OnlineConfig, OptimizerConfig, TrainConfig, Trainer
-from tests.judged_data import known_trajectories
+from swirl_jax.testing.judged import known_trajectories
 from tests.test_losses import FirstTokenScorer
 mode, checkpoints = sys.argv[1], sys.argv[2]
 config = TrainConfig(mode=mode, steps=8, batch_size=4 if mode == "online" else 2, pack_rows=mode == "sft",
@@ -110,7 +110,7 @@ def test_killed_training_resumes_to_the_same_params_in_every_mode(tmp_path, mode
   CLI test above)."""
   script = tmp_path / "train.py"
   script.write_text(KILL_SCRIPT)
-  env = {**_env(tmp_path), "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+  env = {**cpu_env(tmp_path), "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
   command = lambda directory: [sys.executable, str(script), mode, str(directory)]
   subprocess.run(command(tmp_path / "clean"), env=env, check=True, capture_output=True)
   killed = tmp_path / "killed"

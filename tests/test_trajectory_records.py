@@ -6,7 +6,7 @@ import re
 import pytest
 
 from swirl_jax.data import trajectory_io
-from tests.judged_data import known_trajectories
+from swirl_jax.testing.judged import known_trajectories
 
 
 def _shard_with(tmp_path, edit):

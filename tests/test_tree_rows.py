@@ -8,7 +8,7 @@ from flax import nnx
 
 from swirl_jax.data import features
 from swirl_jax.models import init_model, model_config
-from swirl_jax.sampling.sampler import TurnOutput
+from swirl_jax.sampling.interfaces import TurnOutput
 from swirl_jax.training.objectives import PolicyGradient
 from swirl_jax.training.online import online_features, tree_features, tree_length
 

@@ -35,6 +35,7 @@ from swirl_jax.checkpoints.policy import load_policy  # noqa: E402
 from swirl_jax.checkpoints.vocabulary_training import train_vocabulary  # noqa: E402
 from swirl_jax import scripted_demonstrations as demonstrations  # noqa: E402
 from swirl_jax.data import filters, trajectory_io  # noqa: E402
+from swirl_jax.environment import protocol  # noqa: E402
 from swirl_jax.environment.episode import EpisodeConfig  # noqa: E402
 from swirl_jax.pipeline import build_trainer  # noqa: E402
 from swirl_jax.rewards.rule_judge import RuleJudge  # noqa: E402
@@ -90,8 +91,8 @@ class MiniatureConfig:
 
 
 def build(name: str, split: str, config: MiniatureConfig, vocab=None, num_questions: int | None = None):
-  return tasks.build_task(name, split=split, num_questions=num_questions, seed=config.seed, few_shot=False,
-                          instructions=INSTRUCTIONS[name],
+  return tasks.build_task(name, split=split, num_questions=num_questions, seed=config.seed,
+                          template=protocol.PromptTemplate(INSTRUCTIONS[name], ()),
                           encyclopedia_organizations=config.encyclopedia_organizations,
                           arithmetic_max_steps=config.arithmetic_max_steps, vocab=vocab)
 
@@ -139,7 +140,7 @@ class Miniature:
         texts += [task.template.prompt(q.question) for q in task.questions]
         texts += [f"<math_exp>{s}</math_exp>\n{s} -> 0.5" if name == "builtin_arithmetic"
                   else f"<search_query>{s}</search_query>" for q in task.questions for s in q.gold_steps]
-        texts += [f"{p.title}: {p.text}" for tool in task.tools for p in getattr(tool, "passages", [])]
+        texts += [f"{p.title}: {p.text}" for p in task.passages]
     return train_vocabulary(texts, self.path("vocabulary.model"), self.config.vocab_size)
 
   # -- models ----------------------------------------------------------------
@@ -196,7 +197,7 @@ class Miniature:
     self.vocab = self.vocabulary()
     split = self.splits(self.vocab)
     every = [q for s in split.values() for t in s.values() for q in t.questions]
-    titles = [p.title for s in split.values() for tool in s["test"].tools for p in getattr(tool, "passages", [])]
+    titles = [title for s in split.values() for title in s["test"].titles]
     self.judge = RuleJudge(every, titles)
 
     self.log(f"[1/4] the base policy: SFT on noisy demonstrations of {', '.join(SHORT[n] for n in split)}")

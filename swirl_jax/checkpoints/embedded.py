@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 
 import gguf
-import seqio
 from jax.sharding import Mesh
 
 from swirl_jax import atomic_io, partitioning
 from swirl_jax.checkpoints.gguf_import import load_gguf
-from swirl_jax.checkpoints.tokenizer import vocabulary_from_gguf
+from swirl_jax.checkpoints.tokenizer import SentencePieceVocabulary, vocabulary_from_gguf
 from swirl_jax.models.transformer import Transformer
 
 
@@ -40,7 +39,7 @@ def gemma3_270m_gguf_path() -> str:
 
 def load_gemma3_270m(mesh: Mesh | None = None,
                      rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES,
-                     **config_overrides) -> tuple[Transformer, seqio.SentencePieceVocabulary]:
+                     **config_overrides) -> tuple[Transformer, SentencePieceVocabulary]:
   """Gemma 3 270M and its tokenizer, optionally sharded over `mesh`."""
   path = gemma3_270m_gguf_path()
   reader = gguf.GGUFReader(path)

@@ -7,7 +7,6 @@ import inspect
 import os
 
 import gin
-import seqio
 from jax.sharding import Mesh
 
 from swirl_jax import partitioning, provenance
@@ -49,16 +48,16 @@ def _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, see
     spm = os.path.join(path, "tokenizer.model")
     if not os.path.exists(spm):
       raise FileNotFoundError(f"{path}: tokenizer.model is missing (needed for the vocabulary)")
-    return model, seqio.SentencePieceVocabulary(spm)
+    return model, tokenizer.SentencePieceVocabulary(spm)
   if source == "init":
     if (tokenizer_gguf is None) == (tokenizer_model is None):
       raise ValueError("load_policy(source='init') needs one of tokenizer_gguf= or tokenizer_model=")
     vocab = (tokenizer.vocabulary_from_gguf(tokenizer_gguf, cache_dir=embedded.cache_dir()) if tokenizer_gguf
-             else seqio.SentencePieceVocabulary(tokenizer_model))
+             else tokenizer.SentencePieceVocabulary(tokenizer_model))
     config = model_config(config_name, **config_overrides)
-    if config.vocab_size < vocab.tokenizer.get_piece_size():
+    if config.vocab_size < vocab.piece_count:
       raise ValueError(f"load_policy: model_config({config_name!r}).vocab_size={config.vocab_size} is smaller "
-                       f"than the tokenizer's {vocab.tokenizer.get_piece_size()} pieces")
+                       f"than the tokenizer's {vocab.piece_count} pieces")
     model = init_model(config, seed=seed)
     if mesh is not None:
       partitioning.shard_model(model, mesh, rules)

@@ -77,8 +77,22 @@ def sentencepiece_proto_from_gguf(reader: gguf.GGUFReader, source: str) -> bytes
   return proto.SerializeToString()
 
 
+class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """seqio's SentencePiece vocabulary with the BOS id and piece count the library asks for (the
+  `Vocabulary` protocol of sampling/interfaces.py), so no caller reaches into `.tokenizer`."""
+
+  @property
+  def bos_id(self) -> int:
+    return self.tokenizer.bos_id()
+
+  @property
+  def piece_count(self) -> int:
+    """Pieces of the SentencePiece model (seqio's vocab_size may add extra ids)."""
+    return self.tokenizer.get_piece_size()
+
+
 def vocabulary_from_gguf(path: str, cache_dir: str | None = None,
-                         reader: gguf.GGUFReader | None = None) -> seqio.SentencePieceVocabulary:
+                         reader: gguf.GGUFReader | None = None) -> SentencePieceVocabulary:
   """A seqio vocabulary for the tokenizer inside a GGUF file.
 
   The SentencePiece model is written once to `cache_dir` (default: beside the
@@ -90,4 +104,4 @@ def vocabulary_from_gguf(path: str, cache_dir: str | None = None,
   model_path = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.spm.model")
   if not os.path.exists(model_path):
     atomic_io.write_bytes(model_path, proto)
-  return seqio.SentencePieceVocabulary(model_path)
+  return SentencePieceVocabulary(model_path)

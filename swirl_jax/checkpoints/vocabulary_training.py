@@ -14,17 +14,15 @@ import io
 import os
 from typing import Iterable, Sequence
 
-import seqio
-
 from swirl_jax import atomic_io
-from swirl_jax.checkpoints.tokenizer import CHAT_MARKERS
+from swirl_jax.checkpoints.tokenizer import CHAT_MARKERS, SentencePieceVocabulary
 
 PROTOCOL_SYMBOLS = (*CHAT_MARKERS, "<math_exp>", "</math_exp>", "<search_query>", "</search_query>",
                     "<answer>", "</answer>", "\n")
 
 
 def train_vocabulary(texts: Iterable[str], model_path: str, vocab_size: int = 1024,
-                     symbols: Sequence[str] = PROTOCOL_SYMBOLS) -> seqio.SentencePieceVocabulary:
+                     symbols: Sequence[str] = PROTOCOL_SYMBOLS) -> SentencePieceVocabulary:
   """Trains (or, when `model_path` exists, reuses) a vocabulary of exactly `vocab_size` pieces
   (SentencePiece says so when the texts cannot fill it)."""
   if not os.path.exists(model_path):
@@ -38,4 +36,4 @@ def train_vocabulary(texts: Iterable[str], model_path: str, vocab_size: int = 10
         add_dummy_prefix=False, remove_extra_whitespaces=False, max_sentence_length=1 << 16,
         num_threads=os.cpu_count() or 1, minloglevel=2)
     atomic_io.write_bytes(model_path, model.getvalue())
-  return seqio.SentencePieceVocabulary(model_path)
+  return SentencePieceVocabulary(model_path)

@@ -19,11 +19,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import gin
 
 from swirl_jax import validation
-from swirl_jax.records import Question
-from swirl_jax.records import Step, Trajectory, trajectory_id
+from swirl_jax.records import Question, Step, Trajectory, trajectory_id
 from swirl_jax.environment import protocol
 from swirl_jax.environment.tool import Tool, format_tool_result
-from swirl_jax.sampling.sampler import Sampler, SamplingConfig, row_key
+from swirl_jax.sampling.interfaces import TurnOutput, TurnSampler, Vocabulary
+from swirl_jax.sampling.sampler import SamplingConfig, row_key
 
 
 @gin.configurable
@@ -61,8 +61,9 @@ class _Episode:
 class EpisodeRunner:
   """Runs episodes of a prompt template and tools on a sampler."""
 
-  def __init__(self, sampler: Sampler, vocab, tools: Sequence[Tool],
-               template: protocol.PromptTemplate, config: EpisodeConfig = EpisodeConfig(), seed: int = 0):
+  def __init__(self, sampler: TurnSampler, vocab: Vocabulary, tools: Sequence[Tool],
+               template: protocol.PromptTemplate, config: EpisodeConfig | None = None, seed: int = 0):
+    config = config or EpisodeConfig()
     if config.max_steps is None:
       raise ValueError("EpisodeConfig.max_steps is not set (generate() fills in the task's cap)")
     self.sampler = sampler
@@ -77,7 +78,7 @@ class EpisodeRunner:
         stop_ids=protocol.turn_end_ids(vocab))
 
   def _encode(self, text: str, bos: bool = False) -> list[int]:
-    return ([self.vocab.tokenizer.bos_id()] if bos else []) + list(self.vocab.encode(text))
+    return ([self.vocab.bos_id] if bos else []) + list(self.vocab.encode(text))
 
   def run(self, jobs: Iterable[tuple[Question, int]],
           on_step: Callable[[int], None] | None = None) -> Iterator[Trajectory]:
@@ -124,7 +125,7 @@ class EpisodeRunner:
           free.append(row)
           yield trajectory
 
-  def _advance(self, episode: _Episode, output) -> Trajectory | None:
+  def _advance(self, episode: _Episode, output: TurnOutput) -> Trajectory | None:
     """Records the step; returns the trajectory if the episode ended, else sets the next delta."""
     action = protocol.parse_action(output.text, list(self.tools))
     closed = output.finish_reason == "stop_id"

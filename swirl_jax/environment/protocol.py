@@ -91,12 +91,23 @@ class WorkedExample:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class PromptTemplate:
-  """How a question becomes the opening turns: instructions, worked examples, the question."""
+  """How a question becomes the opening turns: instructions, worked examples, the question.
 
-  instructions: str = MATH_INSTRUCTIONS
-  examples: tuple[WorkedExample, ...] = ()
+  A field left None takes the task's default (`with_defaults`; `build_task` fills in its tool's
+  instructions and worked examples), so a gin binding of either field reaches every task.
+  """
+
+  instructions: str | None = None
+  examples: tuple[WorkedExample, ...] | None = None
+
+  def with_defaults(self, instructions: str, examples: tuple[WorkedExample, ...]) -> "PromptTemplate":
+    return PromptTemplate(instructions if self.instructions is None else self.instructions,
+                          examples if self.examples is None else tuple(self.examples))
 
   def prompt(self, question: str) -> str:
+    if self.instructions is None or self.examples is None:
+      raise ValueError("PromptTemplate: instructions or examples are unset; fill them with with_defaults() "
+                       "(build_task does)")
     text = START_USER + self.instructions + "\n\n"
     for example in self.examples:
       text += example.turns()

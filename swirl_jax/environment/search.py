@@ -91,8 +91,10 @@ class HttpSearch:
   name = "search"
   tag = "search_query"
 
-  def __init__(self, url: str, top_k: int = 1, max_result_tokens: int = 256, timeout_s: float = 10.0,
-               retries: int = 3, backoff_s: float = 0.5, vocab=None):
+  def __init__(self, url: str | None = None, top_k: int = 1, max_result_tokens: int = 256,
+               timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.5, vocab=None):
+    if not url:
+      raise ValueError("HttpSearch.url is not set: bind it to your search service (HttpSearch.url = 'http://...')")
     self.url = url
     self.top_k = top_k
     self.max_result_tokens = max_result_tokens

@@ -45,7 +45,7 @@ class ModelJudge:
 
   def _chat(self, prompt: str, prefill: str = "") -> list[int]:
     text = f"{protocol.START_USER}{prompt}{protocol.END_TURN}\n{protocol.START_MODEL}{prefill}"
-    return [self.vocab.tokenizer.bos_id()] + list(self.vocab.encode(text))
+    return [self.vocab.bos_id] + list(self.vocab.encode(text))
 
   def _label_ids(self, labels: tuple[str, str]) -> tuple[int, int]:
     ids = tuple(self.vocab.encode(" " + label)[0] for label in labels)

@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from swirl_jax import multihost, partitioning, validation
 from swirl_jax.models.transformer import KVCache, Transformer
+from swirl_jax.sampling.interfaces import Finish, TurnOutput, Vocabulary
 
 
 @gin.configurable
@@ -56,16 +57,6 @@ class SamplingConfig:
   def __post_init__(self):
     validation.sampling_settings(self)
     validation.at_least_one(self, ("max_new_tokens",))
-
-
-@dataclasses.dataclass
-class TurnOutput:
-  """One row's sampled turn. logprobs are under the model (temperature 1)."""
-
-  tokens: list[int]
-  logprobs: list[float]
-  text: str
-  finish_reason: str  # "stop_id" | "stop_string" | "max_new_tokens" | "capacity"
 
 
 def row_key(*ids) -> np.ndarray:
@@ -192,20 +183,30 @@ def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, k
     hidden_Bx1xD, cache = model.extend(token_B[:, None], cache, num_new_B, span)
     last_hidden_BxD = _last_hidden(hidden_Bx1xD, num_new_B, last_hidden_BxD)
     count_B = count_B + num_new_B
-    # Finish reasons: 1 stop id, 3 capacity, 2 max_new_tokens (0: still running).
-    reason_B = jnp.where(jnp.isin(token_B, stop_ids_S), 1,
-                         jnp.where(cache.length_B >= capacity, 3,
-                                   jnp.where(count_B >= limit_B, 2, 0)))
-    reasons_B = jnp.where(active_B & (reason_B > 0), reason_B, reasons_B)
-    active_B = active_B & (reason_B == 0)
+    reason_B = jnp.where(jnp.isin(token_B, stop_ids_S), Finish.STOP_ID,
+                         jnp.where(cache.length_B >= capacity, Finish.CAPACITY,
+                                   jnp.where(count_B >= limit_B, Finish.MAX_NEW_TOKENS, Finish.RUNNING)))
+    reasons_B = jnp.where(active_B & (reason_B != Finish.RUNNING), reason_B, reasons_B)
+    active_B = active_B & (reason_B == Finish.RUNNING)
     return cache, last_hidden_BxD, active_B, count_B, tokens_BxT, logprobs_BxT, reasons_B
 
   carry = (cache, last_hidden_BxD, active_B, count_B, jnp.full((b, steps), -1, jnp.int32),
-           jnp.zeros((b, steps), jnp.float32), jnp.zeros((b,), jnp.int32))
+           jnp.zeros((b, steps), jnp.float32), jnp.full((b,), Finish.RUNNING, jnp.int32))
   return jax.lax.fori_loop(0, steps, step, carry)
 
 
-_REASONS = {1: "stop_id", 2: "max_new_tokens", 3: "capacity"}
+@dataclasses.dataclass
+class _RowTurn:
+  """One row's turn as it is sampled, chunk by chunk, on the host that owns the row."""
+
+  tokens: list[int] = dataclasses.field(default_factory=list)
+  logprobs: list[float] = dataclasses.field(default_factory=list)
+  finish: Finish = Finish.RUNNING
+  # The first `clean` tokens are known to complete no stop string: a chunk is searched past them.
+  clean: int = 0
+
+  def output(self, text: str) -> TurnOutput:
+    return TurnOutput(self.tokens, self.logprobs, text, self.finish.reason)
 
 
 @gin.configurable
@@ -215,7 +216,7 @@ class Sampler:
   def __init__(self, model: Transformer, *, rows: int, capacity: int,
                buckets: Sequence[int] = (16, 32, 64, 128, 256, 512, 1024, 2048),
                decode_steps: int = 16, mesh: Mesh | None = None,
-               rules: partitioning.LogicalRules | None = None, vocab=None, seed: int = 0,
+               rules: partitioning.LogicalRules | None = None, vocab: Vocabulary | None = None, seed: int = 0,
                spans: Sequence[int] | None = None, ring_buffers: bool = True):
     self.model = model
     self.rows = rows
@@ -441,13 +442,11 @@ class Sampler:
     count = np.zeros(self.rows, np.int32)
     room = self.capacity - self._lengths
     limit = np.minimum(config.max_new_tokens, np.maximum(room, 0)).astype(np.int32)
-    tokens = {r: [] for r in rows}
-    logprobs = {r: [] for r in rows}
-    reasons: dict[int, str] = {}
+    turns = {row: _RowTurn() for row in rows}
     active = in_call & (limit > 0)
     for row in rows:
       if not active[row]:
-        reasons[row] = "capacity"
+        turns[row].finish = Finish.CAPACITY
     keys, limit_B = self._put(key_data), self._put(limit)
     # One small collective per chunk: whether any process still decodes, or must re-append, and the
     # span that holds the longest active row after one more chunk.
@@ -472,19 +471,19 @@ class Sampler:
       for row in rows:
         if not active[row]:
           continue
-        made = chunk_tokens[row] >= 0
-        tokens[row].extend(chunk_tokens[row][made].tolist())
-        logprobs[row].extend(chunk_logprobs[row][made].tolist())
+        turn, made = turns[row], chunk_tokens[row] >= 0
+        turn.tokens.extend(chunk_tokens[row][made].tolist())
+        turn.logprobs.extend(chunk_logprobs[row][made].tolist())
         if not active_after[row]:
-          reasons[row] = _REASONS[int(chunk_reasons[row])]
-        cut = self._stop_string_cut(tokens[row], config.stop_strings)
-        if cut is not None and (reasons.get(row) is None or cut < len(tokens[row])):
+          turn.finish = Finish(int(chunk_reasons[row]))
+        cut = self._stop_string_cut(turn, config.stop_strings)
+        if cut is not None and (turn.finish == Finish.RUNNING or cut < len(turn.tokens)):
           # Drop what followed the stop string, and re-append the last kept
           # token so the row's last hidden state is that token's again.
-          self._lengths[row] -= len(tokens[row]) - cut + 1
-          recompute[row] = [tokens[row][cut - 1]]
-          del tokens[row][cut:], logprobs[row][cut:]
-          reasons[row] = "stop_string"
+          self._lengths[row] -= len(turn.tokens) - cut + 1
+          recompute[row] = [turn.tokens[cut - 1]]
+          del turn.tokens[cut:], turn.logprobs[cut:]
+          turn.finish = Finish.STOP_STRING
           active_after[row] = False
       active = active_after & in_call
       count = mine(count_after).astype(np.int32)
@@ -492,21 +491,27 @@ class Sampler:
       if rolled_back:  # a stop-string cut rolled some rows back: every process re-appends
         self._sync_lengths()
         self.append(recompute)
-    return {r: TurnOutput(tokens[r], logprobs[r], self._decode_text(tokens[r]), reasons[r])
-            for r in rows}
+    return {row: turn.output(self._decode_text(turn.tokens)) for row, turn in turns.items()}
 
   def _decode_text(self, tokens):
     return self.vocab.decode(tokens) if self.vocab is not None else ""
 
-  def _stop_string_cut(self, tokens: list[int], stop_strings: Sequence[str]) -> int | None:
-    """Number of tokens to keep: through the first token that completes a stop string."""
-    if not stop_strings or self.vocab is None or not tokens:
+  def _stop_string_cut(self, turn: _RowTurn, stop_strings: Sequence[str]) -> int | None:
+    """Number of tokens to keep: through the first token that completes a stop string.
+
+    Whether a prefix holds a stop string only turns from no to yes as it grows, so the first such
+    prefix is found by bisection over the tokens past `turn.clean`: a few decodes a chunk rather
+    than one per prefix.
+    """
+    tokens = turn.tokens
+    if not stop_strings or self.vocab is None or len(tokens) <= turn.clean:
       return None
-    text = self.vocab.decode(tokens)
-    if not any(s in text for s in stop_strings):
+    holds = lambda n: any(s in self.vocab.decode(tokens[:n]) for s in stop_strings)
+    if not holds(len(tokens)):
+      turn.clean = len(tokens)
       return None
-    for n in range(1, len(tokens) + 1):  # first prefix that contains a stop string
-      prefix = self.vocab.decode(tokens[:n])
-      if any(s in prefix for s in stop_strings):
-        return n
-    return None
+    low, high = turn.clean, len(tokens)  # holds(low) is false, holds(high) true
+    while high - low > 1:
+      middle = (low + high) // 2
+      low, high = (low, middle) if holds(middle) else (middle, high)
+    return high

@@ -24,7 +24,8 @@ from swirl_jax.data import features
 from swirl_jax.data.decomposition import StateExample
 from swirl_jax.environment.protocol import parse_action
 from swirl_jax.rewards.judge import Judge, ProcessRequest
-from swirl_jax.sampling.sampler import Sampler, SamplingConfig, TurnOutput, row_key
+from swirl_jax.sampling.interfaces import TurnOutput
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig, row_key
 from swirl_jax.training.losses import advantages
 
 
