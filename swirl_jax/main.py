@@ -18,7 +18,8 @@ import jax
 from absl import app, flags, logging
 
 # Everything gin can bind must be imported before the config is parsed.
-from swirl_jax import evaluation, generation, judging, multihost, partitioning, pipeline, provenance, runtime, tasks  # noqa: F401
+from swirl_jax import (evaluation, generation, gin_flags, judging, multihost, partitioning, pipeline,  # noqa: F401
+                       provenance, runtime, tasks)
 from swirl_jax.checkpoints import policy  # noqa: F401
 from swirl_jax.data import filters, seqio_tasks
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
@@ -28,9 +29,6 @@ from swirl_jax.training import trainer  # noqa: F401
 
 _MODE = flags.DEFINE_enum("mode", "pipeline", ["generate", "judge", "train", "evaluate", "pipeline"],
                           "Which stage to run; pipeline runs them all in order, resumably.")
-_GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files, applied in order.")
-_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Individual gin bindings.")
-_GIN_SEARCH_PATHS = flags.DEFINE_multi_string("gin_search_paths", ["."], "Where gin files are looked up.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 for multi-host runs (overrides "
     "RuntimeConfig.coordinator_address); on Cloud TPU use --distributed_tpu instead.")
@@ -40,20 +38,6 @@ _DISTRIBUTED_TPU = flags.DEFINE_bool(
     "distributed_tpu", False, "Call jax.distributed.initialize() with no arguments (Cloud TPU slices: "
     "the runtime names the coordinator); sets RuntimeConfig.auto_detect. The launch scripts set it.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print the whole traceback of a failure, not one line.")
-
-
-def rewrite_gin_args(argv: list[str]) -> list[str]:
-  """Turns `--gin.NAME=VALUE` into `--gin_bindings=NAME=VALUE`."""
-  out = []
-  for arg in argv:
-    if arg.startswith("--gin."):
-      name, sep, value = arg[len("--gin."):].partition("=")
-      if not sep:
-        raise app.UsageError(f"{arg}: expected --gin.NAME=VALUE")
-      out.append(f"--gin_bindings={name} = {value}")
-    else:
-      out.append(arg)
-  return out
 
 
 def _print_json(value) -> None:
@@ -157,9 +141,7 @@ def main(argv):
 
 def run_mode(mode: str):
   """Parses the gin files and bindings, sets up the runtime and runs one mode."""
-  for path in _GIN_SEARCH_PATHS.value:
-    gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
+  gin_flags.parse_gin()
   rt = runtime.setup_runtime(runtime_config())
   logging.info("gin config:\n%s", gin.config_str())
   modes = {"generate": run_generate, "judge": run_judge, "train": run_train, "evaluate": run_evaluate,
@@ -169,7 +151,7 @@ def run_mode(mode: str):
 
 def run():
   """Console-script entry point."""
-  app.run(main, argv=rewrite_gin_args(sys.argv))
+  gin_flags.run(main)
 
 
 if __name__ == "__main__":

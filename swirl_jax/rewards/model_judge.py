@@ -17,9 +17,8 @@ import numpy as np
 from flax import nnx
 
 from swirl_jax.environment import protocol
-from swirl_jax.rewards import prompts
-from swirl_jax.records import BAD, GOOD, NO, YES, Verdict
-from swirl_jax.rewards.judge import OutcomeRequest, ProcessRequest, verdict_from_text
+from swirl_jax.records import Verdict
+from swirl_jax.rewards.judge import PromptJudge, verdict_from_text
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
 
 
@@ -31,7 +30,7 @@ def _last_logits(model, tokens_BxT, lengths_B):
 
 
 @gin.configurable
-class ModelJudge:
+class ModelJudge(PromptJudge):
   name = "model"
 
   def __init__(self, model, vocab, mode: str = "score", batch_size: int = 8, max_new_tokens: int = 256,
@@ -88,12 +87,5 @@ class ModelJudge:
       verdicts += [verdict_from_text(outputs[row].text, labels, self.name) for row in range(len(batch))]
     return verdicts
 
-  def _run(self, prompts_, labels):
+  def answer_prompts(self, prompts_: Sequence[str], labels: tuple[str, str], what: str) -> list[Verdict]:
     return self._score(prompts_, labels) if self.mode == "score" else self._generate(prompts_, labels)
-
-  def judge_steps(self, requests: Sequence[ProcessRequest]) -> list[Verdict]:
-    return self._run([prompts.process_prompt(r.context, r.action, r.tool) for r in requests], (GOOD, BAD))
-
-  def judge_outcomes(self, requests: Sequence[OutcomeRequest]) -> list[Verdict]:
-    return self._run([prompts.outcome_prompt(r.question, r.answer or "(no answer)", r.gold_answers[0])
-                      for r in requests], (YES, NO))
