@@ -36,14 +36,14 @@ import numpy as np
 
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
-from swirl_jax.environment.protocol import END_TURN
+from swirl_jax.environment import protocol
 from swirl_jax.records import Question, Trajectory
 from swirl_jax.sampling.interfaces import Vocabulary
 from swirl_jax.sampling.interfaces import TurnOutput
 from swirl_jax.tasks import Task
 
 _OTHER_OPERATIONS = {"+": ("-", "*"), "-": ("+",), "*": ("+",), "/": ("*", "-")}
-_QUESTION_RE = re.compile(r"Question: (.*?)" + re.escape(END_TURN), re.DOTALL)
+_QUESTION_RE = re.compile(r"Question: (.*?)" + re.escape(protocol.END_TURN), re.DOTALL)
 
 
 @gin.configurable
@@ -52,10 +52,6 @@ class NoiseConfig:
   step_noise: float = 0.3  # chance that a step is replaced by an unreasonable one
   carry_error: float = 0.5  # chance that a wrong calculator value is built on
   misconception: float = 0.0  # chance of the task's systematic error where it applies
-
-
-def _tag(tag: str, text: str) -> str:
-  return f"<{tag}>{text}</{tag}>"
 
 
 def _plain(output: str) -> str:
@@ -85,7 +81,7 @@ def plan_arithmetic(question: Question, rng: random.Random, noise: NoiseConfig, 
                         + (["redundant"] if actions else []))
       kinds[kind] += 1
       if kind == "premature_answer":
-        return actions + [_tag("answer", value or rng.choice(numbers))]
+        return actions + [protocol.tagged("answer", value or rng.choice(numbers))]
       if kind == "redundant":
         actions.append(actions[-1])
         continue
@@ -94,15 +90,15 @@ def plan_arithmetic(question: Question, rng: random.Random, noise: NoiseConfig, 
         wrong = f"{left} {op} {rng.choice(others)}"
       else:
         wrong = f"{left} {rng.choice(_OTHER_OPERATIONS[op])} {right}"
-      actions.append(_tag("math_exp", wrong))
+      actions.append(protocol.tagged("math_exp", wrong))
       if rng.random() < noise.carry_error:
         value = _plain(calculator.run(wrong).output)
         i += 1
       continue
-    actions.append(_tag("math_exp", expected))
+    actions.append(protocol.tagged("math_exp", expected))
     value = _plain(calculator.run(expected).output)
     i += 1
-  return actions + [_tag("answer", value)]
+  return actions + [protocol.tagged("answer", value)]
 
 
 def plan_search(question: Question, rng: random.Random, noise: NoiseConfig, max_steps: int,
@@ -118,20 +114,20 @@ def plan_search(question: Question, rng: random.Random, noise: NoiseConfig, max_
     tools_left = max_steps - len(actions)
     if k == 2 and rng.random() < noise.misconception:
       kinds["misconception"] += 1
-      return actions + [_tag("answer", subject(query))]
+      return actions + [protocol.tagged("answer", subject(query))]
     if rng.random() < noise.step_noise and tools_left > len(question.gold_steps) - k:
       kind = rng.choice(["off_target", "premature_answer"] + (["redundant"] if actions else []))
       kinds[kind] += 1
       if kind == "premature_answer":  # the entity in hand, not the one asked for
-        return actions + [_tag("answer", subject(query) if k else rng.choice(titles))]
+        return actions + [protocol.tagged("answer", subject(query) if k else rng.choice(titles))]
       if kind == "redundant":
         actions.append(actions[-1])
       else:
-        actions.append(_tag("search_query", query.replace(subject(query), rng.choice(titles))))
+        actions.append(protocol.tagged("search_query", query.replace(subject(query), rng.choice(titles))))
       continue
-    actions.append(_tag("search_query", query))
+    actions.append(protocol.tagged("search_query", query))
     k += 1
-  return actions + [_tag("answer", question.answers[0])]
+  return actions + [protocol.tagged("answer", question.answers[0])]
 
 
 class PlanSampler:

@@ -17,7 +17,7 @@ def test_fast_miniature_online_rl_beats_the_base(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user runs it
   done = subprocess.run(
       [sys.executable, os.path.join(ROOT, "experiments", "miniature", "run.py"),
-       "--gin_file=experiments/miniature/fast.gin", f"--gin=MiniatureConfig.run_dir='{run_dir}'"],
+       "--gin_file=experiments/miniature/fast.gin", f"--gin.MiniatureConfig.run_dir='{run_dir}'"],
       cwd=ROOT, env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
   results = json.loads((run_dir / "results.json").read_text())

@@ -1,6 +1,6 @@
 """The miniature reproduction: SWiRL's claims on the built-in tasks, from nothing, on a CPU.
 
-  python experiments/miniature/run.py --gin_file=experiments/miniature/miniature.gin
+  python experiments/miniature/run.py --gin_file=experiments/miniature/miniature.gin [--gin.NAME=VALUE]
 
 1. A 1,024-piece vocabulary and noisy demonstrations of both built-in tasks;
    SFT of a `tiny_2m` policy on them: the base policy.
@@ -22,28 +22,22 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
-from absl import app, flags
 import gin
+import jax
+from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from swirl_jax import atomic_io, evaluation, generation, judging, partitioning, runtime, tasks  # noqa: E402
-from swirl_jax.checkpoints.policy import load_policy  # noqa: E402
-from swirl_jax.checkpoints.vocabulary_training import train_vocabulary  # noqa: E402
-from swirl_jax import scripted_demonstrations as demonstrations  # noqa: E402
-from swirl_jax.data import filters, trajectory_io  # noqa: E402
-from swirl_jax.environment import protocol  # noqa: E402
-from swirl_jax.environment.episode import EpisodeConfig  # noqa: E402
-from swirl_jax.pipeline import build_trainer  # noqa: E402
-from swirl_jax.rewards.rule_judge import RuleJudge  # noqa: E402
-from swirl_jax.training.trainer import (OnlineConfig, OptimizerConfig, SftConfig, TrainConfig,  # noqa: E402
-                                        load_trained_params)
-
-FLAGS = flags.DEFINE_multi_string("gin_file", [], "gin files, in order")
-BINDINGS = flags.DEFINE_multi_string("gin", [], "gin bindings, e.g. --gin=MiniatureConfig.seed=1")
+from swirl_jax import atomic_io, evaluation, generation, gin_flags, judging, partitioning, runtime, tasks
+from swirl_jax import scripted_demonstrations as demonstrations
+from swirl_jax.checkpoints.policy import load_policy
+from swirl_jax.checkpoints.vocabulary_training import train_vocabulary
+from swirl_jax.data import filters, trajectory_io
+from swirl_jax.environment import protocol
+from swirl_jax.environment.episode import EpisodeConfig
+from swirl_jax.pipeline import build_trainer
+from swirl_jax.rewards.rule_judge import RuleJudge
+from swirl_jax.training.trainer import OnlineConfig, OptimizerConfig, SftConfig, TrainConfig, load_trained_params
 
 # One line each: a policy trained from scratch needs no worked examples.
 INSTRUCTIONS = {"builtin_arithmetic": "Solve the problem with the calculator, one step per turn.",
@@ -88,6 +82,14 @@ class MiniatureConfig:
   eval_rows: int = 128
   max_action_tokens: int = 32
   cross_task_filters: tuple[str, ...] = ("process",)
+
+  def __post_init__(self):
+    unknown = [t for t in self.tasks if t not in INSTRUCTIONS]
+    if unknown:
+      raise ValueError(f"MiniatureConfig.tasks: {unknown} are not built-in tasks ({sorted(INSTRUCTIONS)})")
+    bad = [f for f in self.filters if f not in filters.STRATEGIES]
+    if bad:
+      raise ValueError(f"MiniatureConfig.filters: {bad} are not filters ({filters.STRATEGIES})")
 
 
 def build(name: str, split: str, config: MiniatureConfig, vocab=None, num_questions: int | None = None):
@@ -138,8 +140,9 @@ class Miniature:
     for name, split in self.splits().items():
       for task in split.values():
         texts += [task.template.prompt(q.question) for q in task.questions]
-        texts += [f"<math_exp>{s}</math_exp>\n{s} -> 0.5" if name == "builtin_arithmetic"
-                  else f"<search_query>{s}</search_query>" for q in task.questions for s in q.gold_steps]
+        tag = task.tools[0].tag
+        texts += [protocol.tagged(tag, s) + "\n" + protocol.tool_result(s, "0.5") for q in task.questions
+                  for s in q.gold_steps]
         texts += [f"{p.title}: {p.text}" for p in task.passages]
     return train_vocabulary(texts, self.path("vocabulary.model"), self.config.vocab_size)
 
@@ -193,78 +196,84 @@ class Miniature:
   # -- the run ---------------------------------------------------------------
 
   def run(self) -> dict:
-    c = self.config
+    """The four stages in order: base policy, Stage 1, Stage 2 per filter, results."""
     self.vocab = self.vocabulary()
     split = self.splits(self.vocab)
     every = [q for s in split.values() for t in s.values() for q in t.questions]
-    titles = [title for s in split.values() for title in s["test"].titles]
-    self.judge = RuleJudge(every, titles)
+    self.judge = RuleJudge(every, [title for s in split.values() for title in s["test"].titles])
+    base, noise = self.base_policy(split)
+    reports = [self.evaluate(base, "base", s["test"]) | {"method": "base", "filter": "-", "trained_on": "-"}
+               for s in split.values()]
+    stage1 = {name: self.stage1(name, s["train"], base) for name, s in split.items()}
+    for name, s in split.items():
+      for strategy in self.config.filters:
+        kept = filters.filter_trajectories(stage1[name]["trajectories"], strategy)
+        if not kept:
+          self.log(f"{strategy} on {SHORT[name]}: the filter kept no trajectory; no model")
+          continue
+        others = [split[o]["test"] for o in split if o != name]
+        reports += self.stage2(name, strategy, kept, s["train"], s["test"], others)
+    return self.write_results(reports, noise, stage1)
 
+  def base_policy(self, split) -> tuple[object, dict]:
+    """[1/4] SFT of a fresh model on noisy demonstrations of every task; and the noise counts."""
+    c = self.config
     self.log(f"[1/4] the base policy: SFT on noisy demonstrations of {', '.join(SHORT[n] for n in split)}")
     demos, noise = [], {}
     for name, s in split.items():
-      made, noise[name] = demonstrations.demonstrations(s["demo"], self.vocab, demonstrations.NoiseConfig(),
-                                                        seed=c.seed)
+      made, noise[name] = demonstrations.demonstrations(s["demo"], self.vocab, seed=c.seed)
       demos += [t for t in made if t.num_tokens <= c.sequence_length]
-    base_dir = self.path("models", "base", "checkpoints")
     sft = TrainConfig(mode="sft", steps=c.sft_steps, batch_size=c.sft_rows, pack_rows=True,
                       sequence_length=c.sequence_length, checkpoint_every=max(1, c.sft_steps // 4), log_every=10)
     base = self.train("base", demos, next(iter(split.values()))["train"], self.judge, sft, None,
                       OptimizerConfig(learning_rate=c.sft_learning_rate, warmup_steps=max(1, c.sft_steps // 20)),
                       sft=SftConfig(context_weight=c.sft_context_weight))
-    reports = [self.evaluate(base, "base", s["test"]) for s in split.values()]
+    return base, noise
 
-    stage1 = {}
-    for name, s in split.items():
-      self.log(f"[2/4] Stage 1 on {SHORT[name]}: {len(s['train'].questions)} questions x {c.samples_per_question}")
-      out = self.path("stage1", SHORT[name])
-      gen = generation.GenerateConfig(output_dir=os.path.join(out, "trajectories"),
-                                      samples_per_question=c.samples_per_question, rows=c.eval_rows,
-                                      capacity=self.capacity, questions_per_shard=50, seed=c.seed)
-      generation.generate(s["train"], base, self.vocab, gen, EpisodeConfig(
-          temperature=c.stage1_temperature, max_action_tokens=c.max_action_tokens), mesh=self.rt.mesh,
-          rules=self.rt.rules)
-      summary = judging.judge_directory(os.path.join(out, "trajectories"), os.path.join(out, "judged"), self.judge)
-      stage1[name] = {"judged": summary, "trajectories": list(trajectory_io.read_all(os.path.join(out, "judged")))}
-      self.log(f"Stage 1 on {SHORT[name]}: GOOD steps {summary['good_step_share']}, "
-               f"kept per filter {summary['filter_survival']}")
+  def stage1(self, name: str, train_task: tasks.Task, base) -> dict:
+    """[2/4] N samples per training question from the base, judged by the rule judge."""
+    c = self.config
+    self.log(f"[2/4] Stage 1 on {SHORT[name]}: {len(train_task.questions)} questions x {c.samples_per_question}")
+    out = self.path("stage1", SHORT[name])
+    gen = generation.GenerateConfig(output_dir=os.path.join(out, "trajectories"),
+                                    samples_per_question=c.samples_per_question, rows=c.eval_rows,
+                                    capacity=self.capacity, questions_per_shard=50, seed=c.seed)
+    generation.generate(train_task, base, self.vocab, gen, EpisodeConfig(
+        temperature=c.stage1_temperature, max_action_tokens=c.max_action_tokens), mesh=self.rt.mesh,
+        rules=self.rt.rules)
+    summary = judging.judge_directory(os.path.join(out, "trajectories"), os.path.join(out, "judged"), self.judge)
+    self.log(f"Stage 1 on {SHORT[name]}: GOOD steps {summary['good_step_share']}, "
+             f"kept per filter {summary['filter_survival']}")
+    return {"judged": summary, "trajectories": list(trajectory_io.read_all(os.path.join(out, "judged")))}
 
-    for name, s in split.items():
-      other = [n for n in split if n != name]
-      for strategy in c.filters:
-        kept = filters.filter_trajectories(stage1[name]["trajectories"], strategy)
-        if not kept:
-          self.log(f"{strategy} on {SHORT[name]}: the filter kept no trajectory; no model")
-          continue
-        tag = f"{SHORT[name]}/{strategy}"
-        self.log(f"[3/4] SWiRL {tag}: online RL on {c.states_per_strategy} states")
-        rl = TrainConfig(mode="online", steps=c.states_per_strategy // c.rl_batch,
-                         batch_size=c.rl_batch * c.rl_samples, sequence_length=self.capacity,
-                         checkpoint_every=10_000, log_every=4)
-        model = self.train(f"swirl-{SHORT[name]}-{strategy}", kept, s["train"], self.judge, rl, base_dir,
-                           OptimizerConfig(learning_rate=c.rl_learning_rate, warmup_steps=1),
-                           OnlineConfig(samples_per_state=c.rl_samples, temperature=c.rl_temperature,
-                                        baseline="rloo"))
-        report = self.evaluate(model, f"swirl-{SHORT[name]}-{strategy}", s["test"])
-        reports.append(report | {"method": "swirl", "filter": strategy, "trained_on": name})
-        if strategy in c.cross_task_filters:
-          for o in other:
-            reports.append(self.evaluate(model, f"swirl-{SHORT[name]}-{strategy}", split[o]["test"])
-                           | {"method": "swirl", "filter": strategy, "trained_on": name})
-        if c.sft_baseline:
-          steps_per_trajectory = sum(len(t.steps) for t in kept) / len(kept)
-          steps = max(1, math.ceil(c.states_per_strategy / (c.baseline_batch * steps_per_trajectory)))
-          sft_config = TrainConfig(mode="sft", steps=steps, batch_size=c.baseline_batch,
-                                   sequence_length=self.capacity, checkpoint_every=10_000, log_every=4)
-          model = self.train(f"sft-{SHORT[name]}-{strategy}", kept, s["train"], self.judge, sft_config, base_dir,
-                             OptimizerConfig(learning_rate=c.baseline_learning_rate, warmup_steps=1))
-          reports.append(self.evaluate(model, f"sft-{SHORT[name]}-{strategy}", s["test"])
-                         | {"method": "sft", "filter": strategy, "trained_on": name})
-    for r in reports[:len(split)]:
-      r.update(method="base", filter="-", trained_on="-")
+  def stage2(self, name: str, strategy: str, kept, train_task: tasks.Task, test_task: tasks.Task,
+             other_tests: list[tasks.Task]) -> list[dict]:
+    """[3/4] SWiRL (online RL from the base) on one filter's states, and the SFT baseline on the same
+    data; the reports of both, SWiRL's also on the other tasks where the filter is a cross-task one."""
+    c, base_dir = self.config, self.path("models", "base", "checkpoints")
+    tag, facts = f"{SHORT[name]}-{strategy}", {"filter": strategy, "trained_on": name}
+    self.log(f"[3/4] SWiRL {SHORT[name]}/{strategy}: online RL on {c.states_per_strategy} states")
+    rl = TrainConfig(mode="online", steps=c.states_per_strategy // c.rl_batch, batch_size=c.rl_batch * c.rl_samples,
+                     sequence_length=self.capacity, checkpoint_every=10_000, log_every=4)
+    model = self.train(f"swirl-{tag}", kept, train_task, self.judge, rl, base_dir,
+                       OptimizerConfig(learning_rate=c.rl_learning_rate, warmup_steps=1),
+                       OnlineConfig(samples_per_state=c.rl_samples, temperature=c.rl_temperature, baseline="rloo"))
+    evaluated_on = [test_task] + (other_tests if strategy in c.cross_task_filters else [])
+    reports = [self.evaluate(model, f"swirl-{tag}", t) | {"method": "swirl", **facts} for t in evaluated_on]
+    if c.sft_baseline:
+      steps_per_trajectory = sum(len(t.steps) for t in kept) / len(kept)
+      steps = max(1, math.ceil(c.states_per_strategy / (c.baseline_batch * steps_per_trajectory)))
+      sft = TrainConfig(mode="sft", steps=steps, batch_size=c.baseline_batch, sequence_length=self.capacity,
+                        checkpoint_every=10_000, log_every=4)
+      model = self.train(f"sft-{tag}", kept, train_task, self.judge, sft, base_dir,
+                         OptimizerConfig(learning_rate=c.baseline_learning_rate, warmup_steps=1))
+      reports.append(self.evaluate(model, f"sft-{tag}", test_task) | {"method": "sft", **facts})
+    return reports
 
+  def write_results(self, reports: list[dict], noise: dict, stage1: dict) -> dict:
+    """[4/4] results.json, results.md (the tables) and results.png."""
     self.log("[4/4] results")
-    results = {"config": dataclasses.asdict(c), "noise": dataclasses.asdict(demonstrations.NoiseConfig()),
+    results = {"config": dataclasses.asdict(self.config), "noise": dataclasses.asdict(demonstrations.NoiseConfig()),
                "demonstration_noise_counts": noise,
                "stage1": {SHORT[n]: v["judged"] for n, v in stage1.items()},
                "reports": reports, "seconds": round(time.perf_counter() - self.start, 1)}
@@ -378,10 +387,8 @@ def results_chart(reports, path: str) -> None:
 
 def main(argv):
   del argv
-  from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
-  gin.parse_config_files_and_bindings(FLAGS.value, BINDINGS.value)
-  import jax
+  gin_flags.parse_gin()
   config = MiniatureConfig()
   # Every trainer compiles the same few step shapes; the persistent cache compiles each once per run dir.
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(config.run_dir, "jax_cache")))
@@ -390,4 +397,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  gin_flags.run(main)

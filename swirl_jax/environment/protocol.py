@@ -84,8 +84,9 @@ class WorkedExample:
   def turns(self) -> str:
     text = f"Question: {self.question}{END_TURN}\n{START_MODEL}"
     for reasoning, tag, query, result in self.steps:
-      text += f"{reasoning} <{tag}>{query}</{tag}>{END_TURN}\n{START_USER}{query} -> {result}{END_TURN}\n{START_MODEL}"
-    return text + f"{self.answer_reasoning} <{ANSWER_TAG}>{self.answer}</{ANSWER_TAG}>{END_TURN}\n{START_USER}"
+      text += (f"{reasoning} {tagged(tag, query)}{END_TURN}\n{START_USER}{tool_result(query, result)}{END_TURN}\n"
+               f"{START_MODEL}")
+    return text + f"{self.answer_reasoning} {tagged(ANSWER_TAG, self.answer)}{END_TURN}\n{START_USER}"
 
 
 @gin.configurable
@@ -112,6 +113,16 @@ class PromptTemplate:
     for example in self.examples:
       text += example.turns()
     return text + f"Question: {question.strip()}{END_TURN}\n{START_MODEL}"
+
+
+def tagged(tag: str, text: str) -> str:
+  """A tool call or an answer as the model writes it: `<tag>text</tag>`."""
+  return f"<{tag}>{text}</{tag}>"
+
+
+def tool_result(query: str, output: str) -> str:
+  """The user-turn text the paper feeds back after a tool call: `QUERY -> RESULT`."""
+  return f"{query.strip()} -> {output}"
 
 
 def user_turn(text: str, model_turn_closed: bool) -> str:

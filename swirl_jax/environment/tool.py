@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
+from swirl_jax.environment import protocol
+
 
 @dataclasses.dataclass(frozen=True)
 class ToolResult:
@@ -27,4 +29,4 @@ class Tool(Protocol):
 
 def format_tool_result(query: str, result: ToolResult) -> str:
   """The user-turn text the paper feeds back: `QUERY -> RESULT`."""
-  return f"{query.strip()} -> {result.output}"
+  return protocol.tool_result(query, result.output)
