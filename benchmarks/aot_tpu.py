@@ -151,9 +151,8 @@ def main(argv=None) -> list[dict]:
       # reads the whole capacity (the largest span, the worst case).
       cache_shapes = jax.eval_shape(lambda: KVCache.zeros(
           config, b, capacity, window_slots=config.sliding_window + args.decode_steps))
-      cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=(
-          partitioning.cache_sharding(mesh, rules, x.shape) if len(x.shape) >= 4
-          else partitioning.batch_sharding(mesh, rules, x.shape))), cache_shapes)
+      cache = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                           cache_shapes, cache_shapes.shardings(mesh, rules))
       hidden = batch_of((b, config.embed_dim), jnp.float32)
       with partitioning.activate(mesh, rules):
         placed = (jax.tree.map(lambda x: x.sharding, cache), hidden.sharding)

@@ -23,7 +23,7 @@ _QUESTIONS = flags.DEFINE_integer("questions", 4, "Built-in calculator questions
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.")
 
 
-def main(argv) -> None:
+def main(argv: list[str]) -> None:
   del argv
   start = time.perf_counter()
   model, vocab = embedded.load_gemma3_270m()

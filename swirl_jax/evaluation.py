@@ -17,18 +17,23 @@ import dataclasses
 import json
 import math
 import os
+from typing import Sequence
 
 import gin
 import jax
+from jax.sharding import Mesh
 
-from swirl_jax import atomic_io, multihost, provenance, validation
+from swirl_jax import atomic_io, multihost, partitioning, provenance, validation
 from swirl_jax.checkpoints import policy
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.generation import check_unique_ids, run_sharded_episodes
 from swirl_jax.judging import process_requests
+from swirl_jax.models.transformer import Transformer
+from swirl_jax.records import Trajectory
 from swirl_jax.rewards.answers import answer_correct, token_f1
 from swirl_jax.rewards.judge import Judge, OutcomeRequest
+from swirl_jax.sampling.interfaces import Vocabulary
 from swirl_jax.sampling.sampler import Sampler
 from swirl_jax.tasks import Task
 
@@ -60,7 +65,7 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
   return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def grade_each(trajectories, judge: Judge | None = None, grade_with_judge: bool = False) -> list[dict]:
+def grade_each(trajectories: Sequence[Trajectory], judge: Judge | None = None, grade_with_judge: bool = False) -> list[dict]:
   """One record per trajectory (correct, F1, steps, answered, GOOD and judged steps): what a
   process contributes to a report."""
   trajectories = list(trajectories)
@@ -98,13 +103,13 @@ def report_of(records: list[dict], judged: bool) -> dict:
   return report
 
 
-def grade(trajectories, judge: Judge | None = None, grade_with_judge: bool = False) -> dict:
+def grade(trajectories: Sequence[Trajectory], judge: Judge | None = None, grade_with_judge: bool = False) -> dict:
   """Accuracy, interval, F1, steps and the GOOD-step share of finished trajectories."""
   return report_of(grade_each(trajectories, judge, grade_with_judge), judged=judge is not None)
 
 
-def evaluate(task: Task, model, vocab, name: str, config: EvalConfig | None = None,
-             judge: Judge | None = None, mesh=None, rules=None, model_id: dict | None = None) -> dict:
+def evaluate(task: Task, model: Transformer, vocab: Vocabulary, name: str, config: EvalConfig | None = None,
+             judge: Judge | None = None, mesh: Mesh | None=None, rules: partitioning.LogicalRules | None=None, model_id: dict | None = None) -> dict:
   """Runs the tool loop once per held-out question; writes trajectories and the report.
 
   `model_id` says which model this is (default: the gin-configured policy, with

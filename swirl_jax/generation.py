@@ -18,15 +18,20 @@ import glob
 import json
 import os
 import time
+from typing import Sequence
 
 import gin
 import jax
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from swirl_jax import atomic_io, multihost, provenance, validation
+from swirl_jax import atomic_io, multihost, partitioning, provenance, validation
 from swirl_jax.checkpoints import policy
 from swirl_jax.data import trajectory_io
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
+from swirl_jax.models.transformer import Transformer
+from swirl_jax.records import Trajectory
+from swirl_jax.sampling.interfaces import Vocabulary
 from swirl_jax.sampling.sampler import Sampler
 from swirl_jax.tasks import Task
 
@@ -70,7 +75,7 @@ def _summary_of(counts: dict) -> dict:
   }
 
 
-def summarize(trajectories, seconds: float | None = None, new_tokens: int | None = None) -> dict:
+def summarize(trajectories: Sequence[Trajectory], seconds: float | None = None, new_tokens: int | None = None) -> dict:
   summary = _summary_of(_counts(list(trajectories)))
   if seconds:
     summary.update(seconds=round(seconds, 2), new_tokens=new_tokens,
@@ -112,8 +117,8 @@ def check_unique_ids(task: Task) -> None:
     seen[question.id] = index
 
 
-def generate(task: Task, model, vocab, config: GenerateConfig | None = None,
-             episode: EpisodeConfig | None = None, mesh=None, rules=None, model_id: dict | None = None) -> dict:
+def generate(task: Task, model: Transformer, vocab: Vocabulary, config: GenerateConfig | None = None,
+             episode: EpisodeConfig | None = None, mesh: Mesh | None=None, rules: partitioning.LogicalRules | None=None, model_id: dict | None = None) -> dict:
   """Writes this process's shards of `task` to config.output_dir; returns the run's summary (all
   processes). Collective: every process of a run calls it.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Sequence
 
 import gin
 import jax
@@ -23,14 +24,14 @@ from tqdm import tqdm
 from swirl_jax import atomic_io, multihost, provenance
 from swirl_jax.checkpoints import policy
 from swirl_jax.data import filters, trajectory_io
-from swirl_jax.records import Trajectory, judge_transcript
+from swirl_jax.records import Question, Trajectory, judge_transcript
 from swirl_jax.rewards import prompts
 from swirl_jax.rewards.http_judge import HttpJudge
 from swirl_jax.rewards.judge import Judge, OutcomeRequest, ProcessRequest
 from swirl_jax.rewards.model_judge import ModelJudge
 from swirl_jax.rewards.request_log import RequestLog
 from swirl_jax.rewards.rule_judge import RuleJudge
-from swirl_jax.tasks import build_task
+from swirl_jax.tasks import Task, build_task
 
 
 def process_requests(trajectory: Trajectory) -> list[ProcessRequest]:
@@ -64,8 +65,8 @@ def _unparseable_only(trajectories: list[Trajectory]) -> bool:
 @gin.configurable
 def make_judge(kind: str = "rule", model_source: str | None = None, model_path: str | None = None,
                mode: str = "score", http_base_url: str | None = None, http_model: str | None = None,
-               cache_dir: str = "runs/judge_cache", request_log_dir: str | None = None, questions=None,
-               task=None) -> Judge:
+               cache_dir: str = "runs/judge_cache", request_log_dir: str | None = None,
+               questions: Sequence[Question] | None = None, task: Task | None = None) -> Judge:
   """The configured judge: rule (built-in tasks), model (any loadable checkpoint) or http.
 
   The rule judge knows the gold steps of `questions` (default: the gin task's)
@@ -175,6 +176,6 @@ def _with_share(counts: dict) -> dict:
   return counts
 
 
-def judged_summary(trajectories) -> dict:
+def judged_summary(trajectories: Sequence[Trajectory]) -> dict:
   """Verdict counts, the share of GOOD steps, and how many trajectories each filter keeps."""
   return _with_share(_judged_counts(list(trajectories)))

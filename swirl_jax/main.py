@@ -119,7 +119,7 @@ def runtime_config() -> runtime.RuntimeConfig:
   return config
 
 
-def main(argv):
+def main(argv: list[str]):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:

@@ -18,13 +18,14 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 
 def is_multiprocess() -> bool:
   return jax.process_count() > 1
 
 
-def spans_processes(mesh) -> bool:
+def spans_processes(mesh: Mesh | None) -> bool:
   """Whether `mesh` holds devices of other processes (then work on it is collective)."""
   return mesh is not None and any(d.process_index != jax.process_index() for d in mesh.devices.flat)
 

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Sequence
 
 import gin
 import jax
@@ -26,8 +27,11 @@ from swirl_jax import atomic_io, evaluation, generation, judging, multihost, pro
 from swirl_jax.checkpoints import policy
 from swirl_jax.checkpoints.policy import load_policy
 from swirl_jax.data import filters, seqio_tasks, trajectory_io
-from swirl_jax.records import format_trajectory
 from swirl_jax.environment import protocol
+from swirl_jax.models.transformer import Transformer
+from swirl_jax.records import Trajectory, format_trajectory
+from swirl_jax.rewards.judge import Judge
+from swirl_jax.sampling.interfaces import Vocabulary
 from swirl_jax.training.online import JudgeScorer
 from swirl_jax.training.trainer import TrainConfig, Trainer
 
@@ -122,7 +126,8 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig | Non
   return summary
 
 
-def build_trainer(model, vocab, data, task: tasks.Task, judge, config: TrainConfig, **kwargs) -> Trainer:
+def build_trainer(model: Transformer, vocab: Vocabulary, data: str | Sequence[Trajectory], task: tasks.Task,
+                  judge: Judge | None, config: TrainConfig, **kwargs) -> Trainer:
   """A Trainer on `data` (a SeqIO task's name, or trajectories) whose online samples stop like the
   task's turns and are scored by `judge`."""
   scorer = JudgeScorer(judge, [t.tag for t in task.tools]) if config.mode == "online" else None

@@ -34,9 +34,9 @@ from typing import Sequence
 import gin
 import numpy as np
 
+from swirl_jax.environment import protocol
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
-from swirl_jax.environment import protocol
 from swirl_jax.records import Question, Trajectory
 from swirl_jax.sampling.interfaces import Vocabulary
 from swirl_jax.sampling.interfaces import TurnOutput

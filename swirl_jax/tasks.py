@@ -9,11 +9,12 @@ import re
 import gin
 
 from swirl_jax.data import builtin_arithmetic, builtin_encyclopedia, loaders
-from swirl_jax.records import Passage, Question
 from swirl_jax.environment import protocol
 from swirl_jax.environment.calculator import Calculator
 from swirl_jax.environment.search import BM25Search, HttpSearch
 from swirl_jax.environment.tool import Tool
+from swirl_jax.records import Passage, Question
+from swirl_jax.sampling.interfaces import Vocabulary
 
 MATH_EXAMPLES = (
     protocol.WorkedExample(
@@ -57,7 +58,7 @@ class Task:
     """The corpus's titles: what a rule judge accepts as a search step's target."""
     return [p.title for p in self.passages]
 
-  def use_vocabulary(self, vocab) -> "Task":
+  def use_vocabulary(self, vocab: Vocabulary) -> "Task":
     """Tool results are cut to a length in the policy's tokens; the task is built (and its data
     checked) before the policy loads, so the vocabulary comes in afterwards."""
     for tool in self.tools:
@@ -70,7 +71,7 @@ class Task:
 def build_task(name: str = "builtin_arithmetic", split: str = "train", num_questions: int | None = None,
                path: str | None = None, eval_path: str | None = None, held_out_fraction: float = 0.0,
                seed: int = 0, search: str = "bm25", template: protocol.PromptTemplate | None = None,
-               encyclopedia_organizations: int = 200, arithmetic_max_steps: int = 6, vocab=None) -> Task:
+               encyclopedia_organizations: int = 200, arithmetic_max_steps: int = 6, vocab: Vocabulary=None) -> Task:
   """A task by name: builtin_arithmetic, builtin_encyclopedia, or a benchmark file.
 
   Benchmark names (gsm8k, hotpotqa, musique, beerqa, cofca) read `path` for the

@@ -105,15 +105,14 @@ def test_the_cache_is_keyed_by_endpoint_and_model(tmp_path):
     assert _judge(good_port, cache).complete("same prompt") == ("VERDICT: GOOD", "")
     assert _judge(bad_port, cache).complete("same prompt") == ("VERDICT: BAD", "")  # not the other server's answer
     other_model = HttpJudge(f"http://127.0.0.1:{good_port}/v1", "another-model", str(cache), retries=0)
-    assert other_model._cache_path(other_model._body("same prompt")) != \
-        _judge(good_port, cache)._cache_path(_judge(good_port, cache)._body("same prompt"))
+    assert other_model.cache_path("same prompt") != _judge(good_port, cache).cache_path("same prompt")
 
 
 def test_a_corrupt_cache_entry_is_set_aside_and_asked_again(tmp_path):
   handler = _handler(reply="VERDICT: GOOD")
   with serving(handler) as port:
     judge = _judge(port, tmp_path / "cache")
-    path = judge._cache_path(judge._body("a prompt"))
+    path = judge.cache_path("a prompt")
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as f:
       f.write('{"text": ')  # a run killed mid-write by an older version, or a full disk

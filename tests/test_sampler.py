@@ -54,7 +54,7 @@ def test_greedy_equals_full_recomputation_across_turns(model):
   prompts = _prompts()
   compiled_before = Sampler(model, rows=3, capacity=64)._decode._cache_size()
   sampler = Sampler(model, rows=3, capacity=64, buckets=(8, 16), spans=(16, 32))
-  assert sampler._cache.layers[0][0].shape[1] == model.config.sliding_window + sampler.decode_steps
+  assert sampler.cache.layers[0][0].shape[1] == model.config.sliding_window + sampler.decode_steps
   sampler.append(dict(enumerate(prompts)))
   turn1 = sampler.generate([0, 1, 2], GREEDY)
   expected1 = greedy_decode_uncached(model, prompts, 12, stop_ids=(1,))
@@ -90,7 +90,7 @@ def test_greedy_equals_full_recomputation_across_turns(model):
     for row in range(3):
       assert again[row].tokens == turn2[row].tokens
       np.testing.assert_allclose(again[row].logprobs, turn2[row].logprobs, atol=1e-5)
-  assert fresh._cache.layers[0][0].shape[1] == 64 and set(fresh.compile_seconds) <= {
+  assert fresh.cache.layers[0][0].shape[1] == 64 and set(fresh.compile_seconds) <= {
       "decode[span 64]", "prefill[8, span 64]", "prefill[16, span 64]"}
 
 
@@ -103,7 +103,7 @@ def test_ring_buffer_exact_after_a_stop_string_cut_past_the_window(model):
   tokens = probe.generate([0], GREEDY)[0].tokens
   stop_at = next(i for i in range(5, 12) if f"<{tokens[i]}>" not in "".join(f"<{t}>" for t in tokens[:i])) + 1
   sampler = Sampler(model, rows=1, capacity=96, vocab=IdVocab(), decode_steps=4, spans=(32, 64))
-  assert sampler._cache.layers[0][0].shape[1] == 12  # window 8 + 4: positions 30 on wrap around it
+  assert sampler.cache.layers[0][0].shape[1] == 12  # window 8 + 4: positions 30 on wrap around it
   sampler.append({0: prompt})
   out = sampler.generate([0], SamplingConfig(max_new_tokens=12, stop_strings=(f"<{tokens[stop_at - 1]}>",)))[0]
   assert out.finish_reason == "stop_string" and out.tokens == tokens[:stop_at]
@@ -201,7 +201,7 @@ def test_greedy_tokens_on_a_2x2x2_mesh_equal_single_device(model):
   sampler = Sampler(sharded_model, rows=4, capacity=64, mesh=mesh)
   sampler.append(dict(enumerate(prompts)))
   got = sampler.generate(range(4), GREEDY)
-  assert sampler._cache.layers[0][0].sharding.spec[0] in (("data", "fsdp"), "data")
+  assert sampler.cache.layers[0][0].sharding.spec[0] in (("data", "fsdp"), "data")
   for row in range(4):
     assert got[row].tokens == expected[row].tokens
     np.testing.assert_allclose(got[row].logprobs, expected[row].logprobs, atol=1e-4)

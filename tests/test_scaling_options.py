@@ -164,7 +164,7 @@ def test_the_sampler_with_scanned_layers_gives_the_unrolled_tokens(on_mesh):
     sampler.append(tool)
     turn2 = sampler.generate(range(4), GREEDY)
     if scan and on_mesh:
-      k_stack = sampler._cache.stacked[0][0]
+      k_stack = sampler.cache.stacked[0][0]
       assert k_stack.shape[0] == 2 and k_stack.sharding.spec[:2] == (None, ("data", "fsdp"))
     got.append([(r.tokens, r.logprobs) for r in list(turn1.values()) + list(turn2.values())])
   assert max(len(p) + len(tool[i]) for i, p in enumerate(prompts)) + 20 > 3 * GEMMA3_PATTERN.sliding_window

@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from swirl_jax import provenance
+from swirl_jax.models.transformer import Transformer
 
 
 def _abstract(tree):
@@ -55,7 +56,7 @@ def latest_step(checkpoint_dir: str) -> int:
   return step
 
 
-def load_trained_params(model, checkpoint_dir: str, step: int | None = None) -> int:
+def load_trained_params(model: Transformer, checkpoint_dir: str, step: int | None = None) -> int:
   """Puts the params of a trainer checkpoint (the latest by default) into `model`; returns the step."""
   step = latest_step(checkpoint_dir) if step is None else step
   restored = ocp.CheckpointManager(os.path.abspath(checkpoint_dir)).restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(

@@ -330,7 +330,7 @@ def _shared_row(trajectory, reward_one: bool, context_weight: float) -> decompos
   return row
 
 
-def prefix_shared_batch(trajectories, length: int, reward_one: bool = False,
+def prefix_shared_batch(trajectories: Sequence[Trajectory], length: int, reward_one: bool = False,
                         context_weight: float = 0.0) -> dict[str, np.ndarray]:
   """A batch of prefix-shared rows built in numpy (one row per trajectory, or per list of
   trajectories to pack into one row): the reference the SeqIO path is checked and benchmarked

@@ -19,9 +19,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import gin
 
 from swirl_jax import validation
-from swirl_jax.records import Question, Step, Trajectory, trajectory_id
 from swirl_jax.environment import protocol
 from swirl_jax.environment.tool import Tool, format_tool_result
+from swirl_jax.records import Question, Step, Trajectory, trajectory_id
 from swirl_jax.sampling.interfaces import TurnOutput, TurnSampler, Vocabulary
 from swirl_jax.sampling.sampler import SamplingConfig, row_key
 

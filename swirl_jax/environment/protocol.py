@@ -16,6 +16,8 @@ from typing import Sequence
 
 import gin
 
+from swirl_jax.sampling.interfaces import Vocabulary
+
 START_USER = "<start_of_turn>user\n"
 START_MODEL = "<start_of_turn>model\n"
 END_TURN = "<end_of_turn>"
@@ -132,7 +134,7 @@ def user_turn(text: str, model_turn_closed: bool) -> str:
   return f"{close}\n{START_USER}{text}{END_TURN}\n{START_MODEL}"
 
 
-def turn_end_ids(vocab) -> tuple[int, ...]:
+def turn_end_ids(vocab: Vocabulary) -> tuple[int, ...]:
   """Token ids that end a model turn: EOS and <end_of_turn>."""
   return (vocab.eos_id, *vocab.encode(END_TURN))
 

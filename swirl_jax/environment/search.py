@@ -14,6 +14,7 @@ from swirl_jax.data.jsonl import read_jsonl
 from swirl_jax.environment.tool import ToolResult
 from swirl_jax.http_json import post_json
 from swirl_jax.records import Passage
+from swirl_jax.sampling.interfaces import Vocabulary
 
 
 def load_passages_jsonl(path: str) -> list[Passage]:
@@ -37,7 +38,7 @@ def _truncate(text: str, max_tokens: int, vocab) -> str:
   return text if len(words) <= max_tokens else " ".join(words[:max_tokens]) + " ..."
 
 
-def format_passages(passages: Sequence[Passage], max_tokens: int, vocab=None) -> str:
+def format_passages(passages: Sequence[Passage], max_tokens: int, vocab: Vocabulary=None) -> str:
   if not passages:
     return "No results."
   text = "\n\n".join(f"{p.title}: {p.text}" for p in passages)

@@ -18,8 +18,8 @@ from swirl_jax.models.layers import RMSNorm, apply_rope, param
 _MASKED = -1e30  # finite, so a row with no visible key gives no NaN
 
 
-def attention_mask(q_positions_BxL, q_segments_BxL, k_positions_BxS, k_segments_BxS,
-                   window: int | None = None, q_branches_BxL=None, k_branches_BxS=None):
+def attention_mask(q_positions_BxL: jax.Array, q_segments_BxL: jax.Array, k_positions_BxS: jax.Array, k_segments_BxS: jax.Array,
+                   window: int | None = None, q_branches_BxL: jax.Array=None, k_branches_BxS: jax.Array=None):
   """Which keys each query sees: same segment (0 = padding), causal, in window, and (with branch
   ids, for tree-packed rows) a key on the shared trunk (branch 0) or on the query's own branch.
 
@@ -38,7 +38,7 @@ def attention_mask(q_positions_BxL, q_segments_BxL, k_positions_BxS, k_segments_
   return mask_BxLxS
 
 
-def attention_over_parts(q_BxLxNxH, parts, softcap: float | None = None):
+def attention_over_parts(q_BxLxNxH: jax.Array, parts, softcap: float | None = None):
   """Softmax attention with GQA over keys given in parts; logits and softmax in fp32.
 
   parts = ((k_BxSxKxH, v_BxSxKxH, mask_BxLxS), ...): one softmax runs over the keys of every part,
@@ -65,19 +65,19 @@ def attention_over_parts(q_BxLxNxH, parts, softcap: float | None = None):
   return out_BxLxKxGxH.reshape(b, l, n, h)
 
 
-def dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS,
+def dot_product_attention(q_BxLxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, mask_BxLxS: jax.Array,
                           softcap: float | None = None):
   """Softmax attention with GQA; logits and softmax in fp32."""
   return attention_over_parts(q_BxLxNxH, ((k_BxSxKxH, v_BxSxKxH, mask_BxLxS),), softcap)
 
 
-def blocked_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS, softcap: float | None = None,
+def blocked_attention(q_BxLxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, mask_BxLxS: jax.Array, softcap: float | None = None,
                       block: int = 0):
   """`dot_product_attention` with the queries taken `block` at a time (see `blocked_parts`)."""
   return blocked_parts(q_BxLxNxH, ((k_BxSxKxH, v_BxSxKxH, mask_BxLxS),), softcap, block)
 
 
-def blocked_parts(q_BxLxNxH, parts, softcap: float | None = None, block: int = 0):
+def blocked_parts(q_BxLxNxH: jax.Array, parts, softcap: float | None = None, block: int = 0):
   """`attention_over_parts` with the queries taken `block` at a time.
 
   Each query's softmax runs over the same keys as before, so the result is the same; what changes is
@@ -146,7 +146,7 @@ class Attention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
 
-  def project_kv(self, x_BxSxD, positions_BxS):
+  def project_kv(self, x_BxSxD: jax.Array, positions_BxS: jax.Array):
     """Keys (normed, rotated) and values of new tokens: what a KV cache stores."""
     x = x_BxSxD.astype(self.dtype)
     k_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x, self.k[...].astype(self.dtype))
@@ -156,7 +156,7 @@ class Attention(nnx.Module):
     k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxS, self.rope_base, self.rope_scale)
     return k_BxSxKxH, v_BxSxKxH
 
-  def project_q(self, x_BxLxD, positions_BxL):
+  def project_q(self, x_BxLxD: jax.Array, positions_BxL: jax.Array):
     q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x_BxLxD.astype(self.dtype), self.q[...].astype(self.dtype))
     q_BxLxNxH = partitioning.constrain(
         q_BxLxNxH, ("activation_batch", "activation_length", "activation_heads", None))
@@ -165,7 +165,7 @@ class Attention(nnx.Module):
     q_BxLxNxH = apply_rope(q_BxLxNxH, positions_BxL, self.rope_base, self.rope_scale)
     return q_BxLxNxH * jnp.asarray(self.query_scale, self.dtype)
 
-  def attend(self, q_BxLxNxH, parts):
+  def attend(self, q_BxLxNxH: jax.Array, parts):
     """Attention over keys/values given in parts ((k, v, mask), ...), then the output projection."""
     out_BxLxNxH = blocked_parts(q_BxLxNxH, parts, self.softcap, self.query_block)
     return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o[...].astype(self.dtype))

@@ -43,12 +43,12 @@ class Embedder(nnx.Module):
     self.table = param(rngs, (vocab_size, embed_dim), ("vocab", "embed"), param_dtype,
                        scale=embed_dim**-0.5)
 
-  def encode(self, tokens_BxL):
+  def encode(self, tokens_BxL: jax.Array):
     x_BxLxD = jnp.take(self.table[...], tokens_BxL, axis=0).astype(self.dtype)
     # The scale is rounded to the compute dtype first, as the reference does.
     return x_BxLxD * jnp.asarray(self.embed_dim**0.5, self.dtype)
 
-  def decode(self, x_NxD):
+  def decode(self, x_NxD: jax.Array):
     """Logits for hidden states of any leading shape [..., D] -> [..., V]."""
     return jnp.einsum("...d,vd->...v", x_NxD.astype(self.dtype),
                       self.table[...].astype(self.dtype))
@@ -73,7 +73,7 @@ class FeedForward(nnx.Module):
     return jnp.einsum("blf,fd->bld", h_BxLxF, self.down[...].astype(self.dtype))
 
 
-def apply_rope(x_BxLxNxH, positions_BxL, base: float, scale: float = 1.0):
+def apply_rope(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, base: float, scale: float = 1.0):
   """Rotary embedding, half-split layout (first half pairs with second half)."""
   half = x_BxLxNxH.shape[-1] // 2
   inv_freq_K = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) * 2 / (2 * half)))

@@ -10,6 +10,7 @@ import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from swirl_jax import partitioning
 from swirl_jax.models.attention import Attention, CacheAccess, attention_mask
@@ -128,6 +129,13 @@ class KVCache:
                length_B=jnp.zeros((batch,), jnp.int32),
                stacked=tuple(pair((repeats,) + shape(t)) for t in period), capacity=capacity)
 
+  def shardings(self, mesh: Mesh, rules: partitioning.LogicalRules) -> "KVCache":
+    """The placement of every leaf of a cache (or of its `jax.eval_shape`): keys and values as
+    `partitioning.cache_sharding` says, the lengths as a batch."""
+    kv = lambda x: partitioning.cache_sharding(mesh, rules, x.shape)
+    return self.replace(layers=jax.tree.map(kv, self.layers), stacked=jax.tree.map(kv, self.stacked),
+                        length_B=partitioning.batch_sharding(mesh, rules, self.length_B.shape))
+
 
 class Transformer(nnx.Module):
   """Gemma decoder. Tokens in, final hidden states or logits out."""
@@ -145,7 +153,7 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(config.embed_dim, eps=config.rms_norm_eps,
                               param_dtype=jnp.dtype(config.param_dtype))
 
-  def hidden_states(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, branch_ids_BxL=None):
+  def hidden_states(self, tokens_BxL: jax.Array, positions_BxL: jax.Array=None, segment_ids_BxL: jax.Array=None, branch_ids_BxL: jax.Array=None):
     """Final-normed hidden states [B, L, D].
 
     positions default to 0..L-1; segment_ids default to one segment per row.
@@ -180,7 +188,7 @@ class Transformer(nnx.Module):
                           global_mask if block.is_global else local_mask)
     return self.final_norm(x_BxLxD)
 
-  def extend(self, tokens_BxC, cache: "KVCache", num_new_B, span: int | None = None):
+  def extend(self, tokens_BxC: jax.Array, cache: "KVCache", num_new_B: jax.Array, span: int | None = None):
     """Appends row b's first num_new_B[b] tokens to its cached context.
 
     Returns the hidden states [B, C, D] of the chunk (positions past
@@ -244,7 +252,7 @@ class Transformer(nnx.Module):
       new_layers.append(layer)
     return self.final_norm(x_BxCxD), cache.replace(layers=tuple(new_layers), length_B=end_B, stacked=stacked)
 
-  def logits_at(self, hidden_NxD):
+  def logits_at(self, hidden_NxD: jax.Array):
     """Logits [..., V] of hidden states of any leading shape, soft-capped, fp32."""
     logits = self.embedder.decode(hidden_NxD).astype(jnp.float32)
     if self.config.final_logit_softcap is not None:

@@ -53,8 +53,10 @@ class HttpJudge(PromptJudge):
     return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
             "temperature": self.temperature, "max_tokens": self.max_tokens}
 
-  def _cache_path(self, body: dict) -> str:
-    """Keyed by the endpoint and the whole request: another server or model never answers from here."""
+  def cache_path(self, prompt: str) -> str:
+    """Where the answer to `prompt` is cached: keyed by the endpoint and the whole request, so another
+    server or model never answers from here."""
+    body = self._body(prompt)
     key = hashlib.sha256(json.dumps({"url": self.url, "body": body}, sort_keys=True).encode()).hexdigest()
     return os.path.join(self.cache_dir, key[:2], key + ".json")
 
@@ -86,8 +88,7 @@ class HttpJudge(PromptJudge):
 
   def complete(self, prompt: str) -> tuple[str | None, str]:
     """(text, error): from the cache, else the server (retrying); text None when it failed."""
-    body = self._body(prompt)
-    path = self._cache_path(body)
+    body, path = self._body(prompt), self.cache_path(prompt)
     cached = self._cached(path)
     if cached is not None:
       return cached, ""

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from swirl_jax import multihost, partitioning, validation
 from swirl_jax.models.transformer import KVCache, Transformer
@@ -67,7 +67,7 @@ def row_key(*ids) -> np.ndarray:
   return np.frombuffer(digest, np.uint32).copy()
 
 
-def argmax_last(x_BxV):
+def argmax_last(x_BxV: jax.Array):
   """jnp.argmax over the last axis (the first index of the maximum; a NaN counts as the maximum, as an
   infinity does, so a row with both may differ from jnp.argmax), in
   two levels: the maximum of each of about sqrt(V) blocks, then the argmax within the winning block.
@@ -85,7 +85,7 @@ def argmax_last(x_BxV):
   return block_B * (v // blocks) + jnp.argmax(within_BxC, axis=-1)
 
 
-def choose_tokens(logits_BxV, keys_B, temperature: float, top_k: int, top_p: float):
+def choose_tokens(logits_BxV: jax.Array, keys_B: jax.Array, temperature: float, top_k: int, top_p: float):
   """Picks a token per row (row b with its own key keys_B[b]); returns it and its log-prob under the
   untempered model."""
   logits_BxV = logits_BxV.astype(jnp.float32)
@@ -255,13 +255,14 @@ class Sampler:
     # Sliding-window layers keep a ring buffer of window + decode_steps slots: a stop-string cut drops
     # at most one chunk's tokens, and those must not have overwritten keys the window still needs.
     window_slots = config.sliding_window + decode_steps if ring_buffers else capacity
-    self._make_cache = self._zeros_maker(lambda: KVCache.zeros(config, rows, capacity, window_slots=window_slots))
-    self._make_hidden = self._zeros_maker(lambda: jnp.zeros((rows, config.embed_dim), jnp.float32))
-    # The fork keeps the cache's placement (a gather could leave it elsewhere, and the next step
-    # would compile again).
-    placed = None if mesh is None else jax.tree.map(self._sharding_of, jax.eval_shape(
-        lambda: (KVCache.zeros(config, rows, capacity, window_slots=window_slots),
-                 jnp.zeros((rows, config.embed_dim), jnp.float32))))
+    make_cache = lambda: KVCache.zeros(config, rows, capacity, window_slots=window_slots)
+    make_hidden = lambda: jnp.zeros((rows, config.embed_dim), jnp.float32)
+    # Where the cache and last hidden states live; the fork keeps that placement (a gather could
+    # leave them elsewhere, and the next step would compile again).
+    placed = None if mesh is None else (jax.eval_shape(make_cache).shardings(mesh, self.rules),
+                                        partitioning.batch_sharding(mesh, self.rules, (rows, config.embed_dim)))
+    self._make_cache = make_cache if mesh is None else jax.jit(make_cache, out_shardings=placed[0])
+    self._make_hidden = make_hidden if mesh is None else jax.jit(make_hidden, out_shardings=placed[1])
     self._fork = jax.jit(_fork, donate_argnums=(0, 1), out_shardings=placed)
     self._append_rows = jax.jit(_append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
                                 static_argnames="span")
@@ -269,6 +270,11 @@ class Sampler:
     self.reset()
 
   # -- state ---------------------------------------------------------------
+
+  @property
+  def cache(self) -> KVCache:
+    """The KV cache as it is now (its shapes and placement; the next append or generate donates it)."""
+    return self._cache
 
   def reset(self, rows: Sequence[int] | None = None) -> None:
     """Empties the given rows (this process's; local) or all rows (collective) for new contexts."""
@@ -280,23 +286,11 @@ class Sampler:
     self._lengths[list(rows)] = 0
     self._sync_lengths()
 
-  def _zeros_maker(self, make):
-    """A function giving zeros made on the devices, each process writing only its shards."""
-    if self.mesh is None:
-      return make
-    shapes = jax.eval_shape(make)
-    return jax.jit(make, out_shardings=jax.tree.map(self._sharding_of, shapes))
-
-  def _sharding_of(self, x) -> NamedSharding:
-    if len(x.shape) >= 4:  # keys or values: one layer's [B, S, K, H], scanned layers' [R, B, S, K, H]
-      return partitioning.cache_sharding(self.mesh, self.rules, x.shape)
-    return partitioning.batch_sharding(self.mesh, self.rules, x.shape)
-
   def _put(self, host: np.ndarray) -> jax.Array:
     """A [rows, ...] host array (valid on this process's rows) as a global device array."""
     if self.mesh is None:
       return jnp.asarray(host)
-    return multihost.global_array(host, self._sharding_of(host))
+    return multihost.global_array(host, partitioning.batch_sharding(self.mesh, self.rules, host.shape))
 
   def _foreign(self, rows, what: str) -> str | None:
     foreign = [r for r in rows if not 0 <= r < self.rows or not self._owned[r]]

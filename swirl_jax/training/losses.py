@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swirl_jax.data.features import BEHAVIOUR_LOGPROBS, LOSS_WEIGHTS, REWARDS
+from swirl_jax.models.transformer import Transformer
 from swirl_jax.training.logprobs import reward_weighted_nll, target_logprobs
 
 __all__ = ["advantages", "policy_gradient_loss", "reward_weighted_nll", "sft_loss"]
@@ -41,7 +42,7 @@ def advantages(rewards_SxG: np.ndarray, baseline: str = "rloo") -> np.ndarray:
   raise ValueError(f"unknown baseline {baseline!r}; use 'none' or 'rloo'")
 
 
-def policy_gradient_loss(model, features: dict, *, num_sequences: int, reference_logprobs_N=None,
+def policy_gradient_loss(model: Transformer, features: dict, *, num_sequences: int, reference_logprobs_N: jax.Array=None,
                          kl_coef: float = 0.0, clip_epsilon: float | None = None,
                          max_loss_tokens: int | None = None):
   """The online step-wise objective on sampled actions, averaged over sampled sequences.
@@ -80,14 +81,14 @@ def policy_gradient_loss(model, features: dict, *, num_sequences: int, reference
   return loss, metrics
 
 
-def sft_loss(model, features: dict, max_loss_tokens: int | None = None):
+def sft_loss(model: Transformer, features: dict, max_loss_tokens: int | None = None):
   """Mean negative log-likelihood of the action tokens (the paper's SFT baseline)."""
   logp_N, index_N, valid_N = target_logprobs(model, features, max_loss_tokens)
   weights_N = features[LOSS_WEIGHTS].reshape(-1)[index_N] * valid_N
   return -jnp.sum(weights_N * logp_N) / jnp.maximum(jnp.sum(weights_N), 1.0)
 
 
-def reference_logprobs(reference_model, features: dict, max_loss_tokens: int | None = None):
+def reference_logprobs(reference_model: Transformer | None, features: dict, max_loss_tokens: int | None = None):
   """Log-probs of the frozen initial policy at the same loss positions (no gradient)."""
   logp_N, _, _ = target_logprobs(reference_model, features, max_loss_tokens)
   return jax.lax.stop_gradient(logp_N)

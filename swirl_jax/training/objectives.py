@@ -17,6 +17,7 @@ import gin
 
 from swirl_jax import validation
 from swirl_jax.data.features import INPUT_TOKENS
+from swirl_jax.models.transformer import Transformer
 from swirl_jax.training import losses
 from swirl_jax.training.logprobs import reward_weighted_nll
 
@@ -36,7 +37,7 @@ class SftConfig:
 class Objective(Protocol):
   shares_of_batch_weight: bool
 
-  def loss(self, model, batch: dict, reference_model, max_loss_tokens: int, total_weight) -> tuple:
+  def loss(self, model: Transformer, batch: dict, reference_model: Transformer | None, max_loss_tokens: int, total_weight) -> tuple:
     """(scalar loss, dict of scalar metrics) of one micro-batch."""
     ...
 
@@ -47,7 +48,7 @@ class RewardWeightedLikelihood:
 
   shares_of_batch_weight: bool = True
 
-  def loss(self, model, batch, reference_model, max_loss_tokens, total_weight):
+  def loss(self, model: Transformer, batch, reference_model: Transformer | None, max_loss_tokens, total_weight):
     del reference_model
     return reward_weighted_nll(model, batch, max_loss_tokens, total_weight=total_weight), {}
 
@@ -62,7 +63,7 @@ class PolicyGradient:
   sequences_per_row: int = 1  # G for tree-packed rows (a state's G samples in one row)
   shares_of_batch_weight: bool = False
 
-  def loss(self, model, batch, reference_model, max_loss_tokens, total_weight):
+  def loss(self, model: Transformer, batch, reference_model: Transformer | None, max_loss_tokens, total_weight):
     del total_weight
     reference_N = None
     if reference_model is not None:

@@ -81,7 +81,7 @@ class JudgeScorer:
   def __init__(self, judge: Judge, tags: Sequence[str] = ("math_exp", "search_query")):
     self.judge, self.tags = judge, list(tags)
 
-  def score(self, states, actions):
+  def score(self, states: Sequence[StateExample], actions: Sequence[TurnOutput]) -> np.ndarray:
     requests = []
     for state, action in zip(states, actions):
       parsed = parse_action(action.text, self.tags)
@@ -145,8 +145,9 @@ def _padded_length(longest: int, length: int) -> int:
   return min(length, -(-longest // 128) * 128)
 
 
-def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput], advantage_per_action,
-                    length: int, row_length: int | None = None, action_weights=None) -> dict[str, np.ndarray]:
+def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput],
+                    advantage_per_action: Sequence[float], length: int, row_length: int | None = None,
+                    action_weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
   """One row per (state, sample): context + action, loss on the action, its advantage per token.
   `action_weights[i]` (default 1) weighs action i's tokens in the loss (0: left out).
 
@@ -179,8 +180,9 @@ def tree_length(context: Sequence[int], actions: Sequence[TurnOutput]) -> int:
   return len(context) - 1 + sum(1 + len(a.tokens) for a in actions)
 
 
-def tree_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput], advantage_per_action,
-                  length: int, row_length: int | None = None, action_weights=None) -> dict[str, np.ndarray]:
+def tree_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput],
+                  advantage_per_action: Sequence[float], length: int, row_length: int | None = None,
+                  action_weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
   """One row per state: its context once (the trunk, branch 0), then its G actions as branches.
 
   Branch g holds a copy of the context's last token and then action g, at positions continuing from
