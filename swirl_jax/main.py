@@ -20,15 +20,16 @@ from absl import app, flags, logging
 # Everything gin can bind must be imported before the config is parsed.
 from swirl_jax import (evaluation, generation, gin_flags, judging, multihost, partitioning, pipeline,  # noqa: F401
                        provenance, runtime, tasks)
-from swirl_jax.checkpoints import policy  # noqa: F401
+from swirl_jax.checkpoints import policy, safetensors_export
 from swirl_jax.data import filters, seqio_tasks
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
 from swirl_jax.sampling import sampler  # noqa: F401
 from swirl_jax.training import trainer  # noqa: F401
 
-_MODE = flags.DEFINE_enum("mode", "pipeline", ["generate", "judge", "train", "evaluate", "pipeline"],
-                          "Which stage to run; pipeline runs them all in order, resumably.")
+_MODE = flags.DEFINE_enum("mode", "pipeline", ["generate", "judge", "train", "evaluate", "pipeline", "export"],
+                          "Which stage to run; pipeline runs them all in order, resumably; export writes the "
+                          "gin policy (with load_policy.checkpoint_dir: a trained one) as an HF checkpoint.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 for multi-host runs (overrides "
     "RuntimeConfig.coordinator_address); on Cloud TPU use --distributed_tpu instead.")
@@ -107,6 +108,21 @@ def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str |
   return report
 
 
+@gin.configurable
+def run_export(rt: runtime.Runtime, output_dir: str | None = None, dtype: str = "float32"):
+  """The gin-configured policy (a trainer checkpoint's params with `load_policy.checkpoint_dir`) as an
+  HF Gemma checkpoint in `output_dir`: config.json, model.safetensors, tokenizer.model."""
+  if not output_dir:
+    raise ValueError("run_export.output_dir is not set: where to write the HF checkpoint")
+  if dtype not in safetensors_export.DTYPES:  # before the model loads
+    raise ValueError(f"run_export.dtype={dtype!r}; use one of {safetensors_export.DTYPES}")
+  model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
+  safetensors_export.export_hf(model, output_dir, vocab, dtype)
+  summary = {"exported": output_dir, "policy": policy.policy_identity()}
+  _print_json(summary)
+  return summary
+
+
 def runtime_config() -> runtime.RuntimeConfig:
   """gin's RuntimeConfig, with the multi-host flags (the launch scripts' interface) on top."""
   config = runtime.RuntimeConfig()
@@ -145,7 +161,7 @@ def run_mode(mode: str):
   rt = runtime.setup_runtime(runtime_config())
   logging.info("gin config:\n%s", gin.config_str())
   modes = {"generate": run_generate, "judge": run_judge, "train": run_train, "evaluate": run_evaluate,
-           "pipeline": lambda rt: pipeline.run_pipeline(rt, pipeline.PipelineConfig())}
+           "pipeline": lambda rt: pipeline.run_pipeline(rt, pipeline.PipelineConfig()), "export": run_export}
   return modes[mode](rt)
 
 

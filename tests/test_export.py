@@ -1,0 +1,100 @@
+"""A trained policy taken elsewhere: HF safetensors + config.json that transformers loads, with the
+same logits (tiny models, trained by our trainer) and the same greedy tokens (Gemma 3 270M)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from swirl_jax.checkpoints import safetensors_export
+from swirl_jax.checkpoints.policy import load_policy
+from swirl_jax.checkpoints.safetensors_import import load_hf_checkpoint
+from swirl_jax.models import init_model, model_config
+from swirl_jax.sampling.uncached import greedy_decode_uncached
+from swirl_jax.testing.judged import known_trajectories
+from swirl_jax.testing.subprocesses import cpu_env
+from swirl_jax.training.trainer import OptimizerConfig, TrainConfig, Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _trained(name: str, tmp_path, **overrides):
+  """A tiny model after three offline updates of our trainer (norms and weights moved off their init)."""
+  config = TrainConfig(mode="offline", steps=3, batch_size=2, sequence_length=96, checkpoint_every=3,
+                       checkpoint_dir=str(tmp_path / "ckpt"))
+  model = init_model(model_config(name, **overrides), seed=1)
+  Trainer(model, known_trajectories(), config, optimizer=OptimizerConfig(learning_rate=3e-2, warmup_steps=1)).train()
+  return model
+
+
+def _our_logits(model, tokens_BxL):
+  hidden = model.hidden_states(jnp.asarray(tokens_BxL))
+  return np.asarray(jax.vmap(model.logits_at)(hidden))
+
+
+def _flat(model):
+  return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+@pytest.mark.parametrize("name,overrides", [("tiny", {}), ("tiny_gemma2", {}), ("tiny", {"scan_layers": True})])
+def test_a_trained_tiny_model_loads_in_transformers_with_our_logits(tmp_path, name, overrides):
+  model = _trained(name, tmp_path, **overrides)
+  before = _flat(init_model(model_config(name, **overrides), seed=1))
+  assert any(not np.allclose(v, before[p]) for p, v in _flat(model).items() if "norm" in "/".join(map(str, p)))
+  directory = safetensors_export.export_hf(model, str(tmp_path / "hf"))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+  assert type(hf).__name__ == ("Gemma2ForCausalLM" if name == "tiny_gemma2" else "Gemma3ForCausalLM")
+  tokens = np.random.default_rng(0).integers(3, model.config.vocab_size, (2, 40))
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.from_numpy(tokens)).logits.float().numpy()
+  np.testing.assert_allclose(theirs, _our_logits(model, tokens), atol=1e-4, rtol=1e-4)
+  # And back through our importer: the same variables.
+  again = load_hf_checkpoint(directory, scan_layers=model.config.scan_layers)
+  for path, value in _flat(model).items():
+    np.testing.assert_array_equal(_flat(again)[path], value)
+
+
+def test_export_mode_writes_a_trainer_checkpoint_that_loads_back(tmp_path, tokenizer_gguf):
+  """`--mode=export` on a trainer checkpoint: the params in the HF files are the checkpoint's."""
+  model = _trained("tiny", tmp_path)
+  out = tmp_path / "exported"
+  done = subprocess.run(
+      [sys.executable, "-m", "swirl_jax.main", "--mode=export", "--gin.load_policy.source='init'",
+       "--gin.model_config.name='tiny'", f"--gin.load_policy.tokenizer_gguf='{tokenizer_gguf}'",
+       f"--gin.load_policy.checkpoint_dir='{tmp_path / 'ckpt'}'", f"--gin.run_export.output_dir='{out}'"],
+      cwd=REPO, env=cpu_env(tmp_path), capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads(done.stdout[done.stdout.index("{"):])["exported"] == str(out)
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.model"]
+  loaded, vocab = load_policy(source="hf", path=str(out))
+  for path, value in _flat(model).items():
+    np.testing.assert_array_equal(_flat(loaded)[path], value)
+  assert vocab.encode("12 + 7") and vocab.eos_id == 1
+
+
+def test_export_refuses_an_unknown_dtype(tmp_path):
+  with pytest.raises(ValueError, match="dtype='float16'"):
+    safetensors_export.export_hf(init_model(model_config("tiny")), str(tmp_path), dtype="float16")
+
+
+def test_gemma3_270m_exported_gives_transformers_our_greedy_tokens(gemma3_270m, tmp_path):
+  model, vocab = gemma3_270m
+  directory = safetensors_export.export_hf(model, str(tmp_path / "gemma3_270m"), vocab)
+  config = json.loads(open(os.path.join(directory, "config.json")).read())
+  assert config["model_type"] == "gemma3_text" and config["num_hidden_layers"] == 18
+  hf = transformers.AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+  prompts = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:", "def fibonacci(n):"]
+  ids = [[vocab.bos_id] + list(vocab.encode(p)) for p in prompts]
+  ours = greedy_decode_uncached(model, ids, 12)
+  for prompt_ids, our_tokens in zip(ids, ours):
+    with torch.no_grad():
+      out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=len(our_tokens), do_sample=False)
+    assert out[0, len(prompt_ids):].tolist() == our_tokens, vocab.decode(our_tokens)
