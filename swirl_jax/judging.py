@@ -139,7 +139,9 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
                            "fingerprint": provenance.digest(provenance.recorded(input_dir))}}
   provenance.claim(output_dir, fingerprint, has_outputs=bool(trajectory_io.shard_files(output_dir)))
   mine = [p for p in inputs if _shard_number(p) % processes == process]
-  for path in tqdm(mine, desc=f"judge shards (process {process})", disable=None):
+  verdicts = {"verdicts": 0, "failed": 0}
+  bar = tqdm(mine, desc=f"judge shards (process {process})", unit="shard", disable=None)
+  for path in bar:
     out = os.path.join(output_dir, os.path.basename(path))
     if os.path.exists(out):
       done = list(trajectory_io.read_shard(out))
@@ -147,6 +149,10 @@ def judge_directory(input_dir: str, output_dir: str, judge: Judge) -> dict:
         continue
     trajectories = judge_trajectories(list(trajectory_io.read_shard(path)), judge)
     trajectory_io.write_shard(out, trajectories)
+    labels = [t.outcome_label for t in trajectories] + [label for t in trajectories for label in t.process_labels]
+    verdicts["verdicts"] += len(labels)
+    verdicts["failed"] += sum(label is None for label in labels)
+    bar.set_postfix(verdicts)
   judged = [t for p in mine for t in trajectory_io.read_shard(os.path.join(output_dir, os.path.basename(p)))]
   summary = _with_share(multihost.merge_counts(multihost.allgather_json(_judged_counts(judged))))
   if process == 0:

@@ -158,6 +158,12 @@ def main(argv: list[str]):
 def run_mode(mode: str):
   """Parses the gin files and bindings, sets up the runtime and runs one mode."""
   gin_flags.parse_gin()
+  # Library logs go to a file (the pipeline's run_dir/log, or --log_dir); the terminal keeps progress,
+  # warnings and errors.
+  log_dir = flags.FLAGS.log_dir or (os.path.join(pipeline.PipelineConfig().run_dir, "log") if mode == "pipeline"
+                                    else None)
+  if log_dir:
+    runtime.log_to_directory(log_dir)
   rt = runtime.setup_runtime(runtime_config())
   logging.info("gin config:\n%s", gin.config_str())
   modes = {"generate": run_generate, "judge": run_judge, "train": run_train, "evaluate": run_evaluate,

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from typing import Iterator
 
 import gin
 import jax
-from absl import logging
+from absl import flags, logging
 from jax.sharding import Mesh
 
 from swirl_jax import partitioning
@@ -129,3 +130,13 @@ def setup_runtime(config: RuntimeConfig | None = None) -> Runtime:
   runtime = Runtime(mesh, rules)
   logging.info("runtime: %s", runtime.describe())
   return runtime
+
+
+def log_to_directory(directory: str) -> str:
+  """Sends library logs (absl and Python `logging`: orbax, jax, httpx, ours; INFO and up) to a file in
+  `directory`, and keeps only warnings and errors on the terminal. Returns the directory."""
+  os.makedirs(directory, exist_ok=True)
+  logging.get_absl_handler().use_absl_log_file(program_name="swirl_jax", log_dir=directory)
+  flags.FLAGS.stderrthreshold = "warning"
+  logging.set_verbosity(logging.INFO)
+  return directory

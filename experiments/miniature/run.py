@@ -26,7 +26,6 @@ import time
 
 import gin
 import jax
-from absl import logging
 
 from swirl_jax import atomic_io, evaluation, generation, gin_flags, judging, partitioning, runtime, tasks
 from swirl_jax import scripted_demonstrations as demonstrations
@@ -285,7 +284,7 @@ class Miniature:
       f.write(table)
     results_chart(reports, self.path("results.png"))
     print("\n" + table)
-    self.log(f"done: {self.path('results.md')}, {self.path('results.png')}")
+    print("\n".join(summary_lines(results, self.config.run_dir)), flush=True)
     return results
 
 
@@ -307,6 +306,33 @@ def claims(reports) -> dict:
                           "gain": swirl["accuracy"] - base["accuracy"],
                           "beats_base_beyond_95ci": swirl["accuracy_95ci"][0] > base["accuracy_95ci"][1]}
   return out
+
+
+def summary_lines(results: dict, run_dir: str) -> list[str]:
+  """What the run showed, per task, and where every output is."""
+  reports, lines = results["reports"], ["", "=== summary ==="]
+  ci = lambda r: f"{r['accuracy']:.3f} [{r['accuracy_95ci'][0]:.3f}, {r['accuracy_95ci'][1]:.3f}]"
+  for task in dict.fromkeys(r["task"] for r in reports):
+    base = _find(reports, "base", "-", "-", task)
+    for strategy in dict.fromkeys(r["filter"] for r in reports if r["method"] == "swirl"):
+      swirl = _find(reports, "swirl", strategy, task, task)
+      if base is None or swirl is None:
+        continue
+      apart = swirl["accuracy_95ci"][0] > base["accuracy_95ci"][1]
+      lines.append(f"{SHORT[task]}: held-out accuracy on {base['questions']} questions, base {ci(base)} -> "
+                   f"SWiRL ({strategy} filter) {ci(swirl)}: the 95% intervals "
+                   f"{'do not overlap' if apart else 'overlap'}")
+      good = lambda r: "-" if r.get("good_step_share") is None else f"{r['good_step_share']:.3f}"
+      lines.append(f"{SHORT[task]}: share of steps judged GOOD, base {good(base)} -> SWiRL {good(swirl)}")
+  for task, s in results["stage1"].items():
+    kept = s["filter_survival"]
+    lines.append(f"{task}: Stage 1 wrote {kept.get('total')} trajectories; each filter kept: " +
+                 ", ".join(f"{k} {v}" for k, v in kept.items() if k != "total"))
+  lines.append(f"outputs under {run_dir}/: results.md (tables), results.png (plot), results.json, "
+               "stage1/ (trajectories, judged), models/ (checkpoints, metrics), eval/ (trajectories, reports), "
+               "log/ (library logs)")
+  lines.append(f"wall time {results['seconds'] / 60:.1f} min")
+  return lines
 
 
 def results_table(results: dict) -> str:
@@ -387,9 +413,9 @@ def results_chart(reports, path: str) -> None:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
   gin_flags.parse_gin()
   config = MiniatureConfig()
+  runtime.log_to_directory(os.path.join(config.run_dir, "log"))  # the terminal keeps progress and warnings
   # Every trainer compiles the same few step shapes; the persistent cache compiles each once per run dir.
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(config.run_dir, "jax_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
