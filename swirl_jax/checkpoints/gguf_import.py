@@ -22,7 +22,7 @@ from swirl_jax.models.config import GemmaConfig, gemma2_layer_types, gemma3_laye
 from swirl_jax.models.transformer import Transformer
 
 # GGUF block tensor names -> HF names (the importer in params.py takes it from there).
-_BLOCK_NAMES = {
+BLOCK_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm", "attn_norm": "input_layernorm",
@@ -116,12 +116,12 @@ def read_gguf_tensors(reader: gguf.GGUFReader, source: str) -> dict[str, np.ndar
       tensors["lm_head.weight"] = array
     else:
       match = _BLOCK.match(name)
-      if not match or match.group(2) not in _BLOCK_NAMES:
+      if not match or match.group(2) not in BLOCK_NAMES:
         raise ValueError(f"{source}: tensor {name!r} is not part of a Gemma text decoder")
       layer, kind = match.groups()
       if kind.endswith("norm"):
         array = array - 1.0
-      tensors[f"model.layers.{layer}.{_BLOCK_NAMES[kind]}.weight"] = array
+      tensors[f"model.layers.{layer}.{BLOCK_NAMES[kind]}.weight"] = array
   return tensors
 
 

@@ -25,7 +25,7 @@ _SKIPPED = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
             "model.multi_modal_projector.", "lm_head.")
 
 
-def _layer_rules(cfg: GemmaConfig) -> list[tuple[str, tuple[str, ...], Callable]]:
+def layer_rules(cfg: GemmaConfig) -> list[tuple[str, tuple[str, ...], Callable]]:
   d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   same = lambda w: w
   return [
@@ -52,7 +52,7 @@ def hf_to_flat(tensors: Mapping[str, np.ndarray], config: GemmaConfig,
   Raises with the tensor name and `source` for unknown names, bad shapes, and
   missing tensors; an untied `lm_head` is refused (Gemma ties embeddings).
   """
-  rules = [(re.compile(rf"layers\.(\d+)\.{pat}$"), path, fn) for pat, path, fn in _layer_rules(config)]
+  rules = [(re.compile(rf"layers\.(\d+)\.{pat}$"), path, fn) for pat, path, fn in layer_rules(config)]
   flat: dict[tuple, np.ndarray] = {}
   embed = lm_head = None
   for name, array in tensors.items():

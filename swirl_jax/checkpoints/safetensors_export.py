@@ -18,27 +18,20 @@ from jax.experimental import multihost_utils
 from safetensors.numpy import save_file
 
 from swirl_jax import atomic_io
-from swirl_jax.checkpoints.params import unstack_scanned_layers
+from swirl_jax.checkpoints.params import layer_rules, unstack_scanned_layers
 from swirl_jax.checkpoints.tokenizer import SentencePieceVocabulary
 from swirl_jax.models.config import GemmaConfig
 from swirl_jax.models.transformer import Transformer
 
-# Our per-layer variable paths and HF's names, with the layout change from ours to theirs.
-_LAYER_NAMES = (
-    (("attn", "q"), "self_attn.q_proj.weight", lambda w: w.reshape(w.shape[0], -1).T),
-    (("attn", "k"), "self_attn.k_proj.weight", lambda w: w.reshape(w.shape[0], -1).T),
-    (("attn", "v"), "self_attn.v_proj.weight", lambda w: w.reshape(w.shape[0], -1).T),
-    (("attn", "o"), "self_attn.o_proj.weight", lambda w: w.reshape(-1, w.shape[-1]).T),
-    (("attn", "q_norm", "scale"), "self_attn.q_norm.weight", None),
-    (("attn", "k_norm", "scale"), "self_attn.k_norm.weight", None),
-    (("mlp", "gate"), "mlp.gate_proj.weight", np.transpose),
-    (("mlp", "up"), "mlp.up_proj.weight", np.transpose),
-    (("mlp", "down"), "mlp.down_proj.weight", np.transpose),
-    (("pre_attn_norm", "scale"), "input_layernorm.weight", None),
-    (("post_attn_norm", "scale"), "post_attention_layernorm.weight", None),
-    (("pre_ffw_norm", "scale"), "pre_feedforward_layernorm.weight", None),
-    (("post_ffw_norm", "scale"), "post_feedforward_layernorm.weight", None),
-)
+# The layout change from ours to HF's where there is one (the names and paths are the importer's,
+# `params.layer_rules`): projections flatten their heads and transpose; norms are as they are.
+_TO_HF = {
+    ("attn", "q"): lambda w: w.reshape(w.shape[0], -1).T,
+    ("attn", "k"): lambda w: w.reshape(w.shape[0], -1).T,
+    ("attn", "v"): lambda w: w.reshape(w.shape[0], -1).T,
+    ("attn", "o"): lambda w: w.reshape(-1, w.shape[-1]).T,
+    ("mlp", "gate"): np.transpose, ("mlp", "up"): np.transpose, ("mlp", "down"): np.transpose,
+}
 DTYPES = ("float32", "bfloat16")
 
 
@@ -91,12 +84,12 @@ def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
   flat = unstack_scanned_layers(flat, config)
   out = {"model.embed_tokens.weight": flat.pop(("embedder", "table")),
          "model.norm.weight": flat.pop(("final_norm", "scale"))}
+  names = [(pattern.replace("\\.", "."), path) for pattern, path, _ in layer_rules(config)]
   for layer in range(config.num_layers):
-    for path, name, layout in _LAYER_NAMES:
+    for name, path in names:
       key = ("blocks", layer) + path
       if key in flat:
-        array = flat.pop(key)
-        out[f"model.layers.{layer}.{name}"] = layout(array) if layout else array
+        out[f"model.layers.{layer}.{name}"] = _TO_HF.get(path, lambda w: w)(flat.pop(key))
   if flat:
     raise ValueError(f"hf_tensors: variables with no HF name: {['/'.join(map(str, p)) for p in list(flat)[:4]]}")
   return {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in out.items()}

@@ -2,14 +2,9 @@
 
 import gguf
 
-_HF_TO_GGUF = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm", "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
-    "post_feedforward_layernorm": "post_ffw_norm", "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
+from swirl_jax.checkpoints.gguf_import import BLOCK_NAMES
+
+_HF_TO_GGUF = {hf: ours for ours, hf in BLOCK_NAMES.items()}  # the importer's table, inverted
 
 
 def _vocabulary(size):
