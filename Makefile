@@ -1,12 +1,13 @@
-# Two commands: `make demo` runs the embedded default, `make test` runs the tests.
+# Two commands: `make demo` runs the embedded default, `make test` runs the tests before a commit.
 # Each builds .venv from the pinned lock first (once; again when the lock changes).
+# `make test-all` (what CI runs) adds the slow, multi-process and extras tiers (docs/testing.md).
 
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo demo-gemma test venv benchmarks miniature clean extras-test tunix
+.PHONY: demo demo-gemma test test-all venv benchmarks miniature clean extras-test tunix
 
 $(STAMP): requirements/lock.txt setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -16,17 +17,40 @@ $(STAMP): requirements/lock.txt setup.py
 
 venv: $(STAMP)
 
+# XLA:CPU allocates and frees large buffers every step; glibc hands them back to the kernel and
+# faults them in again (docs/benchmarks.md#make-demo). tcmalloc keeps them: used where Debian's
+# libtcmalloc-minimal4 is installed; elsewhere glibc keeps freed memory up to 32 MB blocks.
+TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4))
+ifneq ($(TCMALLOC),)
+ALLOCATOR := LD_PRELOAD=$(TCMALLOC)
+else
+ALLOCATOR := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456
+endif
+
 # SWiRL from nothing on a CPU (docs/demo.md): a small policy, Stage 1, judge, filter, online RL, and
 # base against trained on 500 held-out problems with 95% intervals.
 demo: $(STAMP)
-	$(VENV)/bin/python experiments/miniature/run.py --gin_file=experiments/miniature/demo.gin
+	$(ALLOCATOR) $(VENV)/bin/python experiments/miniature/run.py --gin_file=experiments/miniature/demo.gin
 
 # The same pipeline on the embedded Gemma 3 270M (the machinery at full size; about 17 minutes here).
 demo-gemma: $(STAMP)
 	$(VENV)/bin/python -m swirl_jax.main --mode=pipeline --gin_file=gin/experiments/quickstart.gin
 
+# The tiers are pytest markers (tests/conftest.py). Both print the 15 slowest tests.
+PYTEST := $(VENV)/bin/python -m pytest -q --durations=15
+FAST := not slow and not multiprocess and not extras
+
+# Before every commit: every module exercised, minutes on 2 cores. XLA's compiled programs are kept
+# in .cache/jax-tests between runs (a cold run compiles everything; a warm one reuses it).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax-tests JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5 \
+	    $(PYTEST) -n 2 --dist loadfile -m "$(FAST)" tests
+
+# Everything: the fast tier, the slow learning and end-to-end tests, the multi-process tests (one
+# run of 2 workers), then the extras' tests with the extras installed, where a missing extra fails.
+test-all: $(EXTRAS)/.installed
+	$(PYTEST) -n 2 --dist loadfile -m "not extras" tests
+	$(MAKE) --no-print-directory extras-test
 
 # The miniature reproduction of the paper's claims (docs/miniature.md): about 45 minutes on 2 cores.
 miniature: $(STAMP)
@@ -44,7 +68,7 @@ $(EXTRAS)/.installed: requirements/launch.txt $(STAMP)
 	touch $@
 
 extras-test: $(EXTRAS)/.installed
-	PYTHONPATH=$(EXTRAS) $(VENV)/bin/python -m pytest -q tests/test_launch.py tests/test_aot_tpu.py
+	SWIRL_JAX_TEST_EXTRAS=required PYTHONPATH=$(EXTRAS) $(PYTEST) -m extras tests
 
 # tunix, a second baseline for benchmarks/sampler_throughput.py (--tunix), pinned, in .tunix/.
 TUNIX := .tunix
@@ -56,4 +80,4 @@ $(TUNIX)/.installed: requirements/bench-tunix.txt $(STAMP)
 tunix: $(TUNIX)/.installed
 
 clean:
-	rm -rf $(VENV) $(EXTRAS) $(TUNIX) build *.egg-info
+	rm -rf $(VENV) $(EXTRAS) $(TUNIX) .cache build *.egg-info

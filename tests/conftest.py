@@ -1,5 +1,10 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and shared fixtures."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), the tiers, and shared fixtures.
 
+Tiers (docs/testing.md): `make test` runs every test not marked `slow`, `multiprocess` or
+`extras`; `make test-all` runs them all, with the extras installed.
+"""
+
+import importlib
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -10,6 +15,32 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+MARKERS = {
+    "slow": "long: learning, kill-and-resume, command-line runs end to end, Gemma 3 270M against "
+            "transformers (make test-all only)",
+    "multiprocess": "2 CPU processes on 127.0.0.1 with gloo collectives (make test-all only)",
+    "extras": "needs an optional extra (libtpu, xmanager) that make test-all installs (make test-all only)",
+}
+
+
+def pytest_configure(config):
+  for name, meaning in MARKERS.items():
+    config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+@pytest.fixture
+def extra():
+  """`extra(module, what)` imports an optional extra's module. Where it is missing the test is
+  skipped, except under `make test-all` (SWIRL_JAX_TEST_EXTRAS=required), which installs the
+  extras: there a missing one fails rather than passing unnoticed as a skip."""
+
+  def need(module: str, what: str):
+    if os.environ.get("SWIRL_JAX_TEST_EXTRAS") == "required":
+      return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{what} is not installed")
+  return need
 
 
 @pytest.fixture(scope="session")
@@ -31,10 +62,10 @@ def tokenizer_gguf(tmp_path_factory):
   return str(path)
 
 
-# The two longest files (the miniature reproduction, about 15 min here; the multi-process stages,
-# about 6) are collected first. `make test`'s 2 workers (`--dist loadfile`) are handed files in
-# collection order; on this machine the suite went from 29 min 26 s to 25 min 44 s.
-_LONGEST_FIRST = ("test_miniature.py", "test_multihost_stages.py")
+# The longest files are collected first: the 2 workers (`--dist loadfile`) are handed files in
+# collection order, so a long file started last would leave one worker idle at the end.
+_LONGEST_FIRST = ("test_miniature.py", "test_multihost_stages.py", "test_trainer.py", "test_export.py",
+                  "test_gemma3_270m.py", "test_generation.py", "test_losses.py", "test_readme.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -8,11 +8,13 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.extras
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_the_aot_benchmark_compiles_every_function_for_a_small_topology():
-  pytest.importorskip("libtpu", reason="the tpu-aot extra (libtpu) is not installed")
+def test_the_aot_benchmark_compiles_every_function_for_a_small_topology(extra):
+  extra("libtpu", "the tpu-aot extra (libtpu)")
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   env.pop("XLA_FLAGS", None)
   done = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "aot_tpu.py"), "--model=tiny",

@@ -44,7 +44,8 @@ def _flat(model):
   return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
-@pytest.mark.parametrize("name,overrides", [("tiny", {}), ("tiny_gemma2", {}), ("tiny", {"scan_layers": True})])
+@pytest.mark.parametrize("name,overrides", [("tiny", {}), pytest.param("tiny_gemma2", {}, marks=pytest.mark.slow),
+                                            pytest.param("tiny", {"scan_layers": True}, marks=pytest.mark.slow)])
 def test_a_trained_tiny_model_loads_in_transformers_with_our_logits(tmp_path, name, overrides):
   model = _trained(name, tmp_path, **overrides)
   before = _flat(init_model(model_config(name, **overrides), seed=1))
@@ -62,6 +63,7 @@ def test_a_trained_tiny_model_loads_in_transformers_with_our_logits(tmp_path, na
     np.testing.assert_array_equal(_flat(again)[path], value)
 
 
+@pytest.mark.slow
 def test_export_mode_writes_a_trainer_checkpoint_that_loads_back(tmp_path, tokenizer_gguf):
   """`--mode=export` on a trainer checkpoint: the params in the HF files are the checkpoint's."""
   model = _trained("tiny", tmp_path)
@@ -85,6 +87,7 @@ def test_export_refuses_an_unknown_dtype(tmp_path):
     safetensors_export.export_hf(init_model(model_config("tiny")), str(tmp_path), dtype="float16")
 
 
+@pytest.mark.slow
 def test_gemma3_270m_exported_gives_transformers_our_greedy_tokens(gemma3_270m, tmp_path):
   model, vocab = gemma3_270m
   directory = safetensors_export.export_hf(model, str(tmp_path / "gemma3_270m"), vocab)

@@ -97,6 +97,7 @@ def test_the_converter_makes_the_numpy_builder_rows_and_refuses_long_examples(ju
     _converted(data.trajectories, 40, 64)
 
 
+@pytest.mark.slow
 def test_prefix_shared_and_expanded_layouts_give_the_same_loss_and_gradients(judged_dir):
   directory, trajectories = judged_dir
   data = seqio_tasks.register_judged("synthetic", "none", directory)

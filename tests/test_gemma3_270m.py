@@ -1,4 +1,5 @@
-"""The embedded Gemma 3 270M: tokenizer, perplexity, greedy continuations, reference parity."""
+"""The embedded Gemma 3 270M: tokenizer, perplexity, greedy continuations, reference parity, and
+the model judge run by it."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from swirl_jax.models import init_model
+from swirl_jax.rewards import judge
 
 SENTENCES = [
     "The cat sat on the mat and looked out of the window.",
@@ -56,6 +58,7 @@ def _mean_perplexity(model, vocab):
   return float(np.mean(perplexities))
 
 
+@pytest.mark.slow
 def test_perplexity_real_vs_random(gemma3_270m):
   model, vocab = gemma3_270m
   real = _mean_perplexity(model, vocab)
@@ -73,7 +76,7 @@ def _greedy(model, vocab, prompt, steps):
 
 
 @pytest.mark.parametrize("prompt,expected", [
-    ("The Eiffel Tower is located in the city of", " Paris"),
+    pytest.param("The Eiffel Tower is located in the city of", " Paris", marks=pytest.mark.slow),
     ("One, two, three, four,", " five"),
 ])
 def test_greedy_continuations(gemma3_270m, prompt, expected):
@@ -81,6 +84,7 @@ def test_greedy_continuations(gemma3_270m, prompt, expected):
   assert _greedy(model, vocab, prompt, 3).startswith(expected)
 
 
+@pytest.mark.slow
 def test_logits_and_tokens_match_transformers_gguf(gemma3_270m):
   """transformers reads the same GGUF file: same token ids, same logits."""
   transformers = pytest.importorskip("transformers")
@@ -99,3 +103,38 @@ def test_logits_and_tokens_match_transformers_gguf(gemma3_270m):
     expected = reference(torch.tensor([ids])).logits[0].numpy()
   ours = np.asarray(model(jnp.asarray([ids])))[0]
   np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=1e-4)
+
+
+# The model judge on the embedded model: here, so that one worker loads the model for all of them.
+_JUDGED_STEPS = [
+    judge.ProcessRequest("What is 3 * 4?", "Question: What is 3 * 4?", "<math_exp>3 * 4</math_exp>", "math_exp"),
+    judge.ProcessRequest("What is 3 * 4?", "Question: What is 3 * 4?", "<answer>banana</answer>", "answer")]
+
+
+def test_model_judge_scores_on_the_embedded_model(gemma3_270m):
+  """Score mode is a proper probability that prefers the right step."""
+  from swirl_jax.rewards.model_judge import ModelJudge
+  model, vocab = gemma3_270m
+  requests = _JUDGED_STEPS
+  scored = ModelJudge(model, vocab, mode="score", batch_size=2).judge_steps(requests)
+  assert all(0.0 <= v.score <= 1.0 and v.verdict in ("GOOD", "BAD") for v in scored)
+  # The model's preference, not the code's threshold: the right calculator call beats "banana".
+  assert scored[0].score > scored[1].score, [v.score for v in scored]
+  # (Its outcome scores do not separate "Paris" from "banana" as the capital of France: 0.81 and
+  # 0.82, measured; a 270M model is no outcome judge, so only their range is checked.)
+  outcome = ModelJudge(model, vocab, mode="score", batch_size=2).judge_outcomes(
+      [judge.OutcomeRequest("Capital of France?", "Paris", ("Paris",))])[0]
+  assert outcome.verdict in ("YES", "NO") and np.isfinite(outcome.score) and 0.0 <= outcome.score <= 1.0
+
+
+@pytest.mark.slow
+def test_model_judge_generates_on_the_embedded_model(gemma3_270m):
+  """Generate mode reads a verdict or records none (a sampler over the 270M model: slow)."""
+  from swirl_jax.rewards.model_judge import ModelJudge
+  model, vocab = gemma3_270m
+  requests = _JUDGED_STEPS
+  generated = ModelJudge(model, vocab, mode="generate", batch_size=2, max_new_tokens=48,
+                         capacity=1024).judge_steps(requests)
+  for v in generated:
+    assert (v.verdict in ("GOOD", "BAD")) != (v.error == "unparseable judge output")
+    assert v.reasoning

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from swirl_jax.testing.subprocesses import cpu_env
 from swirl_jax.data import trajectory_io
@@ -32,6 +33,7 @@ def _ids(directory):
   return [t.id for t in trajectory_io.read_all(directory)]
 
 
+@pytest.mark.slow
 def test_generate_killed_and_resumed_writes_each_trajectory_once(tmp_path, tokenizer_gguf):
   expected = sorted(f"arith-train-0-{i}#{s}" for i in range(QUESTIONS) for s in range(SAMPLES))
   # An uninterrupted run, for reference.
@@ -69,6 +71,7 @@ def test_generate_killed_and_resumed_writes_each_trajectory_once(tmp_path, token
         np.testing.assert_allclose(s.behaviour_logprobs, t.behaviour_logprobs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_judge_mode_with_the_rule_judge(tmp_path, tokenizer_gguf):
   """generate then judge from the command line; every step and trajectory gets a verdict."""
   generated = tmp_path / "generated"

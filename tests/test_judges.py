@@ -144,30 +144,6 @@ def test_rule_judge_on_builtin_steps():
   assert [v.verdict for v in outcome] == ["YES", "NO"]
 
 
-def test_model_judge_on_the_embedded_model(gemma3_270m):
-  """Score mode is a proper probability; generate mode reads a verdict or records none."""
-  import numpy as np
-  from swirl_jax.rewards.model_judge import ModelJudge
-  model, vocab = gemma3_270m
-  requests = [ProcessRequest("What is 3 * 4?", "Question: What is 3 * 4?", "<math_exp>3 * 4</math_exp>",
-                             "math_exp"),
-              ProcessRequest("What is 3 * 4?", "Question: What is 3 * 4?", "<answer>banana</answer>", "answer")]
-  scored = ModelJudge(model, vocab, mode="score", batch_size=2).judge_steps(requests)
-  assert all(0.0 <= v.score <= 1.0 and v.verdict in ("GOOD", "BAD") for v in scored)
-  # The model's preference, not the code's threshold: the right calculator call beats "banana".
-  assert scored[0].score > scored[1].score, [v.score for v in scored]
-  # (Its outcome scores do not separate "Paris" from "banana" as the capital of France: 0.81 and
-  # 0.82, measured; a 270M model is no outcome judge, so only their range is checked.)
-  outcome = ModelJudge(model, vocab, mode="score", batch_size=2).judge_outcomes(
-      [OutcomeRequest("Capital of France?", "Paris", ("Paris",))])[0]
-  assert outcome.verdict in ("YES", "NO") and np.isfinite(outcome.score) and 0.0 <= outcome.score <= 1.0
-  generated = ModelJudge(model, vocab, mode="generate", batch_size=2, max_new_tokens=48,
-                         capacity=1024).judge_steps(requests)
-  for v in generated:
-    assert (v.verdict in ("GOOD", "BAD")) != (v.error == "unparseable judge output")
-    assert v.reasoning
-
-
 def test_online_scorer_judges_fresh_actions_in_the_state_s_transcript():
   """Stage 2 scores a sampled action with the question id and transcript of its logged state,
   exactly as Stage 1 steps are judged (the rule judge needs both)."""

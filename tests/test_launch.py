@@ -45,10 +45,11 @@ def test_xmanager_dry_run():
                              "--gin_bindings=TrainConfig.steps = 500"]
 
 
-def test_xmanager_builds_the_job_from_real_objects():
+@pytest.mark.extras
+def test_xmanager_builds_the_job_from_real_objects(extra):
   """The job through xmanager's own JobRequirements, Vertex executor and python_container (the `launch`
   extra; nothing is packaged or sent)."""
-  pytest.importorskip("xmanager", reason="the launch extra (requirements/launch.txt) is not installed")
+  extra("xmanager", "the launch extra (requirements/launch.txt)")
   done = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch/xm_launch.py"), "--accelerator=v5e", "--topology=16x16",
        "--mode=train", "--gin_file=gin/experiments/gsm8k_calculator.gin", "--gin.TrainConfig.steps=500",

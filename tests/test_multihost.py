@@ -8,7 +8,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import seqio
+
+pytestmark = pytest.mark.multiprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -50,6 +50,7 @@ def test_runtime_config_checks_and_the_hybrid_mesh_needs_whole_slices():
   assert "process 0 of 1" in rt.describe()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_stops_and_the_restart_ends_with_the_uninterrupted_params(tmp_path):
   """One process: the trainer's SIGTERM handler saves the step it is at, raises Preempted, and
   gives SIGTERM back to its old handler afterwards."""

@@ -36,6 +36,8 @@ from swirl_jax.data import trajectory_io
 from swirl_jax.rewards.request_log import read_request_logs
 from swirl_jax.testing.local_server import serving
 
+pytestmark = pytest.mark.multiprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 

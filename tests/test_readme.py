@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_readme_example_runs(tmp_path):
   readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
   section = readme.split("## Use it from your own JAX code", 1)[1]

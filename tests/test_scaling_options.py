@@ -106,7 +106,8 @@ def _at_scanned_paths(state: nnx.State, cfg) -> dict:
 
 
 @pytest.mark.parametrize("name,remat,objective", [
-    ("gemma3_pattern", "full", objectives.PolicyGradient(kl_coef=0.05, clip_epsilon=0.2)),
+    pytest.param("gemma3_pattern", "full", objectives.PolicyGradient(kl_coef=0.05, clip_epsilon=0.2),
+                 marks=pytest.mark.slow),
     ("tiny_gemma2", "none", objectives.RewardWeightedLikelihood()),
 ])
 def test_a_train_step_with_scanned_layers_and_blocked_attention_equals_the_default_step(name, remat, objective):
@@ -147,7 +148,7 @@ def test_stacked_parameters_shard_per_rules_with_the_layers_axis_whole():
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=10, stop_ids=(1,))
 
 
-@pytest.mark.parametrize("on_mesh", [False, True])
+@pytest.mark.parametrize("on_mesh", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_the_sampler_with_scanned_layers_gives_the_unrolled_tokens(on_mesh):
   prompts = [np.random.default_rng(s).integers(2, 512, n).tolist() for s, n in ((0, 19), (1, 6), (2, 30), (3, 2))]
   tool = {0: [7, 8, 9], 1: [10] * 11, 2: [12], 3: [4, 4]}

@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 import seqio
 
 from swirl_jax.data import features, seqio_tasks
@@ -55,6 +56,7 @@ def _user_module(tmp_path, name):
   return path
 
 
+@pytest.mark.slow
 def test_a_task_a_user_registers_trains_through_the_cli_with_gin_only(tmp_path, tokenizer_gguf):
   _user_module(tmp_path, "mine:judged")
   checkpoints = tmp_path / "checkpoints"

@@ -65,6 +65,7 @@ def _kill_after_checkpoint(command, env, checkpoints, step):
   process.wait()
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_params(tmp_path, tokenizer_gguf):
   judged = _judged_dir(tmp_path)
   clean = tmp_path / "clean"
@@ -103,6 +104,7 @@ Trainer(init_model(model_config("tiny"), seed=0), known_trajectories(), config, 
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sft", "online"])
 def test_killed_training_resumes_to_the_same_params_in_every_mode(tmp_path, mode):
   """SFT with packed rows (a varying number of trajectories per row) and online mode (states from
@@ -132,6 +134,7 @@ def _first_batch_with_nan(trajectories, config) -> int | None:
   return None
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = TrainConfig(mode="offline", steps=6, batch_size=2, sequence_length=96, checkpoint_every=1,
                        checkpoint_dir=str(tmp_path / "ckpt"))
@@ -151,6 +154,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(p)).all() for p in params)
 
 
+@pytest.mark.slow
 def test_online_mode_on_a_mesh_raises_reward(tmp_path):
   mesh = partitioning.make_mesh(partitioning.MeshConfig(2, 2, 2))
   model = partitioning.shard_model(init_model(model_config("tiny"), seed=0), mesh, partitioning.DEFAULT_RULES)
@@ -187,6 +191,7 @@ def test_packed_sft_rows_resume_at_the_same_data_position(tmp_path):
     np.testing.assert_array_equal(batch[key], expected[key])
 
 
+@pytest.mark.slow
 def test_clipped_mode_reuses_each_batch_and_the_schedule_counts_optimizer_updates(tmp_path):
   """updates_per_batch=3 with the clipped ratio, through the trainer: 3 optimizer updates per step,
   and the learning rate is still above 0 at the last update (it was 0 from step steps/3 on when the
@@ -281,6 +286,7 @@ def _long_context_trajectories(rows=4, context=900, action=8, vocab=512):
       for i in range(rows)]
 
 
+@pytest.mark.slow
 def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_asked(tmp_path, monkeypatch):
   """Long contexts, a few action tokens, a large vocabulary: counting 6 FLOPs per parameter per
   token (the tied embedding included) would overstate the step many times over."""
@@ -332,6 +338,7 @@ def test_a_task_every_process_must_refuse_is_refused_when_the_trainer_is_built(t
             TrainConfig(mode="offline", sequence_length=96, use_cached_task=True, checkpoint_dir=str(tmp_path / "d")))
 
 
+@pytest.mark.slow
 def test_online_kl_to_the_reference_trains_under_remat_as_without(tmp_path):
   """The reference params enter the micro-batch scan from outside; merged from there, nnx.remat
   refused them ("Cannot mutate Param from a different trace level"). Same update with and without
@@ -354,6 +361,7 @@ def test_online_kl_to_the_reference_trains_under_remat_as_without(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_mesh", [False, True])
 def test_online_tree_rows_train_as_one_row_per_sample(tmp_path, on_mesh):
   """OnlineConfig.layout='tree' trains a row per state (its G samples as branches): the same
