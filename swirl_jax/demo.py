@@ -1,9 +1,9 @@
-"""`make demo`: the embedded Gemma 3 270M solves built-in calculator problems in the tool loop.
+"""`python -m swirl_jax.demo`: the embedded Gemma 3 270M on built-in calculator problems in the tool loop.
 
-A preview of the quick start (the full SWiRL pipeline comes with the trainer):
-it loads the real model from its PyPI packages, runs a few built-in arithmetic
+It loads the real model from its PyPI packages, runs a few built-in arithmetic
 questions through the multi-step protocol with the KV-cache sampler and the
-calculator, prints one trajectory in full, and reports speed.
+calculator, prints one trajectory in full, and reports speed. (`make demo` is
+SWiRL itself, from nothing: experiments/miniature/demo.gin.)
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import time
 from absl import app, flags
 
 from swirl_jax.checkpoints import embedded
-from swirl_jax.records import format_trajectory
+from swirl_jax.models.transformer import Transformer
+from swirl_jax.records import Trajectory, format_trajectory
 from swirl_jax.environment.episode import EpisodeConfig, EpisodeRunner
 from swirl_jax.generation import summarize
+from swirl_jax.sampling.interfaces import Vocabulary
 from swirl_jax.sampling.sampler import Sampler
 from swirl_jax.tasks import build_task
 
@@ -29,9 +31,15 @@ def main(argv: list[str]) -> None:
   model, vocab = embedded.load_gemma3_270m()
   print(f"loaded Gemma 3 270M ({model.config.num_params() / 1e6:.0f}M params) in "
         f"{time.perf_counter() - start:.1f} s from {embedded.gemma3_270m_gguf_path()}")
-  task = build_task("builtin_arithmetic", split="test", num_questions=_QUESTIONS.value, vocab=vocab)
-  sampler = Sampler(model, rows=min(4, _QUESTIONS.value), capacity=1536, vocab=vocab)
-  config = EpisodeConfig(max_steps=task.max_steps, temperature=_TEMPERATURE.value, max_action_tokens=96)
+  show_episodes(model, vocab, _QUESTIONS.value, _TEMPERATURE.value)
+
+
+def show_episodes(model: Transformer, vocab: Vocabulary, questions: int, temperature: float = 0.0,
+                  max_action_tokens: int = 96) -> list[Trajectory]:
+  """Runs `questions` built-in calculator questions; prints the fullest trajectory and the speed."""
+  task = build_task("builtin_arithmetic", split="test", num_questions=questions, vocab=vocab)
+  sampler = Sampler(model, rows=min(4, questions), capacity=1536, vocab=vocab)
+  config = EpisodeConfig(max_steps=task.max_steps, temperature=temperature, max_action_tokens=max_action_tokens)
   runner = EpisodeRunner(sampler, vocab, task.tools, task.template, config)
   new_tokens = 0
 
@@ -48,6 +56,7 @@ def main(argv: list[str]) -> None:
   print(f"\n{len(trajectories)} episodes, {summary['steps']} steps, {correct} exactly correct; "
         f"{new_tokens} tokens sampled in {seconds:.1f} s ({summary['tokens_per_second']} tokens/s, "
         f"compile {sum(sampler.compile_seconds.values()):.1f} s over {len(sampler.compile_seconds)} shapes)")
+  return trajectories
 
 
 if __name__ == "__main__":

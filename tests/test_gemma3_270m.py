@@ -138,3 +138,13 @@ def test_model_judge_generates_on_the_embedded_model(gemma3_270m):
   for v in generated:
     assert (v.verdict in ("GOOD", "BAD")) != (v.error == "unparseable judge output")
     assert v.reasoning
+
+
+@pytest.mark.slow
+def test_python_m_swirl_jax_demo_shows_an_episode_of_the_embedded_model(gemma3_270m, capsys):
+  from swirl_jax import demo
+  model, vocab = gemma3_270m
+  trajectories = demo.show_episodes(model, vocab, questions=1, max_action_tokens=24)
+  printed = capsys.readouterr().out
+  assert len(trajectories) == 1 and trajectories[0].steps
+  assert "1 episodes" in printed and "tokens sampled" in printed and f"=== trajectory {trajectories[0].id}" in printed

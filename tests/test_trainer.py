@@ -277,7 +277,7 @@ def test_offline_gradient_accumulation_equals_one_large_batch(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-def _long_context_trajectories(rows=4, context=900, action=8, vocab=512):
+def _long_context_trajectories(rows=4, context=480, action=8, vocab=512):
   from swirl_jax.records import Step, Trajectory, Verdict
   rng = np.random.default_rng(0)
   return [Trajectory(f"t{i}#0", f"t{i}", 0, "test", "q", ["1"], [Step(
@@ -286,13 +286,12 @@ def _long_context_trajectories(rows=4, context=900, action=8, vocab=512):
       for i in range(rows)]
 
 
-@pytest.mark.slow
 def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_asked(tmp_path, monkeypatch):
   """Long contexts, a few action tokens, a large vocabulary: counting 6 FLOPs per parameter per
   token (the tied embedding included) would overstate the step many times over."""
   from swirl_jax.training import peak
-  config = model_config("tiny", vocab_size=32_768)
-  base = TrainConfig(mode="offline", steps=1, batch_size=4, sequence_length=1024, checkpoint_every=100,
+  config = model_config("tiny", vocab_size=16_384)
+  base = TrainConfig(mode="offline", steps=1, batch_size=4, sequence_length=512, checkpoint_every=100,
                      checkpoint_dir=str(tmp_path / "ckpt"))
   monkeypatch.setattr(peak, "xla_matmul_peak", lambda *a, **k: pytest.fail("the peak was measured unasked"))
   plain = Trainer(init_model(config), _long_context_trajectories(), base).run_step()
