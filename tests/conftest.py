@@ -44,6 +44,14 @@ def extra():
 
 
 @pytest.fixture(scope="session")
+def gemma3_270m_vocabulary():
+  """The embedded Gemma 3 270M's tokenizer alone (the file assembled, the weights not dequantized)."""
+  from swirl_jax.checkpoints import embedded
+  from swirl_jax.checkpoints.tokenizer import vocabulary_from_gguf
+  return vocabulary_from_gguf(embedded.gemma3_270m_gguf_path(), cache_dir=embedded.cache_dir())
+
+
+@pytest.fixture(scope="session")
 def gemma3_270m():
   """The embedded Gemma 3 270M (model, vocabulary), loaded once per test session."""
   from swirl_jax.checkpoints import embedded

@@ -32,8 +32,8 @@ def _bos(vocab, text):
   return [vocab.bos_id] + list(vocab.encode(text))
 
 
-def test_tokenizer_round_trips_and_specials(gemma3_270m):
-  _, vocab = gemma3_270m
+def test_tokenizer_round_trips_and_specials(gemma3_270m_vocabulary):
+  vocab = gemma3_270m_vocabulary
   for text in ROUND_TRIP:
     assert vocab.decode(vocab.encode(text)) == text, repr(text)
   assert (vocab.pad_id, vocab.eos_id, vocab.unk_id, vocab.bos_id) == (0, 1, 3, 2)
@@ -75,8 +75,9 @@ def _greedy(model, vocab, prompt, steps):
   return vocab.decode(ids[len(_bos(vocab, prompt)):])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt,expected", [
-    pytest.param("The Eiffel Tower is located in the city of", " Paris", marks=pytest.mark.slow),
+    ("The Eiffel Tower is located in the city of", " Paris"),
     ("One, two, three, four,", " five"),
 ])
 def test_greedy_continuations(gemma3_270m, prompt, expected):
@@ -111,6 +112,7 @@ _JUDGED_STEPS = [
     judge.ProcessRequest("What is 3 * 4?", "Question: What is 3 * 4?", "<answer>banana</answer>", "answer")]
 
 
+@pytest.mark.slow
 def test_model_judge_scores_on_the_embedded_model(gemma3_270m):
   """Score mode is a proper probability that prefers the right step."""
   from swirl_jax.rewards.model_judge import ModelJudge

@@ -122,6 +122,7 @@ class FirstTokenScorer:
     return np.array([float(bool(a.tokens) and a.tokens[0] in self.good) for a in actions], np.float32)
 
 
+@pytest.mark.slow
 def test_fifty_online_steps_raise_the_mean_reward():
   import optax
   model = init_model(model_config("tiny"), seed=0)

@@ -148,7 +148,8 @@ def test_stacked_parameters_shard_per_rules_with_the_layers_axis_whole():
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=10, stop_ids=(1,))
 
 
-@pytest.mark.parametrize("on_mesh", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("on_mesh", [False, True])
 def test_the_sampler_with_scanned_layers_gives_the_unrolled_tokens(on_mesh):
   prompts = [np.random.default_rng(s).integers(2, 512, n).tolist() for s, n in ((0, 19), (1, 6), (2, 30), (3, 2))]
   tool = {0: [7, 8, 9], 1: [10] * 11, 2: [12], 3: [4, 4]}

@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -171,6 +172,7 @@ def test_online_mode_on_a_mesh_raises_reward(tmp_path):
   assert nnx.state(model)["blocks"][0]["attn"]["q"][...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
 
 
+@pytest.mark.slow
 def test_packed_sft_rows_resume_at_the_same_data_position(tmp_path):
   """Packed rows hold a varying number of trajectories; the checkpoint keeps each process's
   position in its stream of rows, so a restored trainer builds exactly the batch the first one
@@ -286,6 +288,13 @@ def _long_context_trajectories(rows=4, context=480, action=8, vocab=512):
       for i in range(rows)]
 
 
+def test_compiled_flops_is_xla_s_count_of_a_matmul():
+  from swirl_jax.training.flops import compiled_flops
+  a, b = jnp.ones((64, 96)), jnp.ones((96, 80))
+  assert compiled_flops(jax.jit(jnp.matmul).lower(a, b)) == pytest.approx(2 * 64 * 96 * 80, rel=0.01)
+
+
+@pytest.mark.slow
 def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_asked(tmp_path, monkeypatch):
   """Long contexts, a few action tokens, a large vocabulary: counting 6 FLOPs per parameter per
   token (the tied embedding included) would overstate the step many times over."""

@@ -42,7 +42,7 @@ def test_tree_rows_hold_each_context_once():
   assert positions[branch_ids == 2][0] == 19 and tree[features.INPUT_TOKENS][1][branch_ids == 2][0] == contexts[1][-1]
 
 
-@pytest.mark.parametrize("clip_epsilon,kl_coef", [(None, 0.0), (0.2, 0.5)])
+@pytest.mark.parametrize("clip_epsilon,kl_coef", [pytest.param(None, 0.0, marks=pytest.mark.slow), (0.2, 0.5)])
 def test_tree_rows_give_the_loss_and_gradients_of_one_row_per_sample(clip_epsilon, kl_coef):
   contexts, actions, advantages = _batch()
   model = init_model(model_config("tiny"), seed=5)
