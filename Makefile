@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+EXTRAS := .extras
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 .PHONY: demo demo-gemma test test-all venv benchmarks miniature clean extras-test tunix
@@ -61,7 +62,6 @@ benchmarks: $(STAMP)
 
 # The optional extras (launch: xmanager; tpu-aot: libtpu), pinned, in .extras/ beside .venv (libtpu
 # stays out of .venv so that plain runs never look for a TPU); then the tests that need them run.
-EXTRAS := .extras
 $(EXTRAS)/.installed: requirements/launch.txt $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(EXTRAS) \
 	    -r requirements/launch.txt "libtpu==0.0.42.1"
