@@ -70,8 +70,10 @@ def tokenizer_gguf(tmp_path_factory):
   return str(path)
 
 
-# The longest files are collected first: the 2 workers (`--dist loadfile`) are handed files in
-# collection order, so a long file started last would leave one worker idle at the end.
+# The longest files are collected first: with `--dist loadfile --no-loadscope-reorder` (the Makefile)
+# the 2 workers are handed files in collection order, so a long file is not started last, leaving
+# one worker idle at the end. (Without --no-loadscope-reorder xdist hands out the files with the
+# most tests first, and this order is lost.)
 _LONGEST_FIRST = ("test_miniature.py", "test_multihost_stages.py", "test_trainer.py", "test_export.py",
                   "test_gemma3_270m.py", "test_generation.py", "test_losses.py", "test_readme.py")
 
