@@ -19,14 +19,10 @@ $(STAMP): requirements/lock.txt setup.py
 venv: $(STAMP)
 
 # XLA:CPU allocates and frees large buffers every step; glibc hands them back to the kernel and
-# faults them in again (docs/benchmarks.md#make-demo). tcmalloc keeps them: used where Debian's
-# libtcmalloc-minimal4 is installed; elsewhere glibc keeps freed memory up to 32 MB blocks.
+# faults them in again (docs/benchmarks.md#make-demo). tcmalloc keeps them: preloaded where Debian's
+# libtcmalloc-minimal4 is installed (glibc's MALLOC_* settings measured no gain).
 TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4))
-ifneq ($(TCMALLOC),)
-ALLOCATOR := LD_PRELOAD=$(TCMALLOC)
-else
-ALLOCATOR := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456
-endif
+ALLOCATOR := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
 # SWiRL from nothing on a CPU (docs/demo.md): a small policy, Stage 1, judge, filter, online RL, and
 # base against trained on 500 held-out problems with 95% intervals.

@@ -117,8 +117,7 @@ def test_model_judge_scores_on_the_embedded_model(gemma3_270m):
   """Score mode is a proper probability that prefers the right step."""
   from swirl_jax.rewards.model_judge import ModelJudge
   model, vocab = gemma3_270m
-  requests = _JUDGED_STEPS
-  scored = ModelJudge(model, vocab, mode="score", batch_size=2).judge_steps(requests)
+  scored = ModelJudge(model, vocab, mode="score", batch_size=2).judge_steps(_JUDGED_STEPS)
   assert all(0.0 <= v.score <= 1.0 and v.verdict in ("GOOD", "BAD") for v in scored)
   # The model's preference, not the code's threshold: the right calculator call beats "banana".
   assert scored[0].score > scored[1].score, [v.score for v in scored]
@@ -134,9 +133,8 @@ def test_model_judge_generates_on_the_embedded_model(gemma3_270m):
   """Generate mode reads a verdict or records none (a sampler over the 270M model: slow)."""
   from swirl_jax.rewards.model_judge import ModelJudge
   model, vocab = gemma3_270m
-  requests = _JUDGED_STEPS
   generated = ModelJudge(model, vocab, mode="generate", batch_size=2, max_new_tokens=48,
-                         capacity=1024).judge_steps(requests)
+                         capacity=1024).judge_steps(_JUDGED_STEPS)
   for v in generated:
     assert (v.verdict in ("GOOD", "BAD")) != (v.error == "unparseable judge output")
     assert v.reasoning

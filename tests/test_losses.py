@@ -24,7 +24,7 @@ def _actions():
   return [TurnOutput(a, (-rng.random(len(a))).tolist(), "", "stop_id") for a in ACTIONS]
 
 
-_PADDED = 12  # at least the longest context + action of CONTEXTS and ACTIONS
+_PADDED = max(len(CONTEXTS[i // 3]) + len(a) for i, a in enumerate(ACTIONS))
 
 
 def _padded_logprob_and_grad(graphdef):
