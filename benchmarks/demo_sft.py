@@ -3,11 +3,11 @@
   python benchmarks/demo_sft.py [--steps=10] [--layouts=8x512,16x256]
 
 Each variant runs in its own process (an allocator is chosen when a process starts): glibc as it
-comes, glibc told to keep freed memory (the MALLOC_* settings `make demo` uses where tcmalloc is
-missing), and tcmalloc (Debian's libtcmalloc-minimal4, where installed). Each times `--steps`
-jitted SFT steps of `make demo`'s model on random packed rows (documents of about 170 tokens, the
-demonstrations' mean), and reads XLA's FLOP count of the compiled step and the minor page faults
-of the timed steps. Prints ms per step, achieved FLOP/s over the fp32 matmul peak measured in the
+comes, glibc told to keep freed memory (MALLOC_ARENA_MAX and the MALLOC_* thresholds), and
+tcmalloc (Debian's libtcmalloc-minimal4, where installed; `make demo` preloads it). Each times
+`--steps` jitted SFT steps of `make demo`'s model on random packed rows (documents of 120-220
+tokens: a guess at the demonstrations' lengths, not measured from them), and reads XLA's FLOP
+count of the compiled step and the minor page faults of the timed steps. Prints ms per step, achieved FLOP/s over the fp32 matmul peak measured in the
 same process, faults per step, and each variant's time over plain glibc's with the same rows.
 """
 
