@@ -109,28 +109,33 @@ def grade(trajectories: Sequence[Trajectory], judge: Judge | None = None, grade_
 
 
 def evaluate(task: Task, model: Transformer, vocab: Vocabulary, name: str, config: EvalConfig | None = None,
-             judge: Judge | None = None, mesh: Mesh | None=None, rules: partitioning.LogicalRules | None=None, model_id: dict | None = None) -> dict:
+             judge: Judge | None = None, mesh: Mesh | None=None, rules: partitioning.LogicalRules | None=None, model_id: dict | None = None,
+             layout: partitioning.SamplingLayout | None = None) -> dict:
   """Runs the tool loop once per held-out question; writes trajectories and the report.
 
   `model_id` says which model this is (default: the gin-configured policy, with
   no trained checkpoint); the report records it, and trajectories of another
   model, task or setting under `name` are refused, not graded as this model's.
   Collective: every process of a run calls it; each returns the whole run's report. `config`
-  defaults to the gin-configured EvalConfig, built at call time (after gin has parsed).
+  defaults to the gin-configured EvalConfig, built at call time (after gin has parsed); `layout`
+  (default: gin's SamplingLayout) is where the sampler decodes.
   """
   config = config or EvalConfig()
+  layout = layout or partitioning.SamplingLayout()
   directory = os.path.join(config.output_dir, name)
   process, processes = jax.process_index(), jax.process_count()
   check_unique_ids(task)
   model_id = model_id or policy.policy_identity()
   fingerprint = {"stage": "evaluate", "task": provenance.task_identity(task),
-                 "config": provenance.config_fields(config, ("output_dir", "rows")), "model": model_id}
+                 "config": provenance.config_fields(config, ("output_dir", "rows")), "model": model_id,
+                 "sampling": layout.identity()}
   provenance.claim(directory, fingerprint, has_outputs=bool(trajectory_io.shard_files(directory)))
   n_shards = -(-len(task.questions) // config.questions_per_shard)
   mine = [k for k in range(n_shards) if k % processes == process]
   todo = [k for k in mine if not os.path.exists(trajectory_io.shard_path(directory, k))]
   if multihost.any_process(bool(todo)):  # the sampler is collective: all build it, or none
-    sampler = Sampler(model, rows=config.rows, capacity=config.capacity, vocab=vocab, mesh=mesh, rules=rules)
+    sampler = Sampler(model, rows=config.rows, capacity=config.capacity, vocab=vocab, mesh=mesh, rules=rules,
+                      layout=layout)
     episode = EpisodeConfig(max_steps=task.max_steps, temperature=config.temperature,
                             max_action_tokens=config.max_action_tokens)
     runner = EpisodeRunner(sampler, vocab, task.tools, task.template, episode)

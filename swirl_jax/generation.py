@@ -118,22 +118,26 @@ def check_unique_ids(task: Task) -> None:
 
 
 def generate(task: Task, model: Transformer, vocab: Vocabulary, config: GenerateConfig | None = None,
-             episode: EpisodeConfig | None = None, mesh: Mesh | None=None, rules: partitioning.LogicalRules | None=None, model_id: dict | None = None) -> dict:
+             episode: EpisodeConfig | None = None, mesh: Mesh | None=None, rules: partitioning.LogicalRules | None=None, model_id: dict | None = None,
+             layout: partitioning.SamplingLayout | None = None) -> dict:
   """Writes this process's shards of `task` to config.output_dir; returns the run's summary (all
   processes). Collective: every process of a run calls it.
 
   `model_id` says which model this is (default: the gin-configured policy); with
   the task, the settings and the episode settings it is the fingerprint that an
-  existing output directory must match to be resumed.
+  existing output directory must match to be resumed. `layout` (default: gin's SamplingLayout) is
+  where the sampler decodes; `main` loads the policy straight into it.
   """
   config, episode = config or GenerateConfig(), episode or EpisodeConfig()
+  layout = layout or partitioning.SamplingLayout()
   if episode.max_steps is None:
     episode = dataclasses.replace(episode, max_steps=task.max_steps)
   process, processes = jax.process_index(), jax.process_count()
   check_unique_ids(task)
   fingerprint = {"stage": "generate", "task": provenance.task_identity(task),
                  "config": provenance.config_fields(config, ("output_dir", "rows")),
-                 "episode": dataclasses.asdict(episode), "model": model_id or policy.policy_identity()}
+                 "episode": dataclasses.asdict(episode), "model": model_id or policy.policy_identity(),
+                 "sampling": layout.identity()}
   provenance.claim(config.output_dir, fingerprint, has_outputs=bool(trajectory_io.shard_files(config.output_dir)))
   questions = task.questions
   n_shards = -(-len(questions) // config.questions_per_shard)
@@ -144,7 +148,8 @@ def generate(task: Task, model: Transformer, vocab: Vocabulary, config: Generate
     for stale in glob.glob(trajectory_io.shard_path(config.output_dir, k).replace(
         "trajectories-", ".trajectories-") + ".*.tmp"):
       os.unlink(stale)
-  sampler = Sampler(model, rows=config.rows, capacity=config.capacity, vocab=vocab, mesh=mesh, rules=rules)
+  sampler = Sampler(model, rows=config.rows, capacity=config.capacity, vocab=vocab, mesh=mesh, rules=rules,
+                    layout=layout)
   runner = EpisodeRunner(sampler, vocab, task.tools, task.template, episode, seed=config.seed)
   shard_jobs = {k: [(q, s) for q in questions[k * config.questions_per_shard:(k + 1) * config.questions_per_shard]
                     for s in range(config.samples_per_question)] for k in todo}

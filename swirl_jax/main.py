@@ -46,11 +46,21 @@ def _print_json(value) -> None:
     print(json.dumps(value, indent=1), flush=True)
 
 
+def _decoding_policy(rt: runtime.Runtime):
+  """The gin policy for a stage that only decodes (Stage 1, evaluation): loaded straight into the
+  sampling layout where one copies params (gin's SamplingLayout), in its mesh and dtype, so no
+  training-layout copy is ever made; else on the run's mesh."""
+  layout = partitioning.SamplingLayout()
+  if not layout.copy_params:
+    return policy.load_policy(mesh=rt.mesh, rules=rt.rules)
+  return policy.load_policy(mesh=layout.mesh_over(rt.mesh), rules=rt.rules, param_dtype=layout.param_dtype)
+
+
 def run_generate(rt: runtime.Runtime):
   """Stage 1 with the gin-configured policy, task and settings (GenerateConfig.output_dir...)."""
   task = tasks.build_task()  # the data is read and checked before the model loads
   config = generation.GenerateConfig()
-  model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
+  model, vocab = _decoding_policy(rt)
   task.use_vocabulary(vocab)
   summary = generation.generate(task, model, vocab, config, mesh=rt.mesh, rules=rt.rules)
   _print_json(summary)
@@ -95,7 +105,7 @@ def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str |
   judge = judging.make_judge(questions=task.questions, task=task)
   if checkpoint_dir and not os.path.isdir(checkpoint_dir):
     raise FileNotFoundError(f"run_evaluate.checkpoint_dir={checkpoint_dir!r} is not a directory")
-  model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
+  model, vocab = _decoding_policy(rt)
   task.use_vocabulary(vocab)
   trained = None
   if checkpoint_dir:

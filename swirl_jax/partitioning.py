@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -99,6 +100,52 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
               axis_types=(AxisType.Auto,) * 3)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SamplingLayout:
+  """Where the sampler keeps its params: its own (data, fsdp, tensor) mesh over the training mesh's
+  devices, in its own param dtype.
+
+  Decoding reads every weight once per token. In the training layout the params are split over
+  fsdp, so every decode step all-gathers them onto every chip (12.6 GiB a step for Gemma 3 27B on
+  v5p-128, docs/scaling.md). With `copy_params` the sampler holds a copy laid out here instead,
+  usually fsdp=1 (each chip keeps its tensor shard whole, rows split over data), and online RL
+  reshards the trainer's params into it once per step. Without it the sampler decodes on the
+  trainer's params where they are (small models, or where a copy does not fit).
+  """
+
+  copy_params: bool = False
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  param_dtype: str = "bfloat16"
+
+  def mesh_over(self, training_mesh: Mesh | None) -> Mesh:
+    """The sampling mesh: the training mesh's devices in the same order (so the rows a process
+    owns stay on its own devices), reshaped; one device without a training mesh."""
+    devices = (np.asarray(jax.devices()[:1]) if training_mesh is None
+               else np.asarray(training_mesh.devices).reshape(-1))
+    shape = MeshConfig(self.data, self.fsdp, self.tensor).shape(devices.size)
+    return Mesh(devices.reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+  def identity(self) -> dict:
+    """What changes the numbers sampled (the mesh's shape does not)."""
+    return {"copy_params": self.copy_params, "param_dtype": self.param_dtype if self.copy_params else None}
+
+
+def reshard_fn(source_shardings: Any, target_shardings: Any, dtype: Any) -> Any:
+  """One compiled program that casts a tree of floating arrays to `dtype` and moves it from
+  `source_shardings` to `target_shardings` (another mesh over the same devices included). The cast
+  is pinned to the source layout, so it runs on each chip's own shard and what moves between chips
+  is already in `dtype` (None: no pin, for arrays not on a mesh)."""
+  dtype = jnp.dtype(dtype)
+
+  def cast_then_move(tree):
+    cast = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+    return cast if source_shardings is None else jax.lax.with_sharding_constraint(cast, source_shardings)
+  return jax.jit(cast_then_move, out_shardings=target_shardings)
 
 
 @gin.configurable

@@ -7,11 +7,17 @@ stop id, a stop string, `max_new_tokens` or the cache's end. Contexts persist
 across calls, so a multi-turn episode never re-encodes what it already has.
 
 Shapes are fixed per sampler (rows, capacity, decode chunk); prefill chunks
-are padded to a small set of buckets, and (where rows are not split over devices) a
-prefill for at most half the rows runs on those rows only, their count padded
-to a power of two: one program per
-(chunk bucket, row-count bucket) met, a handful per sampler. The model is re-split at every call: the sampler always uses the
-params the trainer currently holds, without copying them.
+are padded to a small set of buckets, and a prefill for at most half the rows
+(per shard of rows, where rows are split over devices) runs on those rows only,
+their count padded to a power of two: one program per (chunk bucket, row-count
+bucket, span) met. Decoding compiles one program per span.
+
+Params: by default the sampler decodes on the model's params where they are (the
+trainer's, in the training layout), re-read at every call. With a
+`partitioning.SamplingLayout` that copies params it runs on its own mesh over
+the same devices, on a copy of the params cast to the layout's dtype (`refresh`
+makes it, `release` frees it): decoding then reads each chip's weights where
+they lie instead of gathering them every token.
 
 Multi-host: every process runs `append` and `generate` together (they are
 collective), but each owns only the rows of its addressable shard of the
@@ -35,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from swirl_jax import multihost, partitioning, validation
 from swirl_jax.models.transformer import KVCache, Transformer
@@ -195,6 +201,16 @@ def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, k
   return jax.lax.fori_loop(0, steps, step, carry)
 
 
+def _manual_spec(sharding: NamedSharding, axes: Sequence[str]) -> PartitionSpec:
+  """`sharding`'s spec with only the mesh axes in `axes` kept: what a shard_map manual over those
+  axes sees of it (the other axes stay automatic)."""
+  def keep(entry):
+    names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    kept = tuple(n for n in names if n in axes)
+    return None if not kept else kept[0] if len(kept) == 1 else kept
+  return PartitionSpec(*(keep(e) for e in sharding.spec))
+
+
 @dataclasses.dataclass
 class _RowTurn:
   """One row's turn as it is sampled, chunk by chunk, on the host that owns the row."""
@@ -217,8 +233,15 @@ class Sampler:
                buckets: Sequence[int] = (16, 32, 64, 128, 256, 512, 1024, 2048),
                decode_steps: int = 16, mesh: Mesh | None = None,
                rules: partitioning.LogicalRules | None = None, vocab: Vocabulary | None = None, seed: int = 0,
-               spans: Sequence[int] | None = None, ring_buffers: bool = True):
+               spans: Sequence[int] | None = None, ring_buffers: bool = True,
+               layout: partitioning.SamplingLayout | None = None):
     self.model = model
+    # With a sampling layout that copies params, the sampler runs on its own mesh over the same
+    # devices, on its own copy of the params (`refresh`, `release`).
+    self.layout = layout if layout is not None and layout.copy_params else None
+    self.training_mesh = mesh
+    if self.layout is not None:
+      mesh = self.layout.mesh_over(mesh)
     self.rows = rows
     self.capacity = capacity
     self.buckets = tuple(sorted(b for b in buckets if b <= capacity)) or (capacity,)
@@ -240,11 +263,16 @@ class Sampler:
                            static_argnames=("steps", "span", "temperature", "top_k", "top_p"))
     # On a mesh that spans processes, reset(), append and generate are collective.
     self.collective = multihost.spans_processes(mesh)
-    # Whether the batch of rows is split over devices. Gathering some rows of a split cache (a
-    # prefill of a few rows, a fork) makes XLA gather the whole cache onto every device: Gemma 3 27B
-    # with 256 x 8,192 slots on v5e-256 would need 122 GiB a chip. So neither is done there.
+    # How rows are split over devices. Gathering some rows of a split cache (a prefill of a few rows,
+    # a fork) makes XLA gather the whole cache onto every device (Gemma 3 27B with 256 x 8,192 slots
+    # on v5e-256 would need 122 GiB a chip), so both run per shard of rows (`shard_map` over the
+    # mesh axes that split them), where no param is split over those axes; else (`rows_split`) a
+    # state is prefilled into each of its rows instead.
+    self.row_axes = self._row_axes()
+    self.row_shards = math.prod(mesh.shape[a] for a in self.row_axes) if self.row_axes else 1
     self.rows_split = mesh is not None and partitioning.batch_sharding(
-        mesh, self.rules, (rows,)).spec[0] is not None
+        mesh, self.rules, (rows,)).spec[0] is not None and not self.row_axes
+    self.rows_per_shard = rows if self.rows_split else rows // self.row_shards
     # Which process does each row's host work (its addressable shard of the batch).
     self.row_owners = np.full(rows, jax.process_index(), np.int64)
     if self.collective:
@@ -263,9 +291,20 @@ class Sampler:
                                         partitioning.batch_sharding(mesh, self.rules, (rows, config.embed_dim)))
     self._make_cache = make_cache if mesh is None else jax.jit(make_cache, out_shardings=placed[0])
     self._make_hidden = make_hidden if mesh is None else jax.jit(make_hidden, out_shardings=placed[1])
-    self._fork = jax.jit(_fork, donate_argnums=(0, 1), out_shardings=placed)
-    self._append_rows = jax.jit(_append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
+    self._fork = jax.jit(self._per_shard(_fork, placed) if self.row_axes else _fork, donate_argnums=(0, 1),
+                         out_shardings=placed)
+    append_rows = self._per_shard(_append_rows, placed) if self.row_axes else _append_rows
+    self._append_rows = jax.jit(append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
                                 static_argnames="span")
+    self._params = None  # the sampler's own copy, in the sampling layout (None: not made, or released)
+    self._owns_params = False
+    self.reshard_seconds: list[float] = []  # each reshard into the sampling layout, for accounting
+    if self.layout is not None:
+      state = nnx.state(model)
+      self._param_shardings = partitioning.state_shardings(state, mesh, self.rules)
+      source = (None if self.training_mesh is None else
+                partitioning.state_shardings(state, self.training_mesh, self.rules))
+      self._reshard = partitioning.reshard_fn(source, self._param_shardings, self.layout.param_dtype)
     self.prefill_tokens = 0  # tokens this process's rows have prefilled (append), for accounting
     self.reset()
 
@@ -285,6 +324,89 @@ class Sampler:
     self._check_owned(rows, "reset")
     self._lengths[list(rows)] = 0
     self._sync_lengths()
+
+  def _row_axes(self) -> tuple[str, ...]:
+    """The mesh axes that split the rows, where a fork or a few rows' prefill can run per shard of
+    rows: no param may be split over them (a shard would see a piece of a weight). () otherwise."""
+    if self.mesh is None:
+      return ()
+    spec = partitioning.batch_sharding(self.mesh, self.rules, (self.rows,)).spec[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    if not any(self.mesh.shape[a] > 1 for a in axes):
+      return ()
+    params = partitioning.state_shardings(nnx.state(self.model), self.mesh, self.rules)
+    for sharding in jax.tree.leaves(params):
+      for entry in sharding.spec:
+        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        if any(n in axes and self.mesh.shape[n] > 1 for n in names):
+          return ()
+    return axes
+
+  def _per_shard(self, fn, placed):
+    """`fn` (`_fork` or `_append_rows`) run on each shard of rows by itself (`shard_map`, manual over
+    the row axes, automatic over the rest), with row indices local to the shard: the G rows of a
+    state live on one shard, so nothing crosses shards and no shard sees another's cache."""
+    axes, mesh = self.row_axes, self.mesh
+    cache_specs = jax.tree.map(lambda s: _manual_spec(s, axes), placed[0])
+    rows_spec = PartitionSpec(axes)
+    rows2d_spec = PartitionSpec(axes, None)
+    inner_rules = tuple((name, None if target is None else tuple(
+        a for a in ((target,) if isinstance(target, str) else target) if a not in axes) or None)
+                        for name, target in self.rules)
+    if fn is _fork:
+      def fork_local(cache, last_hidden_BxD, source_B):
+        shard = jax.lax.axis_index(axes)
+        return _fork(cache, last_hidden_BxD, source_B - shard * last_hidden_BxD.shape[0])
+      return jax.shard_map(fork_local, mesh=mesh, in_specs=(cache_specs, rows2d_spec, rows_spec),
+                           out_specs=(cache_specs, rows2d_spec), axis_names=set(axes))
+
+    def append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, *, span):
+      def local(params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R):
+        with partitioning.use_rules(inner_rules):  # inside, the rows are this shard's alone
+          return _append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, span=span)
+      return jax.shard_map(local, mesh=mesh,
+                           in_specs=(PartitionSpec(), cache_specs, rows2d_spec, rows2d_spec, rows_spec, rows_spec),
+                           out_specs=(cache_specs, rows2d_spec), axis_names=set(axes))(
+                               params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R)
+    return append_rows
+
+  # -- params ----------------------------------------------------------------
+
+  def params(self) -> nnx.State:
+    """The params the sampler decodes with: the model's own, or (with a sampling layout) its copy,
+    made from the model's params at first use and kept until `refresh` or `release`."""
+    if self.layout is None:
+      return nnx.state(self.model)
+    if self._params is None:
+      self.refresh()
+    return self._params
+
+  def refresh(self) -> None:
+    """Collective. Lays the model's current params out in the sampling layout: one program casts
+    them to the layout's dtype and moves them (every process runs it). Params that already live
+    there (a model loaded straight into the sampling layout) are used as they are, not copied.
+    Without a sampling layout there is nothing to do: the sampler reads the model's params."""
+    if self.layout is None:
+      return
+    self.release()
+    state = nnx.state(self.model)
+    dtype = jnp.dtype(self.layout.param_dtype)
+    placed = all(getattr(x, "sharding", None) == target and (x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating))
+                 for x, target in zip(jax.tree.leaves(state), jax.tree.leaves(self._param_shardings)))
+    if placed:
+      self._params, self._owns_params = state, False
+      return
+    start = time.perf_counter()
+    self._params, self._owns_params = jax.block_until_ready(self._reshard(state)), True
+    self.reshard_seconds.append(time.perf_counter() - start)
+
+  def release(self) -> None:
+    """Frees the sampler's copy of the params (online RL: after sampling, before the update, so the
+    copy and the update's temporaries never share the chips' memory). The next use makes it anew."""
+    if self._params is not None and self._owns_params:
+      for x in jax.tree.leaves(self._params):
+        x.delete()
+    self._params = None
 
   def _put(self, host: np.ndarray) -> jax.Array:
     """A [rows, ...] host array (valid on this process's rows) as a global device array."""
@@ -356,12 +478,17 @@ class Sampler:
         gathered = multihost.allgather_ints([longest, end] + receiving.tolist())
         longest, end = (int(v) for v in gathered[:, :2].max(axis=0))
         receiving = gathered[:, 2:].sum(axis=0)
-      count = int((receiving > 0).sum())
+      # Per shard of rows: its receiving rows, padded with its idle ones to one count (a power of
+      # two) for every shard; indices local to the shard (one shard without split rows).
+      per_shard = self.rows // self.row_shards
+      receiving_SxP = receiving.reshape(self.row_shards, per_shard) > 0
+      count = int(receiving_SxP.sum(axis=1).max())
       subset = 1 << max(count - 1, 0).bit_length()
       rows_R = None
-      if subset * 2 <= self.rows:
-        rows_R = np.concatenate([np.flatnonzero(receiving > 0), np.flatnonzero(receiving == 0)[:subset - count]])
-        rows_R = jnp.asarray(rows_R.astype(np.int32))
+      if subset * 2 <= per_shard:
+        rows_R = np.concatenate([np.concatenate([np.flatnonzero(r), np.flatnonzero(~r)])[:subset]
+                                 for r in receiving_SxP]).astype(np.int32)
+        rows_R = self._put(rows_R) if self.row_axes else jnp.asarray(rows_R)
     span = self._span(end)
     # Chunks are padded to a bucket (padding is never stored); a long append
     # runs as several chunks.
@@ -374,7 +501,7 @@ class Sampler:
         piece = list(tokens[offset:offset + bucket])
         tokens_BxC[row, :len(piece)] = piece
         num_new_B[row] = len(piece)
-      inputs = (self._graphdef, nnx.state(self.model), self._cache, self._last_hidden, self._put(tokens_BxC),
+      inputs = (self._graphdef, self.params(), self._cache, self._last_hidden, self._put(tokens_BxC),
                 self._put(num_new_B))
       if rows_R is None:
         self._cache, self._last_hidden = self._call(f"prefill[{bucket}, span {span}]", self._append, *inputs,
@@ -394,9 +521,11 @@ class Sampler:
     """Row `target` becomes a copy of row `sources[target]`: its context's keys and values, length
     and last hidden state, copied on device (no prefill). What the target held is dropped.
 
-    Collective: every process calls it, with its own target rows (a source may be any row). On a
-    mesh that splits rows over devices (`rows_split`) it gathers the whole cache on every device:
-    there, prefill the rows instead (as `online.sample_actions` does).
+    Collective: every process calls it, with its own target rows. Where rows are split over
+    devices it runs per shard of rows, so a source must be in its target's shard (`rows_per_shard`
+    consecutive rows); on a mesh that splits params over the row axes too (`rows_split`) it would
+    gather the whole cache onto every device: there, prefill the rows instead (as
+    `online.sample_actions` does).
     Sources are read as they were before the call ({1: 0, 2: 1} gives row 2 the old row 1).
     Sampling a forked row then equals sampling a row that prefilled the same context.
     """
@@ -404,6 +533,10 @@ class Sampler:
     bad = [s for s in sources.values() if not 0 <= s < self.rows]
     if error is None and bad:
       error = f"Sampler.fork: source rows {bad[:8]} are not rows of this sampler ({self.rows})"
+    across = [(t, s) for t, s in sources.items() if t // self.rows_per_shard != s // self.rows_per_shard]
+    if error is None and across:
+      error = (f"Sampler.fork: row {across[0][0]} would copy row {across[0][1]} of another shard of rows "
+               f"({self.rows_per_shard} rows a shard)")
     multihost.raise_together(error, across=self.collective)
     source_B = np.arange(self.rows, dtype=np.int32)
     for target, source in sources.items():
@@ -452,7 +585,7 @@ class Sampler:
     while running:
       span = self._span(need)
       out = self._call(
-          f"decode[span {span}]", self._decode, self._graphdef, nnx.state(self.model), self._cache, self._last_hidden,
+          f"decode[span {span}]", self._decode, self._graphdef, self.params(), self._cache, self._last_hidden,
           self._put(active), self._put(count), keys, stop_ids, limit_B,
           steps=self.decode_steps, span=span, temperature=config.temperature, top_k=config.top_k,
           top_p=config.top_p)

@@ -114,8 +114,8 @@ def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples
                    config: SamplingConfig, key_ids: Sequence | None = None,
                    sample_ids: Mapping[int, int] | None = None) -> dict[int, list[TurnOutput]]:
   """G actions for each state slot in `contexts` (this process's), each sampled in its own row; the
-  state's context is prefilled once and forked into its G rows (where the sampler's rows are not
-  split over devices; otherwise each row prefills it).
+  state's context is prefilled once and forked into its G rows (on each shard of rows by itself
+  where rows are split over devices; see `Sampler.fork` for where each row prefills it instead).
 
   Collective: every process calls it together. Sample g of slot s is seeded by
   row_key(*key_ids, sample_ids[s], g) when key_ids are given (sample_ids: the slot itself by
@@ -124,7 +124,9 @@ def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples
   """
   g_count = samples_per_state
   sampler.reset()
-  if sampler.rows_split:  # a fork would gather the whole cache onto every device: prefill G rows
+  # A fork copies within a shard of rows: where a state's G rows are not on one shard, or a fork
+  # would gather the whole cache onto every device (`rows_split`), each row prefills the state.
+  if sampler.rows_split or sampler.rows_per_shard % g_count:
     sampler.append({slot * g_count + g: list(c) for slot, c in contexts.items() for g in range(g_count)})
   else:  # each context prefilled once, into its first row, and copied on device into the other G - 1
     sampler.append({slot * g_count: list(c) for slot, c in contexts.items()})

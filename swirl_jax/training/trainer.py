@@ -123,7 +123,7 @@ class Trainer:
                sft: SftConfig | None = None, scorer=None, vocab=None, stop_ids: Sequence[int] = (),
                stop_strings: Sequence[str] = (), mesh: Mesh | None = None,
                rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES, metrics_dir: str | None = None,
-               model_id: dict | None = None):
+               model_id: dict | None = None, sampling_layout: partitioning.SamplingLayout | None = None):
     if config.mode == "online" and scorer is None:
       raise ValueError("Trainer: online mode needs a scorer (the judge)")
     self.model, self.config, self.scorer, self.mesh, self.rules = model, config, scorer, mesh, rules
@@ -145,6 +145,7 @@ class Trainer:
     self._check_task(facts)
     # What a checkpoint here must have been trained with to be resumed: the settings that change
     # the result, the data, the starting model and (online) the judge.
+    sampling_layout = (sampling_layout or partitioning.SamplingLayout()) if config.mode == "online" else None
     self.fingerprint = json.loads(json.dumps({
         # Where and how often it saves, what it logs, and micro-batching (the update is the same)
         # leave the result alone.
@@ -155,6 +156,8 @@ class Trainer:
         "algorithm": provenance.config_fields({"online": self.online, "sft": self.sft}.get(config.mode))
                      if config.mode != "offline" else None,
         "data": facts.identity,
+        # The sampling layout's param dtype changes what is sampled online (its mesh does not).
+        "sampling": sampling_layout.identity() if sampling_layout is not None else None,
         "model": model_id or policy.policy_identity(),
         "judge": provenance.judge_identity(scorer.judge) if scorer is not None and hasattr(scorer, "judge") else None,
     }, default=str))
@@ -166,13 +169,17 @@ class Trainer:
       self.sampling = SamplingConfig(temperature=self.online.temperature,
                                      max_new_tokens=self.online.max_action_tokens, stop_ids=tuple(stop_ids),
                                      stop_strings=tuple(stop_strings))
+      # Online sampling decodes in the sampling layout where one is set (gin's SamplingLayout): the
+      # sampler reshards the params into it at each step and frees that copy before the update.
       self.sampler = Sampler(model, rows=config.batch_size, capacity=facts.longest + self.online.max_action_tokens,
-                             vocab=vocab, mesh=mesh, rules=rules)
+                             vocab=vocab, mesh=mesh, rules=rules, layout=sampling_layout)
     else:
       self.stream = batches.RowStream(self.task, config.sequence_length, seed=config.seed, pack=config.pack_rows,
                                       reward_one=config.mode == "sft", context_weight=self.sft.context_weight,
                                       use_cached=config.use_cached_task)
     self.total_rows = config.batch_size // g if self.tree_rows else config.batch_size  # rows the update trains
+    if self.sampler is not None:
+      self._check_row_owners()
 
     # The algorithm, the optimizer and the step.
     self.objective = _objective(config.mode, self.online)
@@ -218,6 +225,22 @@ class Trainer:
     if facts.longest > config.sequence_length:
       raise ValueError(f"SeqIO task {self.task!r} has an example of {facts.longest} tokens; rows hold "
                        f"{config.sequence_length} (raise TrainConfig.sequence_length)")
+
+  def _check_row_owners(self) -> None:
+    """A process lays out, for the update, the rows of the states it sampled: the sampler's mesh
+    must give each process the same states as the training mesh gives it rows."""
+    if self.mesh is None or not multihost.is_multiprocess() or self.sampler.mesh is self.mesh:
+      return
+    g = self.online.samples_per_state
+    sampled = multihost.row_owners(partitioning.batch_sharding(self.sampler.mesh, self.rules, (self.config.batch_size,)),
+                                   self.config.batch_size)
+    trained = multihost.row_owners(partitioning.batch_sharding(self.mesh, self.rules, (self.total_rows,)),
+                                   self.total_rows)
+    by_state = sampled[::g]
+    if not np.array_equal(by_state if self.tree_rows else sampled, trained):
+      raise ValueError(f"SamplingLayout {partitioning.describe(self.sampler.mesh)}: its rows fall on other "
+                       f"processes than the training mesh's ({partitioning.describe(self.mesh)}) rows; keep the "
+                       "sampling mesh's data x fsdp a multiple of the processes, in the same device order")
 
   # -- state -----------------------------------------------------------------
 
@@ -287,6 +310,7 @@ class Trainer:
         self.online.baseline, key_ids=("online", self.config.seed, step),
         sample_ids={slot: i * count + p for i, slot in enumerate(slots)}, judge_failures=self.online.judge_failures,
         layout=self.online.layout)
+    self.sampler.release()  # the sampling layout's copy of the params is not kept through the update
     scored = ~np.isnan(batch.rewards)
     reward_sum, scored_count, failures, sampled, logged_sum = np.sum(
         multihost.allgather_json([float(batch.rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
