@@ -19,11 +19,13 @@ is reported with XLA's message (the GiB of temporaries it needs); docs/scaling.m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server here
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiles only: several may run at once
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
@@ -32,7 +34,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from swirl_jax import partitioning  # noqa: E402
+from swirl_jax import compiled_cost, partitioning  # noqa: E402
 from swirl_jax.data import features  # noqa: E402
 from swirl_jax.models import init_model, model_config  # noqa: E402
 from swirl_jax.models.transformer import KVCache  # noqa: E402
@@ -41,9 +43,7 @@ from swirl_jax.training import objectives  # noqa: E402
 from swirl_jax.training.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from swirl_jax.training.step import jit_train_step, train_step_fn  # noqa: E402
 
-# HBM per chip, GiB (public Cloud TPU figures).
-HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32}
-GIB = 1024 ** 3
+GIB = compiled_cost.GIB
 
 
 def tpu_devices(topology: str, num_slices: int):
@@ -56,7 +56,17 @@ def abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def report(name: str, lowered, hbm_gib: float | None, scanned: bool = False) -> dict:
+def chip_bytes(tree) -> float:
+  """Bytes of one chip's shards of a tree of sharded ShapeDtypeStructs."""
+  return float(sum(np.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree)))
+
+
+def report(name: str, lowered, chip: compiled_cost.Chip | None, scanned: bool = False, per: int = 1,
+           unit: str = "call", flops: float | None = None, hbm_bytes: float | None = None) -> dict:
+  """Compiles `lowered`; prints and returns its per-chip memory, XLA's FLOPs and bytes accessed, its
+  collective bytes by kind weighted by loop trips, and (given this program's FLOPs and HBM bytes per
+  `unit`, `per` units a call) its lower bounds per unit."""
   start = time.perf_counter()
   try:
     compiled = lowered.compile()
@@ -71,16 +81,199 @@ def report(name: str, lowered, hbm_gib: float | None, scanned: bool = False) -> 
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  traffic = compiled_cost.collective_traffic(compiled.as_text())
   row = {"function": name, "fits": True, "compile_s": seconds, "flops": float(cost.get("flops", 0.0)),
+         "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
          "argument_gib": memory.argument_size_in_bytes / GIB, "output_gib": memory.output_size_in_bytes / GIB,
-         "alias_gib": memory.alias_size_in_bytes / GIB, "temp_gib": memory.temp_size_in_bytes / GIB}
+         "alias_gib": memory.alias_size_in_bytes / GIB, "temp_gib": memory.temp_size_in_bytes / GIB,
+         "collective_bytes": dict(traffic.bytes_by_kind), "collective_bytes_per_" + unit: traffic.total_bytes / per,
+         "unknown_trip_loops": traffic.unknown_trip_loops}
   # Donated outputs alias their arguments: the peak holds arguments, temporaries and new outputs.
   row["total_gib"] = row["argument_gib"] + row["output_gib"] - row["alias_gib"] + row["temp_gib"]
-  fits = "" if hbm_gib is None else f" of {hbm_gib} GiB ({row['total_gib'] / hbm_gib:.0%})"
+  hbm_gib = chip.hbm_bytes / GIB if chip else None
+  fits = "" if hbm_gib is None else f" of {hbm_gib:.0f} GiB ({row['total_gib'] / hbm_gib:.0%})"
   print(f"{name:>8}: arguments {row['argument_gib']:.2f} GiB, outputs {row['output_gib']:.2f} "
         f"(aliased {row['alias_gib']:.2f}), temporaries {row['temp_gib']:.2f}, total {row['total_gib']:.2f} GiB"
         f"{fits} per chip; {row['flops']:.3g} FLOPs per chip{' (XLA counts the scanned layers once)' if scanned else ''}; compiled in {seconds:.1f} s", flush=True)
+  print(f"{'':>8}  collectives per chip: {compiled_cost.describe_traffic(traffic, per, unit)} (loops weighted by "
+        f"their trips{'; ' + str(traffic.unknown_trip_loops) + ' loop(s) of unknown trips counted once' if traffic.unknown_trip_loops else ''}); "
+        f"XLA's bytes accessed {row['bytes_accessed'] / GIB:.3g} GiB per call (loop bodies once)", flush=True)
+  if chip is not None and flops is not None and hbm_bytes is not None:
+    bound = compiled_cost.bounds(chip, flops, hbm_bytes, traffic.total_bytes / per)
+    row.update(compute_s=bound.compute_s, hbm_s=bound.hbm_s, ici_s=bound.ici_s, lower_bound_s=bound.lower_bound_s,
+               limited_by=bound.limited_by)
+    print(f"{'':>8}  lower bounds per {unit} on {chip.name}: compute {bound.compute_s * 1e3:.3f} ms, HBM "
+          f"{bound.hbm_s * 1e3:.3f} ms, ICI {bound.ici_s * 1e3:.3f} ms: at least {bound.lower_bound_s * 1e3:.3f} ms "
+          f"({bound.limited_by}; {bound.lower_bound_s / bound.hbm_s:.2f}x the HBM bound)", flush=True)
   return row
+
+
+def param_count(config) -> int:
+  shapes = nnx.state(nnx.eval_shape(lambda: init_model(config)))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def decode_flops(config, rows: int, span: int) -> float:
+  """FLOPs of one decode step for `rows` rows (all chips): every weight once per row (the tied
+  embedding as the logits' matmul), attention over `span` slots (a window's on local layers)."""
+  attention = sum(4 * config.num_heads * config.head_dim * (span if kind == "global" else min(span, config.sliding_window))
+                  for kind in config.layer_types)
+  return rows * (2 * param_count(config) + attention)
+
+
+def parse_mesh(text: str) -> tuple[int, int, int]:
+  data, fsdp, tensor = (int(x) for x in text.split(","))
+  return data, fsdp, tensor
+
+
+class Compiler:
+  """The project's jitted functions lowered for one model on one slice, nothing allocated."""
+
+  def __init__(self, args, devices, config, rules):
+    self.args, self.devices, self.config, self.rules = args, devices, config, rules
+    self.chip = compiled_cost.CHIPS.get(devices[0].device_kind)
+    self.training_mesh = self.mesh_of(parse_mesh(args.mesh))
+    self.graphdef, shapes = nnx.split(nnx.eval_shape(lambda: init_model(config)))
+    self.param_shapes = shapes
+    self.params = abstract(shapes, partitioning.state_shardings(shapes, self.training_mesh, rules))
+    self.tx = make_optimizer(OptimizerConfig(), steps=1000)
+    opt_shapes = jax.eval_shape(self.tx.init, self.params)
+    self.opt_shardings = partitioning.optimizer_state_shardings(
+        self.tx, opt_shapes, jax.tree.map(lambda x: x.sharding, self.params), self.training_mesh)
+    self.opt_state = abstract(opt_shapes, self.opt_shardings)
+    # What stays on the chips while the sampler runs: params, AdamW's moments, the KL reference.
+    self.training_state_bytes = chip_bytes(self.params) * (2 if args.kl else 1) + chip_bytes(self.opt_state)
+
+  def mesh_of(self, shape):
+    data, fsdp, tensor = shape
+    return partitioning.make_mesh(partitioning.MeshConfig(data=data, fsdp=fsdp, tensor=tensor), self.devices,
+                                  num_slices=self.args.num_slices)
+
+  def sampling_params(self, layout: partitioning.SamplingLayout):
+    """The sampler's copy in `layout` (its mesh over the training mesh's devices, its dtype)."""
+    mesh = layout.mesh_over(self.training_mesh)
+    shardings = partitioning.state_shardings(self.param_shapes, mesh, self.rules)
+    cast = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(layout.param_dtype)
+                                                       if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype),
+                        self.param_shapes)
+    return mesh, abstract(cast, shardings)
+
+  def train_step(self, name: str):
+    args = self.args
+    objective = (objectives.RewardWeightedLikelihood() if name == "offline"
+                 else objectives.PolicyGradient(kl_coef=0.01 if args.kl else 0.0))
+    mesh = self.training_mesh
+    step = jit_train_step(train_step_fn(self.graphdef, objective, self.tx, args.grad_accum),
+                          (jax.tree.map(lambda x: x.sharding, self.params), self.opt_shardings,
+                           NamedSharding(mesh, PartitionSpec())))
+    batch = {n: jax.ShapeDtypeStruct((args.rows, args.seq_len), jnp.dtype(dt), sharding=partitioning.batch_sharding(
+        mesh, self.rules, (args.rows, args.seq_len))) for n, dt in features.DTYPES.items()}
+    reference = jax.tree.map(lambda x: x, self.params) if name == "online" and args.kl else None  # its own leaves
+    slots = args.loss_tokens or (args.rows // args.grad_accum) * 256
+    tokens = args.rows * args.seq_len
+    # The update at least: forward and backward of every weight for every token (6 N), and the
+    # reference's forward with a KL term (2 N); attention and remat add to it.
+    flops = tokens * param_count(self.config) * (8 if reference is not None else 6) / len(self.devices)
+    with partitioning.activate(mesh, self.rules):
+      return report(name, step.lower(self.params, self.opt_state, batch, reference, slots), self.chip,
+                    args.scan_layers, flops=flops, hbm_bytes=chip_bytes(self.params) * 2 + chip_bytes(self.opt_state) * 2)
+
+  def sampler_function(self, name: str, layout: partitioning.SamplingLayout | None):
+    """A sampler program in the training layout (layout None) or in a sampling layout."""
+    args, config = self.args, self.config
+    mesh, params = (self.training_mesh, self.params) if layout is None else self.sampling_params(layout)
+    label = name if layout is None else f"{name} (sampling {','.join(str(v) for v in mesh.shape.values())})"
+    b = args.sampler_rows or args.rows
+    capacity = args.cache_len or args.seq_len
+    batch_of = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=partitioning.batch_sharding(
+        mesh, self.rules, shape))
+    # As the sampler builds it: window layers in rings of window + decode_steps slots; attention
+    # reads the whole capacity (the largest span, the worst case).
+    cache_shapes = jax.eval_shape(lambda: KVCache.zeros(
+        config, b, capacity, window_slots=config.sliding_window + args.decode_steps))
+    cache = abstract(cache_shapes, cache_shapes.shardings(mesh, self.rules))
+    hidden = batch_of((b, config.embed_dim), jnp.float32)
+    placed = (jax.tree.map(lambda x: x.sharding, cache), hidden.sharding)
+    axes = sampler_lib.row_axes(mesh, self.rules, b, jax.tree.map(lambda x: x.sharding, params))
+    local = lambda fn: sampler_lib.per_shard(fn, mesh, self.rules, axes, placed[0]) if axes else fn
+    state_bytes = chip_bytes(params) + chip_bytes(cache)
+    with partitioning.activate(mesh, self.rules):
+      if name == "prefill":
+        fn = jax.jit(sampler_lib._append, static_argnums=0, donate_argnums=(2, 3), static_argnames="span")
+        lowered = fn.lower(self.graphdef, params, cache, hidden, batch_of((b, args.prefill_chunk), jnp.int32),
+                           batch_of((b,), jnp.int32), span=capacity)
+        row = report(label, lowered, self.chip, args.scan_layers)
+      elif name == "prefill_rows":  # online sampling: each state's context into one row of its G
+        fn = jax.jit(local(sampler_lib._append_rows), static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
+                     static_argnames="span")
+        rows_R = (batch_of((b // args.samples,), jnp.int32) if axes else
+                  jax.ShapeDtypeStruct((b // args.samples,), jnp.int32))
+        lowered = fn.lower(self.graphdef, params, cache, hidden, batch_of((b, args.prefill_chunk), jnp.int32),
+                           batch_of((b,), jnp.int32), rows_R, span=capacity)
+        row = report(label, lowered, self.chip, args.scan_layers)
+      elif name == "fork":  # ... then copied into the other G - 1 rows
+        fn = jax.jit(local(sampler_lib._fork), donate_argnums=(0, 1), out_shardings=placed)
+        row = report(label, fn.lower(cache, hidden, batch_of((b,), jnp.int32)), self.chip)
+      else:
+        fn = jax.jit(sampler_lib._decode_chunk, static_argnums=0, donate_argnums=(2, 3),
+                     static_argnames=("steps", "span", "temperature", "top_k", "top_p"))
+        lowered = fn.lower(self.graphdef, params, cache, hidden, batch_of((b,), jnp.bool_), batch_of((b,), jnp.int32),
+                           batch_of((b, 2), jnp.uint32), jax.ShapeDtypeStruct((2,), jnp.int32),
+                           batch_of((b,), jnp.int32), steps=args.decode_steps, span=capacity, temperature=1.0, top_k=0,
+                           top_p=1.0)
+        # Per decode step: every weight and the whole cache read once (a lower bound on HBM traffic).
+        row = report(label, lowered, self.chip, args.scan_layers, per=args.decode_steps, unit="decode step",
+                     flops=decode_flops(config, b, capacity) / len(self.devices), hbm_bytes=state_bytes)
+        if row.get("fits"):
+          row["weight_bytes"] = chip_bytes(params)
+          row["gathered_share"] = row["collective_bytes"]["all-gather"] / args.decode_steps / chip_bytes(params)
+          print(f"{'':>8}  all-gathered per decode step: {row['gathered_share']:.3%} of the chip's weight bytes "
+                f"({chip_bytes(params) / GIB:.2f} GiB)", flush=True)
+    row["layout"] = "training" if layout is None else "sampling"
+    row["mesh"] = dict(mesh.shape)
+    if row.get("fits"):
+      # The sampler's program beside what the trainer keeps (its params are the sampler's own in the
+      # training layout, so they count once).
+      shared = chip_bytes(params) if layout is None else 0.0
+      row["with_training_state_gib"] = row["total_gib"] + (self.training_state_bytes - shared) / GIB
+      if self.chip is not None:
+        share = row["with_training_state_gib"] * GIB / self.chip.hbm_bytes
+        row["hbm_share"] = share
+        print(f"{'':>8}  with the training state ({self.training_state_bytes / GIB:.2f} GiB): "
+              f"{row['with_training_state_gib']:.2f} GiB, {share:.0%} of HBM", flush=True)
+    return row
+
+  def reshard(self, layout: partitioning.SamplingLayout):
+    """The once-per-online-step program that casts the trainer's params and lays them out for the
+    sampler; what it moves per chip against one copy of the weights."""
+    mesh, target = self.sampling_params(layout)
+    fn = partitioning.reshard_fn(jax.tree.map(lambda x: x.sharding, self.params),
+                                 jax.tree.map(lambda x: x.sharding, target), layout.param_dtype)
+    copy = chip_bytes(target)
+    row = report("reshard", fn.lower(self.params), self.chip, flops=0.0,
+                 hbm_bytes=chip_bytes(self.params) + copy)
+    moved = sum(row["collective_bytes"].values())
+    row["copies_moved"] = moved / copy
+    print(f"{'':>8}  moves {moved / GIB:.2f} GiB per chip: {row['copies_moved']:.2f} x the chip's copy of the "
+          f"weights ({copy / GIB:.2f} GiB)", flush=True)
+    return row
+
+
+def online_step_bound(rows: dict, compiler: Compiler, layout_name: str) -> dict:
+  """The lower bound of one online step: (reshard,) prefill of each state once, `action_tokens`
+  decode steps, the update."""
+  args, chip = compiler.args, compiler.chip
+  b = args.sampler_rows or args.rows
+  decode = rows[f"decode/{layout_name}"]
+  prefill_flops = 2 * param_count(compiler.config) * (b // args.samples) * args.context / len(compiler.devices)
+  parts = {"reshard": rows["reshard"]["lower_bound_s"] if layout_name == "sampling" else 0.0,
+           "prefill": max(prefill_flops / chip.bf16_flops, decode["weight_bytes"] / chip.hbm_bytes_per_s),
+           "decode": args.action_tokens * decode["lower_bound_s"],
+           "update": rows["online"]["lower_bound_s"]}
+  total = sum(parts.values())
+  print(f"online step ({layout_name} layout): at least {total * 1e3:.4g} ms = "
+        + ", ".join(f"{k} {v * 1e3:.4g} ms" for k, v in parts.items()), flush=True)
+  return {"layout": layout_name, "total_s": total, **{k + "_s": v for k, v in parts.items()}}
 
 
 def main(argv=None) -> list[dict]:
@@ -105,81 +298,88 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--prefill_chunk", type=int, default=512)
   parser.add_argument("--decode_steps", type=int, default=16)
   parser.add_argument("--samples", type=int, default=4, help="G: prefill_rows prefills rows / G rows")
-  parser.add_argument("--functions", default="offline,online,prefill,decode")
+  parser.add_argument("--functions", default="offline,online,prefill,decode",
+                      help="offline, online, prefill, prefill_rows, fork, decode, reshard")
+  parser.add_argument("--sampling_mesh", default="",
+                      help="data,fsdp,tensor of a sampling layout: the sampler's functions compile in it too")
+  parser.add_argument("--sampling_param_dtype", default="bfloat16")
+  parser.add_argument("--propose", default="",
+                      help="tensor sizes to try as sampling layouts (data = the rest, fsdp = 1), e.g. 4,8,16: "
+                           "the decode chunk is compiled in each and the fastest that fits is proposed")
+  parser.add_argument("--headroom", type=float, default=0.10, help="HBM a proposal leaves free")
+  parser.add_argument("--context", type=int, default=2048, help="tokens of a state's context (online step bound)")
+  parser.add_argument("--action_tokens", type=int, default=256, help="decode steps of an action (online step bound)")
+  parser.add_argument("--json", default="", help="write the figures here")
   args = parser.parse_args(argv)
 
   devices = tpu_devices(args.topology, args.num_slices)
   kind = devices[0].device_kind
-  hbm = HBM_GIB.get(kind)
-  data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
-  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=data, fsdp=fsdp, tensor=tensor), devices,
-                                num_slices=args.num_slices)
+  chip = compiled_cost.CHIPS.get(kind)
   overrides = tuple((name, axis or None) for name, _, axis in (r.partition(":") for r in args.rules.split(",") if r))
   rules = partitioning.logical_rules(overrides)
   config = model_config(args.model, param_dtype=args.param_dtype or args.dtype, dtype=args.dtype, remat=args.remat,
                         scan_layers=args.scan_layers, attention_query_block=args.query_block)
+  compiler = Compiler(args, devices, config, rules)
+  hbm = chip.hbm_bytes / GIB if chip else None
   print(f"{args.model}{' (scanned layers)' if args.scan_layers else ''} on {args.topology} x {args.num_slices} ({len(devices)} chips, {kind}, "
-        f"{hbm} GiB HBM each); mesh {dict(mesh.shape)}; rule overrides {dict(overrides)}; query block {args.query_block}; jax {jax.__version__}, libtpu {libtpu_version()}")
-
-  graphdef, params = nnx.split(nnx.eval_shape(lambda: init_model(config)))
-  params = abstract(params, partitioning.state_shardings(params, mesh, rules))
-  batch_of = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=partitioning.batch_sharding(
-      mesh, rules, shape))
-  rows = []
-
+        f"{hbm:.0f} GiB HBM each); mesh {dict(compiler.training_mesh.shape)}; rule overrides {dict(overrides)}; query block {args.query_block}; jax {jax.__version__}, libtpu {libtpu_version()}")
+  layout = None
+  if args.sampling_mesh:
+    data, fsdp, tensor = parse_mesh(args.sampling_mesh)
+    layout = partitioning.SamplingLayout(copy_params=True, data=data, fsdp=fsdp, tensor=tensor,
+                                         param_dtype=args.sampling_param_dtype)
+  rows, results = {}, []
   for name in args.functions.split(","):
     if name in ("offline", "online"):
-      tx = make_optimizer(OptimizerConfig(), steps=1000)
-      opt_shapes = jax.eval_shape(tx.init, params)
-      opt_shardings = partitioning.optimizer_state_shardings(tx, opt_shapes, jax.tree.map(lambda x: x.sharding,
-                                                                                          params), mesh)
-      opt_state = abstract(opt_shapes, opt_shardings)
-      objective = (objectives.RewardWeightedLikelihood() if name == "offline"
-                   else objectives.PolicyGradient(kl_coef=0.01 if args.kl else 0.0))
-      step = jit_train_step(train_step_fn(graphdef, objective, tx, args.grad_accum),
-                            (jax.tree.map(lambda x: x.sharding, params), opt_shardings,
-                             NamedSharding(mesh, PartitionSpec())))
-      batch = {n: batch_of((args.rows, args.seq_len), jnp.dtype(dt)) for n, dt in features.DTYPES.items()}
-      reference = jax.tree.map(lambda x: x, params) if name == "online" and args.kl else None  # its own leaves
-      slots = args.loss_tokens or (args.rows // args.grad_accum) * 256
-      with partitioning.activate(mesh, rules):
-        rows.append(report(name, step.lower(params, opt_state, batch, reference, slots), hbm, args.scan_layers))
+      rows[name] = compiler.train_step(name)
     elif name in ("prefill", "prefill_rows", "fork", "decode"):
-      b = args.sampler_rows or args.rows
-      capacity = args.cache_len or args.seq_len
-      # As the sampler builds it: window layers in rings of window + decode_steps slots; attention
-      # reads the whole capacity (the largest span, the worst case).
-      cache_shapes = jax.eval_shape(lambda: KVCache.zeros(
-          config, b, capacity, window_slots=config.sliding_window + args.decode_steps))
-      cache = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                           cache_shapes, cache_shapes.shardings(mesh, rules))
-      hidden = batch_of((b, config.embed_dim), jnp.float32)
-      with partitioning.activate(mesh, rules):
-        placed = (jax.tree.map(lambda x: x.sharding, cache), hidden.sharding)
-        if name == "prefill":
-          fn = jax.jit(sampler_lib._append, static_argnums=0, donate_argnums=(2, 3), static_argnames="span")
-          lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b, args.prefill_chunk), jnp.int32),
-                             batch_of((b,), jnp.int32), span=capacity)
-        elif name == "prefill_rows":  # online sampling: each state's context into one row of its G
-          fn = jax.jit(sampler_lib._append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
-                       static_argnames="span")
-          lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b, args.prefill_chunk), jnp.int32),
-                             batch_of((b,), jnp.int32), jax.ShapeDtypeStruct((b // args.samples,), jnp.int32),
-                             span=capacity)
-        elif name == "fork":  # ... then copied into the other G - 1 rows
-          fn = jax.jit(sampler_lib._fork, donate_argnums=(0, 1), out_shardings=placed)
-          lowered = fn.lower(cache, hidden, batch_of((b,), jnp.int32))
-        else:
-          fn = jax.jit(sampler_lib._decode_chunk, static_argnums=0, donate_argnums=(2, 3),
-                       static_argnames=("steps", "span", "temperature", "top_k", "top_p"))
-          lowered = fn.lower(graphdef, params, cache, hidden, batch_of((b,), jnp.bool_), batch_of((b,), jnp.int32),
-                             batch_of((b, 2), jnp.uint32), jax.ShapeDtypeStruct((2,), jnp.int32),
-                             batch_of((b,), jnp.int32), steps=args.decode_steps, span=capacity, temperature=1.0, top_k=0,
-                             top_p=1.0)
-        rows.append(report(name, lowered, hbm, args.scan_layers))
+      rows[f"{name}/training"] = compiler.sampler_function(name, None)
+      if layout is not None:
+        rows[f"{name}/sampling"] = compiler.sampler_function(name, layout)
+    elif name == "reshard":
+      if layout is None:
+        raise SystemExit("--functions=reshard needs --sampling_mesh")
+      rows["reshard"] = compiler.reshard(layout)
     else:
-      raise SystemExit(f"--functions: unknown {name!r}; use offline, online, prefill, prefill_rows, fork, decode")
-  return rows
+      raise SystemExit(f"--functions: unknown {name!r}; use offline, online, prefill, prefill_rows, fork, decode, "
+                       "reshard")
+  results += [{"key": k, **v} for k, v in rows.items()]
+  if chip is not None and "online" in rows and rows["online"].get("fits") and "decode/training" in rows:
+    for layout_name in ("training", "sampling"):
+      if f"decode/{layout_name}" in rows and (layout_name == "training" or "reshard" in rows):
+        results.append({"key": f"online step/{layout_name}", **online_step_bound(rows, compiler, layout_name)})
+  if args.propose:
+    results += propose(compiler, [int(t) for t in args.propose.split(",")], args)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1, default=str)
+  return results
+
+
+def propose(compiler: Compiler, tensor_sizes, args) -> list[dict]:
+  """Compiles the decode chunk in each candidate sampling layout (fsdp 1, the given tensor sizes) and
+  proposes the one with the smallest lower bound per decode step that fits beside the training
+  state with the headroom left."""
+  chips = len(compiler.devices)
+  candidates = []
+  for tensor in tensor_sizes:
+    if chips % tensor:
+      continue
+    layout = partitioning.SamplingLayout(copy_params=True, data=chips // tensor, fsdp=1, tensor=tensor,
+                                         param_dtype=args.sampling_param_dtype)
+    row = compiler.sampler_function("decode", layout)
+    fits = row.get("fits") and row.get("hbm_share", 1.0) <= 1.0 - args.headroom
+    candidates.append({"key": f"proposal/tensor={tensor}", "tensor": tensor, "fits_with_headroom": bool(fits), **row})
+  fitting = [c for c in candidates if c["fits_with_headroom"]]
+  if not fitting:
+    print("proposal: no candidate sampling layout fits beside the training state; sample in the training layout")
+    return candidates
+  best = min(fitting, key=lambda c: c["lower_bound_s"])
+  best["proposed"] = True
+  print(f"proposal: SamplingLayout.copy_params=True, data={chips // best['tensor']}, fsdp=1, tensor={best['tensor']}: "
+        f"at least {best['lower_bound_s'] * 1e3:.3f} ms per decode step, {best['hbm_share']:.0%} of HBM with the "
+        "training state", flush=True)
+  return candidates
 
 
 def libtpu_version() -> str:

@@ -118,7 +118,7 @@ def test_each_state_is_prefilled_once_on_a_mesh_whose_rows_are_split():
     sampled.fork({1: 2})
 
 
-@pytest.mark.parametrize("on_mesh", [False, True])
+@pytest.mark.parametrize("on_mesh", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_online_rl_in_the_sampling_layout_trains_what_the_training_layout_trains(tmp_path, on_mesh):
   params = {}
   for name, layout in (("training", None), ("sampling", _layout(on_mesh))):

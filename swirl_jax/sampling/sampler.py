@@ -211,6 +211,52 @@ def _manual_spec(sharding: NamedSharding, axes: Sequence[str]) -> PartitionSpec:
   return PartitionSpec(*(keep(e) for e in sharding.spec))
 
 
+def row_axes(mesh: Mesh | None, rules: partitioning.LogicalRules, rows: int, param_shardings) -> tuple[str, ...]:
+  """The mesh axes that split `rows` rows, where a fork or a few rows' prefill can run per shard of
+  rows: no param may be split over them (a shard would see a piece of a weight). () otherwise."""
+  if mesh is None:
+    return ()
+  spec = partitioning.batch_sharding(mesh, rules, (rows,)).spec[0]
+  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+  if not any(mesh.shape[a] > 1 for a in axes):
+    return ()
+  for sharding in jax.tree.leaves(param_shardings):
+    for entry in sharding.spec:
+      names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+      if any(n in axes and mesh.shape[n] > 1 for n in names):
+        return ()
+  return axes
+
+
+def per_shard(fn, mesh: Mesh, rules: partitioning.LogicalRules, axes: tuple[str, ...], cache_shardings):
+  """`_fork` or `_append_rows` run on each shard of rows by itself (`shard_map`, manual over the
+  row axes `axes`, automatic over the rest), with row indices local to the shard: the G rows of a
+  state live on one shard, so nothing crosses shards and no shard sees another's cache."""
+  cache_specs = jax.tree.map(lambda s: _manual_spec(s, axes), cache_shardings)
+  rows_spec, rows2d_spec = PartitionSpec(axes), PartitionSpec(axes, None)
+  inner_rules = tuple((name, None if target is None else tuple(
+      a for a in ((target,) if isinstance(target, str) else target) if a not in axes) or None)
+                      for name, target in rules)
+  if fn is _fork:
+    def fork_local(cache, last_hidden_BxD, source_B):
+      shard = jax.lax.axis_index(axes)
+      return _fork(cache, last_hidden_BxD, source_B - shard * last_hidden_BxD.shape[0])
+    return jax.shard_map(fork_local, mesh=mesh, in_specs=(cache_specs, rows2d_spec, rows_spec),
+                         out_specs=(cache_specs, rows2d_spec), axis_names=set(axes))
+  if fn is not _append_rows:
+    raise ValueError(f"per_shard: {fn} is neither _fork nor _append_rows")
+
+  def append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, *, span):
+    def local(params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R):
+      with partitioning.use_rules(inner_rules):  # inside, the rows are this shard's alone
+        return _append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, span=span)
+    return jax.shard_map(local, mesh=mesh,
+                         in_specs=(PartitionSpec(), cache_specs, rows2d_spec, rows2d_spec, rows_spec, rows_spec),
+                         out_specs=(cache_specs, rows2d_spec), axis_names=set(axes))(
+                             params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R)
+  return append_rows
+
+
 @dataclasses.dataclass
 class _RowTurn:
   """One row's turn as it is sampled, chunk by chunk, on the host that owns the row."""
@@ -268,7 +314,8 @@ class Sampler:
     # on v5e-256 would need 122 GiB a chip), so both run per shard of rows (`shard_map` over the
     # mesh axes that split them), where no param is split over those axes; else (`rows_split`) a
     # state is prefilled into each of its rows instead.
-    self.row_axes = self._row_axes()
+    self.row_axes = row_axes(mesh, self.rules, rows, partitioning.state_shardings(nnx.state(model), mesh, self.rules)
+                             if mesh is not None else None)
     self.row_shards = math.prod(mesh.shape[a] for a in self.row_axes) if self.row_axes else 1
     self.rows_split = mesh is not None and partitioning.batch_sharding(
         mesh, self.rules, (rows,)).spec[0] is not None and not self.row_axes
@@ -291,9 +338,9 @@ class Sampler:
                                         partitioning.batch_sharding(mesh, self.rules, (rows, config.embed_dim)))
     self._make_cache = make_cache if mesh is None else jax.jit(make_cache, out_shardings=placed[0])
     self._make_hidden = make_hidden if mesh is None else jax.jit(make_hidden, out_shardings=placed[1])
-    self._fork = jax.jit(self._per_shard(_fork, placed) if self.row_axes else _fork, donate_argnums=(0, 1),
-                         out_shardings=placed)
-    append_rows = self._per_shard(_append_rows, placed) if self.row_axes else _append_rows
+    local = lambda fn: per_shard(fn, mesh, self.rules, self.row_axes, placed[0]) if self.row_axes else fn
+    self._fork = jax.jit(local(_fork), donate_argnums=(0, 1), out_shardings=placed)
+    append_rows = local(_append_rows)
     self._append_rows = jax.jit(append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
                                 static_argnames="span")
     self._params = None  # the sampler's own copy, in the sampling layout (None: not made, or released)
@@ -324,51 +371,6 @@ class Sampler:
     self._check_owned(rows, "reset")
     self._lengths[list(rows)] = 0
     self._sync_lengths()
-
-  def _row_axes(self) -> tuple[str, ...]:
-    """The mesh axes that split the rows, where a fork or a few rows' prefill can run per shard of
-    rows: no param may be split over them (a shard would see a piece of a weight). () otherwise."""
-    if self.mesh is None:
-      return ()
-    spec = partitioning.batch_sharding(self.mesh, self.rules, (self.rows,)).spec[0]
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
-    if not any(self.mesh.shape[a] > 1 for a in axes):
-      return ()
-    params = partitioning.state_shardings(nnx.state(self.model), self.mesh, self.rules)
-    for sharding in jax.tree.leaves(params):
-      for entry in sharding.spec:
-        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        if any(n in axes and self.mesh.shape[n] > 1 for n in names):
-          return ()
-    return axes
-
-  def _per_shard(self, fn, placed):
-    """`fn` (`_fork` or `_append_rows`) run on each shard of rows by itself (`shard_map`, manual over
-    the row axes, automatic over the rest), with row indices local to the shard: the G rows of a
-    state live on one shard, so nothing crosses shards and no shard sees another's cache."""
-    axes, mesh = self.row_axes, self.mesh
-    cache_specs = jax.tree.map(lambda s: _manual_spec(s, axes), placed[0])
-    rows_spec = PartitionSpec(axes)
-    rows2d_spec = PartitionSpec(axes, None)
-    inner_rules = tuple((name, None if target is None else tuple(
-        a for a in ((target,) if isinstance(target, str) else target) if a not in axes) or None)
-                        for name, target in self.rules)
-    if fn is _fork:
-      def fork_local(cache, last_hidden_BxD, source_B):
-        shard = jax.lax.axis_index(axes)
-        return _fork(cache, last_hidden_BxD, source_B - shard * last_hidden_BxD.shape[0])
-      return jax.shard_map(fork_local, mesh=mesh, in_specs=(cache_specs, rows2d_spec, rows_spec),
-                           out_specs=(cache_specs, rows2d_spec), axis_names=set(axes))
-
-    def append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, *, span):
-      def local(params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R):
-        with partitioning.use_rules(inner_rules):  # inside, the rows are this shard's alone
-          return _append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, span=span)
-      return jax.shard_map(local, mesh=mesh,
-                           in_specs=(PartitionSpec(), cache_specs, rows2d_spec, rows2d_spec, rows_spec, rows_spec),
-                           out_specs=(cache_specs, rows2d_spec), axis_names=set(axes))(
-                               params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R)
-    return append_rows
 
   # -- params ----------------------------------------------------------------
 
