@@ -149,3 +149,22 @@ def test_load_policy_loads_a_trainer_checkpoint_and_names_it_by_what_it_holds(tm
     gin.clear_config()
   with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
     load_policy(**arguments, checkpoint_dir=str(tmp_path / "missing"))
+
+
+def test_the_policy_identity_sees_what_gin_binds_on_model_config():
+  """model_config decides the architecture and dtypes: policies that differ there have other
+  identities, so generation, evaluation and the trainer refuse each other's outputs."""
+  import gin
+  settings = [["model_config.name = 'tiny'"], ["model_config.name = 'tiny_2m'"],
+              ["model_config.name = 'tiny_2m'", "model_config.dtype = 'bfloat16'"],
+              ["model_config.name = 'tiny'", "load_policy.scan_layers = True"], ["model_config.name = 'tiny'"]]
+  identities = []
+  for bindings in settings:
+    with gin.unlock_config():
+      gin.parse_config(["load_policy.source = 'init'"] + bindings)
+    try:
+      identities.append(json.dumps(policy.policy_identity(), sort_keys=True))
+    finally:
+      gin.clear_config()
+  assert identities[0] == identities[4]
+  assert len(set(identities[:4])) == 4, identities

@@ -111,8 +111,20 @@ def _file_facts(path: str) -> dict:
   return {"path": real}
 
 
+def _model_identity(arguments: dict) -> dict:
+  """The model settings the policy loads with (gin's `model_config` bindings and `load_policy`'s
+  overrides): the whole resolved config for a named one, else the overrides a file's architecture
+  takes. They decide the architecture and the dtypes, so two policies that differ there differ."""
+  fields = {f.name for f in dataclasses.fields(GemmaConfig)}
+  name, overrides = model_settings(arguments.get("config_name"), {k: v for k, v in arguments.items() if k in fields})
+  if name is not None:
+    return {"name": name, **{k: str(v) for k, v in dataclasses.asdict(model_config(name, **overrides)).items()}}
+  return {"name": None, **{k: str(v) for k, v in sorted(overrides.items())}}
+
+
 def policy_identity(trained: dict | None = None) -> dict:
-  """The gin-configured policy (`load_policy`'s arguments as gin passes them) and, if trained
+  """The gin-configured policy (`load_policy`'s arguments as gin passes them, with the model config
+  they resolve to) and, if trained
   params were put into it, which (`Trainer.identity()` or `trainer.checkpoint_identity()`: the
   step and a digest of what training used, wherever the checkpoint lies)."""
   signature = inspect.signature(load_policy.__wrapped__ if hasattr(load_policy, "__wrapped__") else load_policy)
@@ -130,7 +142,7 @@ def policy_identity(trained: dict | None = None) -> dict:
   checkpoint_dir, step = arguments.pop("checkpoint_dir", None), arguments.pop("checkpoint_step", None)
   if checkpoint_dir and trained is None:  # named by what it holds, not where it lies
     trained = checkpoint_identity(checkpoint_dir, latest_step(checkpoint_dir) if step is None else step)
-  identity = {"policy": arguments}
+  identity = {"policy": arguments, "model_config": _model_identity(arguments)}
   if trained is not None:
     identity["checkpoint"] = dict(trained)
   return identity
