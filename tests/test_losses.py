@@ -188,3 +188,22 @@ def test_judge_failures_are_counted_and_excluded_or_zeroed(tmp_path):
     metrics = trainer.run_step()
     assert metrics["judge_failures"] > 0
     assert metrics["mean_reward"] == 1.0  # the mean over scored samples only
+
+
+def test_a_loss_never_drops_action_tokens():
+  """80 action tokens with max_loss_tokens=64 are refused, not cut; slots sized from the batch give
+  the loss of every token."""
+  model = init_model(model_config("tiny"), seed=3)
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(2, 500, 100).tolist()
+  on_action = np.r_[np.zeros(20), np.ones(80)].astype(np.float32)
+  row = features.numpy_row(tokens, on_action, on_action.copy(), np.zeros(100, np.float32), np.ones(100, np.int32),
+                           np.arange(100), 128)
+  batch = {k: jnp.asarray(v) for k, v in features.stack([row]).items()}
+  unbounded = float(reward_weighted_nll(model, batch))
+  assert losses.loss_slots(batch) == 128
+  np.testing.assert_allclose(float(reward_weighted_nll(model, batch, losses.loss_slots(batch))), unbounded, rtol=1e-5)
+  with pytest.raises(Exception, match=r"80 loss positions .* max_loss_tokens=64"):
+    jax.block_until_ready(reward_weighted_nll(model, batch, 64))
+  with pytest.raises(Exception, match=r"80 loss positions"):  # inside a jitted gradient too
+    jax.block_until_ready(nnx.jit(nnx.grad(lambda m: reward_weighted_nll(m, batch, 64)))(model))

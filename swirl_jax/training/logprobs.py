@@ -9,24 +9,43 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from swirl_jax import partitioning
 from swirl_jax.data.features import BRANCH_IDS, INPUT_TOKENS, LOSS_WEIGHTS, POSITIONS, REWARDS, SEGMENT_IDS, TARGET_TOKENS
 from swirl_jax.models.transformer import Transformer
 
 
+def loss_slots(features: dict) -> int:
+  """The `max_loss_tokens` a batch (host arrays) needs: its positions with weight > 0, rounded up
+  to a power of two (so that a few shapes compile), at least 1."""
+  count = int(np.count_nonzero(np.asarray(features[LOSS_WEIGHTS]) > 0))
+  return 1 << max(count - 1, 0).bit_length()
+
+
+def _refuse_dropped(count, slots) -> None:
+  if int(count) > int(slots):
+    raise ValueError(f"the batch has {int(count)} loss positions (weight > 0) but max_loss_tokens={int(slots)}: "
+                     "the rest would be left out of the loss. Size it from the batch (losses.loss_slots(batch)) "
+                     "or leave it None")
+
+
 def target_logprobs(model: Transformer, features: dict, max_loss_tokens: int | None = None):
-  """log p(target) at the first `max_loss_tokens` positions with weight > 0.
+  """log p(target) at every position with weight > 0, in `max_loss_tokens` slots.
 
   Returns (logprobs_N, index_N, valid_N): flat indices into [batch * length] and
   a mask for the slots past the last loss position. With max_loss_tokens None,
-  every position is a slot (simple, but builds [B*L, V] logits).
+  every position is a slot (simple, but builds [B*L, V] logits). A batch with
+  more loss positions than slots is refused when the computation runs (a
+  ValueError inside XLA's runtime error), never cut.
   """
   tokens = features[INPUT_TOKENS]
   b, l = tokens.shape
   hidden_BxLxD = model.hidden_states(tokens, features[POSITIONS], features[SEGMENT_IDS], features.get(BRANCH_IDS))
   weights = features[LOSS_WEIGHTS].reshape(-1)
   n = b * l if max_loss_tokens is None else max_loss_tokens
+  if max_loss_tokens is not None:
+    jax.debug.callback(_refuse_dropped, jnp.sum(weights > 0), n)
   index_N = jnp.nonzero(weights > 0, size=n, fill_value=0)[0]
   valid_N = jnp.arange(n) < jnp.sum(weights > 0)
   # The slots split over the batch axes like rows do: each device projects its share of them onto

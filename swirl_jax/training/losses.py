@@ -13,9 +13,9 @@ import numpy as np
 
 from swirl_jax.data.features import BEHAVIOUR_LOGPROBS, LOSS_WEIGHTS, REWARDS
 from swirl_jax.models.transformer import Transformer
-from swirl_jax.training.logprobs import reward_weighted_nll, target_logprobs
+from swirl_jax.training.logprobs import loss_slots, reward_weighted_nll, target_logprobs
 
-__all__ = ["advantages", "policy_gradient_loss", "reward_weighted_nll", "sft_loss"]
+__all__ = ["advantages", "loss_slots", "policy_gradient_loss", "reward_weighted_nll", "sft_loss"]
 
 
 def advantages(rewards_SxG: np.ndarray, baseline: str = "rloo") -> np.ndarray:
