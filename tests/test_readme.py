@@ -32,7 +32,7 @@ def test_readme_example_runs(tmp_path):
 
 
 # Appended to the README's code: the same losses from one plain forward pass per trajectory (no
-# prefix sharing, no gathering at loss positions), over the same first 256 action tokens.
+# prefix sharing, no gathering at loss positions), over every action token.
 _REFERENCE = """
 import jax
 from swirl_jax.data.decomposition import step_reward
@@ -46,7 +46,6 @@ for t in trajectories:
     for token in s.action_tokens:
       terms.append((step_reward(s), float(logp[position - 1, token])))
       position += 1
-terms = terms[:256]
 n = max(len(terms), 1)
 print("reference", -sum(r * lp for r, lp in terms) / n, -sum(lp for _, lp in terms) / n)
 """
