@@ -46,7 +46,7 @@ def test_hotpotqa(tmp_path):
   record = {"_id": "h1", "question": "Where?", "answer": "Paris", "type": "bridge", "level": "hard",
             "supporting_facts": [["A", 0]], "context": [["A", ["A is in ", "Paris."]], ["B", ["B."]]]}
   path = tmp_path / "hotpot.json"
-  path.write_text(json.dumps([record, record]))
+  path.write_text(json.dumps([record, {**record, "_id": "h2"}]))  # two questions on the same paragraphs
   data = loaders.load_hotpotqa(str(path))
   assert data.questions[0].answers == ("Paris",)
   assert data.passages == [Passage("A", "A is in Paris."), Passage("B", "B.")]  # deduplicated
@@ -267,3 +267,42 @@ def test_builtin_arithmetic_train_and_test_texts_never_meet():
     train = {q.question for q in arithmetic_questions(5000, seed=seed)}
     test = arithmetic_questions(1000, seed=seed, split="test")
     assert not [q for q in test if q.question in train]
+
+
+def test_empty_questions_and_answers_and_repeated_ids_are_refused_with_file_and_line(tmp_path):
+  for loader, record, field, bad, message in [
+      (loaders.load_musique, _MUSIQUE, "answer", "", "the gold answer is empty"),
+      (loaders.load_hotpotqa, _HOTPOT, "question", "  ", "field 'question' is empty"),
+      (loaders.load_hotpotqa, _HOTPOT, "answer", "", "the gold answer is empty")]:
+    path = _write_jsonl(tmp_path / f"bad-{field}.jsonl", [{**record, "id": "a", "_id": "a"}, {**record, field: bad}])
+    with pytest.raises(ValueError, match=rf"bad-{field}\.jsonl:2: {message}"):
+      loader(path)
+  # A repeated id names both lines, when the task is built (before any model loads).
+  path = _write_jsonl(tmp_path / "twice.jsonl", [_MUSIQUE, {**_MUSIQUE, "question": "Other?"}, _MUSIQUE])
+  with pytest.raises(ValueError, match=r"twice\.jsonl:2: id 'm1' is already the id of .*twice\.jsonl:1"):
+    tasks.build_task("musique", path=path)
+
+
+def test_unanswerable_musique_records_are_left_out_and_counted(tmp_path):
+  records = [_MUSIQUE, {**_MUSIQUE, "id": "m2", "answerable": False, "answer": ""},
+             {**_MUSIQUE, "id": "m3", "answerable": True}]
+  data = loaders.load_musique(_write_jsonl(tmp_path / "full.jsonl", records))
+  assert [q.id for q in data.questions] == ["m1", "m3"]
+  assert len(data.skipped) == 1 and "full.jsonl:2: answerable is false" in data.skipped[0]
+
+
+def test_hotpotqa_in_ircot_s_processed_layout_reads_as_the_released_one(tmp_path):
+  ircot = {"question_id": "h1", "question_text": "Where?",
+           "answers_objects": [{"number": "", "date": {"day": "", "month": "", "year": ""}, "spans": ["Paris"]}],
+           "contexts": [{"idx": 0, "title": "A", "paragraph_text": "A is in Paris.", "is_supporting": True},
+                        {"idx": 1, "title": "B", "paragraph_text": "B is elsewhere.", "is_supporting": False}]}
+  released = {"_id": "h1", "question": "Where?", "answer": "Paris",
+              "context": [["A", ["A is in ", "Paris."]], ["B", ["B is elsewhere."]]]}
+  expected = loaders.load_hotpotqa(_write_jsonl(tmp_path / "released.jsonl", [released]))
+  as_lines = loaders.load_hotpotqa(_write_jsonl(tmp_path / "ircot.jsonl", [ircot]))
+  (tmp_path / "ircot.json").write_text(json.dumps([ircot]))
+  as_list = loaders.load_hotpotqa(str(tmp_path / "ircot.json"))
+  assert as_lines.questions == as_list.questions == expected.questions
+  assert as_lines.passages == as_list.passages == expected.passages
+  with pytest.raises(ValueError, match=r"bad\.jsonl:1: contexts\[0\]: field 'paragraph_text'"):
+    loaders.load_hotpotqa(_write_jsonl(tmp_path / "bad.jsonl", [{**ircot, "contexts": [{"title": "A"}]}]))

@@ -14,6 +14,8 @@ import dataclasses
 import os
 import re
 
+from absl import logging
+
 from swirl_jax.data.jsonl import read_json, read_records
 from swirl_jax.records import Question
 from swirl_jax.records import Passage
@@ -23,6 +25,26 @@ from swirl_jax.records import Passage
 class Dataset:
   questions: list[Question]
   passages: list[Passage]
+  skipped: list[str] = dataclasses.field(default_factory=list)  # records left out, and why
+
+
+def _checked(path: str, found: list[tuple[str, Question]], passages: list[Passage],
+             skipped: list[str] = ()) -> Dataset:
+  """The questions of a file, each with an id, a question and a gold answer, no id twice: else a
+  ValueError naming the file, the line and the field (both lines for a repeated id). Records a set
+  marks as having no answer are left out, counted and logged."""
+  seen: dict[str, str] = {}
+  for where, question in found:
+    if not question.question.strip():
+      raise ValueError(f"{where}: field 'question' is empty")
+    if not question.answers or not str(question.answers[0]).strip():
+      raise ValueError(f"{where}: the gold answer is empty")
+    if question.id in seen:
+      raise ValueError(f"{where}: id {question.id!r} is already the id of {seen[question.id]}")
+    seen[question.id] = where
+  if skipped:
+    logging.warning("%s: %d records left out (%s)", path, len(skipped), skipped[0])
+  return Dataset([q for _, q in found], _dedup(passages), list(skipped))
 
 
 def _field(record: dict, name: str, where: str, kind=str):
@@ -50,11 +72,11 @@ def _file_id(source: str, path: str, index: int) -> str:
 
 def load_gsm8k(path: str) -> Dataset:
   """GSM8K JSONL (or a JSON list): {"question", "answer"}; the gold answer follows `#### `."""
-  questions = []
+  found = []
   for i, (where, r) in enumerate(read_records(path)):
-    questions.append(Question(_file_id("gsm8k", path, i), _field(r, "question", where),
-                              (gsm8k_answer(_field(r, "answer", where), where),), "gsm8k"))
-  return Dataset(questions, [])
+    found.append((where, Question(_file_id("gsm8k", path, i), _field(r, "question", where),
+                                  (gsm8k_answer(_field(r, "answer", where), where),), "gsm8k")))
+  return _checked(path, found, [])
 
 
 def load_gsm8k_tfds(split: str = "test", data_dir: str | None = None) -> Dataset:
@@ -80,34 +102,56 @@ def _dedup(passages: list[Passage]) -> list[Passage]:
 
 
 def load_hotpotqa(path: str) -> Dataset:
-  """HotPotQA: a JSON list (as released) or JSON lines of {_id, question, answer, context: [[title, [sentences]]]}."""
-  questions, passages = [], []
+  """HotPotQA: a JSON list (as released) or JSON lines of {_id, question, answer, context: [[title,
+  [sentences]]]}; or IRCoT's processed layout (the 500-question dev sample with paragraphs), JSON
+  lines or a list of {question_id, question_text, answers_objects: [{spans: [...]}], contexts:
+  [{title, paragraph_text, is_supporting}]}."""
+  found, passages = [], []
   for where, r in read_records(path):
+    if isinstance(r, dict) and "question_text" in r:
+      found.append((where, _ircot_record(r, where, passages)))
+      continue
     for title_and_sentences in _field(r, "context", where, list):
       if not (isinstance(title_and_sentences, list) and len(title_and_sentences) == 2
               and isinstance(title_and_sentences[1], list)):
         raise ValueError(f"{where}: field 'context' entries must be [title, [sentences]]")
       title, sentences = title_and_sentences
       passages.append(Passage(str(title), "".join(map(str, sentences)).strip()))
-    questions.append(Question(_field(r, "_id", where), _field(r, "question", where),
-                              (_field(r, "answer", where),), "hotpotqa"))
-  return Dataset(questions, _dedup(passages))
+    found.append((where, Question(_field(r, "_id", where), _field(r, "question", where),
+                                  (_field(r, "answer", where),), "hotpotqa")))
+  return _checked(path, found, passages)
+
+
+def _ircot_record(r: dict, where: str, passages: list[Passage]) -> Question:
+  """One record of IRCoT's processed layout; its paragraphs go into `passages`."""
+  for j, p in enumerate(_field(r, "contexts", where, list)):
+    passages.append(Passage(str(_field(p, "title", f"{where}: contexts[{j}]")),
+                            _field(p, "paragraph_text", f"{where}: contexts[{j}]")))
+  answers = []
+  for j, answer in enumerate(_field(r, "answers_objects", where, list)):
+    spans = _field(answer, "spans", f"{where}: answers_objects[{j}]", list)
+    answers += [str(span) for span in spans]
+  return Question(str(_field(r, "question_id", where, (str, int))), _field(r, "question_text", where),
+                  tuple(answers), "hotpotqa")
 
 
 def load_musique(path: str) -> Dataset:
   """MuSiQue: JSON lines (as released) or a JSON list of {id, paragraphs: [{title, paragraph_text}],
   question, answer, answer_aliases}."""
-  questions, passages = [], []
+  found, passages, skipped = [], [], []
   for where, r in read_records(path):
+    if isinstance(r, dict) and r.get("answerable") is False:  # MuSiQue-full: no answer exists
+      skipped.append(f"{where}: answerable is false")
+      continue
     for j, p in enumerate(_field(r, "paragraphs", where, list)):
       passages.append(Passage(_field(p, "title", f"{where}: paragraphs[{j}]"),
                               _field(p, "paragraph_text", f"{where}: paragraphs[{j}]")))
     aliases = r.get("answer_aliases") or []
     if not isinstance(aliases, list):
       raise ValueError(f"{where}: field 'answer_aliases' is not a list")
-    questions.append(Question(_field(r, "id", where), _field(r, "question", where),
-                              (_field(r, "answer", where), *map(str, aliases)), "musique"))
-  return Dataset(questions, _dedup(passages))
+    found.append((where, Question(_field(r, "id", where), _field(r, "question", where),
+                                  (_field(r, "answer", where), *map(str, aliases)), "musique")))
+  return _checked(path, found, passages, skipped)
 
 
 def load_beerqa(path: str) -> Dataset:
@@ -118,7 +162,7 @@ def load_beerqa(path: str) -> Dataset:
     raise ValueError(f"{path}: expected an object with a 'data' list")
   if not records:
     raise ValueError(f"{path}: field 'data' holds no records")
-  questions, passages = [], []
+  found, passages = [], []
   for i, r in enumerate(records):
     where = f"{path}: data[{i}]"
     for entry in _field(r, "context", where, list):
@@ -128,9 +172,9 @@ def load_beerqa(path: str) -> Dataset:
     answers = _field(r, "answers", where, list)
     if not answers:
       raise ValueError(f"{where}: field 'answers' is empty")
-    questions.append(Question(_field(r, "id", where), _field(r, "question", where),
-                              tuple(map(str, answers)), "beerqa"))
-  return Dataset(questions, _dedup(passages))
+    found.append((where, Question(_field(r, "id", where), _field(r, "question", where),
+                                  tuple(map(str, answers)), "beerqa")))
+  return _checked(path, found, passages)
 
 
 def load_cofca(path: str) -> Dataset:
@@ -139,7 +183,7 @@ def load_cofca(path: str) -> Dataset:
   `paragraphs` entries are {"title", "text"} objects or plain strings; an `id`
   is used when present.
   """
-  questions, passages = [], []
+  found, passages = [], []
   for i, (where, r) in enumerate(read_records(path)):
     for j, p in enumerate(_field(r, "paragraphs", where, list)):
       if isinstance(p, str):
@@ -148,9 +192,9 @@ def load_cofca(path: str) -> Dataset:
         passages.append(Passage(_field(p, "title", f"{where}: paragraphs[{j}]"),
                                 _field(p, "text", f"{where}: paragraphs[{j}]")))
     answer = _field(r, "answer", where, (str, int, float))
-    questions.append(Question(str(r.get("id", _file_id("cofca", path, i))), _field(r, "question", where),
-                              (str(answer),), "cofca"))
-  return Dataset(questions, _dedup(passages))
+    found.append((where, Question(str(r.get("id", _file_id("cofca", path, i))), _field(r, "question", where),
+                                  (str(answer),), "cofca")))
+  return _checked(path, found, passages)
 
 
 LOADERS = {"gsm8k": load_gsm8k, "hotpotqa": load_hotpotqa, "musique": load_musique,
