@@ -20,7 +20,7 @@ from absl import app, flags, logging
 # Everything gin can bind must be imported before the config is parsed.
 from swirl_jax import (evaluation, generation, gin_flags, judging, multihost, partitioning, pipeline,  # noqa: F401
                        provenance, runtime, tasks)
-from swirl_jax.checkpoints import policy, safetensors_export
+from swirl_jax.checkpoints import policy, safetensors_export, train_state
 from swirl_jax.data import filters, seqio_tasks
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
@@ -92,16 +92,28 @@ def run_train(rt: runtime.Runtime, judged_dir: str | None = None, filter_strateg
   judge = judging.make_judge() if train_config.mode == "online" else None
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
   task.use_vocabulary(vocab)
+  # Trained on Stage 1's trajectories of the task's training questions: those are recorded with each
+  # checkpoint (a user's own SeqIO task records none).
+  questions = [q.question for q in task.questions] if judged_dir is not None else None
   metrics = pipeline.build_trainer(model, vocab, task_name, task, judge, train_config, mesh=rt.mesh,
-                                   rules=rt.rules).train()
+                                   rules=rt.rules, training_questions=questions).train()
   _print_json({"task": task_name, **metrics})
   return metrics
 
 
 @gin.configurable
-def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str | None = None):
-  """The tool loop on the gin task's held-out split, graded; restores `checkpoint_dir` if given."""
+def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str | None = None,
+                 allow_training_questions: bool = False):
+  """The tool loop on the gin task's held-out split, graded; restores `checkpoint_dir` if given.
+  Questions the checkpoint was trained on (recorded with it) are refused unless
+  `allow_training_questions`."""
   task = tasks.build_task(split="test")
+  trained_dir = checkpoint_dir or dict(gin.get_bindings("load_policy")).get("checkpoint_dir")
+  if trained_dir and os.path.isdir(trained_dir) and not allow_training_questions:
+    digests = train_state.training_question_digests(trained_dir)
+    if digests:
+      tasks.refuse_overlap(task.questions, training_digests=digests, where=f"questions {trained_dir} was trained on",
+                           allowed_by="run_evaluate.allow_training_questions")
   judge = judging.make_judge(questions=task.questions, task=task)
   if checkpoint_dir and not os.path.isdir(checkpoint_dir):
     raise FileNotFoundError(f"run_evaluate.checkpoint_dir={checkpoint_dir!r} is not a directory")

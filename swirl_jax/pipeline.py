@@ -88,7 +88,8 @@ def run_pipeline(rt: runtime.Runtime | None = None, config: PipelineConfig | Non
       f"(SeqIO task {data.states})")
   trainer = build_trainer(model, vocab, data.for_mode(train_config.mode, train_config.share_prefixes), train_task,
                           judge, train_config,
-                          metrics_dir=paths["metrics"], mesh=mesh, rules=rules, model_id=base_id)
+                          metrics_dir=paths["metrics"], mesh=mesh, rules=rules, model_id=base_id,
+                          training_questions=[q.question for q in train_task.questions])
   last_metrics = trainer.train()
   say("[5/5] evaluating the trained model")
   trained_id = policy.policy_identity(trainer.identity())

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -121,3 +122,10 @@ def claim(directory: str, fingerprint: dict, has_outputs: bool) -> None:
     with atomic_io.atomic_open(path) as f:
       json.dump(fingerprint, f, indent=1, sort_keys=True, default=str)
   multihost.barrier(f"fingerprint:{directory}")
+
+
+def question_digests(texts) -> list[str]:
+  """Digests of question texts, whitespace and case normalized (8 bytes each, hex, sorted): what a
+  checkpoint records of the questions it was trained on, without the texts."""
+  normalized = (re.sub(r"\s+", " ", str(t)).strip().lower() for t in texts)
+  return sorted({hashlib.blake2b(t.encode(), digest_size=8).hexdigest() for t in normalized})

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from typing import Sequence
 
 import gin
 
+from swirl_jax import provenance
 from swirl_jax.data import builtin_arithmetic, builtin_encyclopedia, loaders
 from swirl_jax.environment import protocol
 from swirl_jax.environment.calculator import Calculator
@@ -71,7 +73,8 @@ class Task:
 def build_task(name: str = "builtin_arithmetic", split: str = "train", num_questions: int | None = None,
                path: str | None = None, eval_path: str | None = None, held_out_fraction: float = 0.0,
                seed: int = 0, search: str = "bm25", template: protocol.PromptTemplate | None = None,
-               encyclopedia_organizations: int = 200, arithmetic_max_steps: int = 6, vocab: Vocabulary=None) -> Task:
+               encyclopedia_organizations: int = 200, arithmetic_max_steps: int = 6, vocab: Vocabulary=None,
+               allow_training_questions: bool = False) -> Task:
   """A task by name: builtin_arithmetic, builtin_encyclopedia, or a benchmark file.
 
   Benchmark names (gsm8k, hotpotqa, musique, beerqa, cofca) read `path` for the
@@ -112,6 +115,10 @@ def build_task(name: str = "builtin_arithmetic", split: str = "train", num_quest
     questions, passages = loaders.load_gsm8k_tfds("train" if split == "train" else "test", path).questions, None
   elif name in loaders.LOADERS:
     questions, passages = _file_questions(name, split, path, eval_path, held_out_fraction)
+    if split == "test" and eval_path is not None and path is not None and not allow_training_questions:
+      # The test file must not hold the training file's questions (the same file, or a copy).
+      refuse_overlap(questions, loaders.LOADERS[name](path).questions,
+                     where=f"questions of the training file {path} (build_task.path)")
   else:
     raise ValueError(f"build_task: unknown task {name!r}; known: builtin_arithmetic, "
                      f"builtin_encyclopedia, gsm8k_tfds, {', '.join(loaders.LOADERS)}")
@@ -176,13 +183,21 @@ def _normalized(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def check_held_out(train: Task, evaluation: Task) -> None:
-  """Refuses evaluation questions that Stage 1 also sees (the same id or the same question text)."""
-  train_ids = {q.id for q in train.questions}
-  train_texts = {_normalized(q.question) for q in train.questions}
-  shared = [q.id for q in evaluation.questions if q.id in train_ids or _normalized(q.question) in train_texts]
+def refuse_overlap(evaluation: Sequence[Question], training: Sequence[Question] = (),
+                   training_digests: Sequence[str] = (), where: str = "the training questions",
+                   allowed_by: str = "build_task.allow_training_questions") -> None:
+  """Refuses evaluation questions that training also saw: the same id, or the same normalized text
+  (a copy of the training file, or its digests recorded with a checkpoint)."""
+  ids = {q.id for q in training}
+  digests = set(provenance.question_digests(q.question for q in training)) | set(training_digests)
+  shared = [q.id for q in evaluation if q.id in ids or provenance.question_digests([q.question])[0] in digests]
   if shared:
     raise ValueError(
-        f"{len(shared)} of {len(evaluation.questions)} evaluation questions of {evaluation.name} are also "
-        f"training questions (e.g. {', '.join(shared[:3])}); give the test split its own file "
-        f"(build_task.eval_path) or hold out part of one file (build_task.held_out_fraction)")
+        f"{len(shared)} of {len(evaluation)} evaluation questions are also {where} (e.g. {', '.join(shared[:3])}): "
+        "evaluating on them measures memorization. Give the test split its own file (build_task.eval_path) or hold "
+        f"out part of one file (build_task.held_out_fraction); set {allowed_by}=True to evaluate on them anyway")
+
+
+def check_held_out(train: Task, evaluation: Task) -> None:
+  """Refuses evaluation questions that Stage 1 also sees (the same id or the same question text)."""
+  refuse_overlap(evaluation.questions, train.questions, where=f"training questions of {train.name}")

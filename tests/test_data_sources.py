@@ -255,11 +255,17 @@ def test_evaluation_questions_seen_in_training_are_refused(tmp_path):
   train = _gsm8k_file(tmp_path / "train.jsonl", [f"question {i}?" for i in range(10)])
   copy = _gsm8k_file(tmp_path / "copy.jsonl", ["Question   3?", "a new question?"])  # same text, other file
   train_task = tasks.build_task("gsm8k", split="train", path=train)
-  with pytest.raises(ValueError, match=r"1 of 2 evaluation questions of gsm8k are also training questions "
-                                       rf"\(e\.g\. gsm8k:{tmp_path.name}/copy\.jsonl:0\)"):
-    tasks.check_held_out(train_task, tasks.build_task("gsm8k", split="test", path=train, eval_path=copy))
-  with pytest.raises(ValueError, match="also training questions"):
-    tasks.check_held_out(train_task, tasks.build_task("gsm8k", split="test", path=train, eval_path=train))
+  # build_task's test split refuses them itself (every mode builds it), the same file or a copy ...
+  with pytest.raises(ValueError, match=r"1 of 2 evaluation questions are also questions of the training file "
+                                       rf".*train\.jsonl \(build_task\.path\) \(e\.g\. gsm8k:{tmp_path.name}/copy\.jsonl:0\)"
+                                       r".*allow_training_questions=True"):
+    tasks.build_task("gsm8k", split="test", path=train, eval_path=copy)
+  with pytest.raises(ValueError, match="10 of 10 evaluation questions are also questions of the training file"):
+    tasks.build_task("gsm8k", split="test", path=train, eval_path=train)
+  # ... unless allowed explicitly; the pipeline's check against Stage 1's task still refuses them.
+  allowed = tasks.build_task("gsm8k", split="test", path=train, eval_path=copy, allow_training_questions=True)
+  with pytest.raises(ValueError, match=r"1 of 2 evaluation questions are also training questions of gsm8k"):
+    tasks.check_held_out(train_task, allowed)
 
 
 def test_builtin_arithmetic_train_and_test_texts_never_meet():

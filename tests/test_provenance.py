@@ -168,3 +168,32 @@ def test_the_policy_identity_sees_what_gin_binds_on_model_config():
       gin.clear_config()
   assert identities[0] == identities[4]
   assert len(set(identities[:4])) == 4, identities
+
+
+@pytest.mark.slow
+def test_evaluating_a_checkpoint_on_questions_it_was_trained_on_is_refused(tmp_path):
+  """The trainer records digests of its training questions with each checkpoint; --mode=evaluate
+  refuses a test set that holds one of them (before the model loads), unless allowed."""
+  import gin
+  from swirl_jax import main, runtime
+  trajectories = known_trajectories()
+  trainer = Trainer(init_model(model_config("tiny"), seed=0), trajectories,
+                    TrainConfig(mode="sft", steps=1, batch_size=2, sequence_length=128,
+                                checkpoint_dir=str(tmp_path / "ckpt")))
+  trainer.train()
+  test = tmp_path / "test.jsonl"
+  test.write_text("".join(json.dumps({"question": q, "answer": "#### 1"}) + "\n"
+                          for q in ["a question never trained on?", "  QUESTION of " + trajectories[0].question[12:]]))
+  bindings = ["build_task.name = 'gsm8k'", f"build_task.eval_path = '{test}'",
+              f"run_evaluate.checkpoint_dir = '{tmp_path / 'ckpt'}'", "load_policy.source = 'no such source'"]
+  rt = runtime.Runtime(None, ())
+  for allow, expected in ((False, r"1 of 2 evaluation questions are also questions .*ckpt was trained on "
+                                  r"\(e\.g\. gsm8k:.*test\.jsonl:1\).*run_evaluate\.allow_training_questions=True"),
+                          (True, r"make_judge\(kind='rule'\)")):
+    with gin.unlock_config():
+      gin.parse_config(bindings + [f"run_evaluate.allow_training_questions = {allow}"])
+    try:
+      with pytest.raises(ValueError, match=expected):  # allowed: it goes on, to build the judge
+        main.run_evaluate(rt)
+    finally:
+      gin.clear_config()

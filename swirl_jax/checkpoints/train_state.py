@@ -71,3 +71,12 @@ def checkpoint_identity(checkpoint_dir: str, step: int) -> dict:
   meta = ocp.CheckpointManager(os.path.abspath(checkpoint_dir)).restore(
       step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   return {"step": int(step), "training": provenance.digest(meta.get("fingerprint"))}
+
+
+def training_question_digests(checkpoint_dir: str, step: int | None = None) -> list[str] | None:
+  """The digests of the questions a checkpoint's params were trained on (None: not recorded, as
+  for a user's own SeqIO task)."""
+  step = latest_step(checkpoint_dir) if step is None else step
+  meta = ocp.CheckpointManager(os.path.abspath(checkpoint_dir)).restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  return meta.get("training_question_digests")

@@ -123,10 +123,17 @@ class Trainer:
                sft: SftConfig | None = None, scorer=None, vocab=None, stop_ids: Sequence[int] = (),
                stop_strings: Sequence[str] = (), mesh: Mesh | None = None,
                rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES, metrics_dir: str | None = None,
-               model_id: dict | None = None, sampling_layout: partitioning.SamplingLayout | None = None):
+               model_id: dict | None = None, sampling_layout: partitioning.SamplingLayout | None = None,
+               training_questions: Sequence[str] | None = None):
     if config.mode == "online" and scorer is None:
       raise ValueError("Trainer: online mode needs a scorer (the judge)")
     self.model, self.config, self.scorer, self.mesh, self.rules = model, config, scorer, mesh, rules
+    # The questions the params learn from, recorded (as digests) with every checkpoint, so that an
+    # evaluation of them refuses these questions (given trajectories: theirs).
+    if training_questions is None and not isinstance(data, str):
+      training_questions = [t.question for t in data]
+    self.training_question_digests = (provenance.question_digests(training_questions)
+                                      if training_questions is not None else None)
     self.optimizer = optimizer or OptimizerConfig()
     self.online = online_config or OnlineConfig()
     self.sft = sft or SftConfig()
@@ -259,7 +266,8 @@ class Trainer:
     """Collective. Each process's data position is recorded (they read different shards)."""
     positions = multihost.allgather_json(self.stream.position)
     self.checkpoints.save(self.step, nnx.state(self.model), self.opt_state,
-                          {"step": self.step, "data_positions": positions, "fingerprint": self.fingerprint})
+                          {"step": self.step, "data_positions": positions, "fingerprint": self.fingerprint,
+                           "training_question_digests": self.training_question_digests})
 
   def restore_latest(self) -> bool:
     """Restores the newest checkpoint, if any; returns whether one was found."""
