@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from swirl_jax import compiled_cost, partitioning  # noqa: E402
+from swirl_jax import compiled_cost, multihost, partitioning  # noqa: E402
 from swirl_jax.data import features  # noqa: E402
 from swirl_jax.models import init_model, model_config  # noqa: E402
 from swirl_jax.models.transformer import KVCache  # noqa: E402
@@ -231,6 +231,15 @@ class Compiler:
                 f"({chip_bytes(params) / GIB:.2f} GiB)", flush=True)
     row["layout"] = "training" if layout is None else "sampling"
     row["mesh"] = dict(mesh.shape)
+    # The sampler does a row's host work (stop strings, tools, judging) on the one host that holds
+    # it: a layout whose shard of rows spans hosts is refused (`multihost.row_owners`).
+    try:
+      multihost.row_owners(partitioning.batch_sharding(mesh, self.rules, (b,)), b)
+      row["rows_on_one_host"] = True
+    except ValueError:
+      row["rows_on_one_host"] = False
+      print(f"{'':>8}  a shard of rows spans {mesh.shape['tensor'] * mesh.shape['fsdp']} chips, more than a host's "
+            f"{sum(d.process_index == 0 for d in self.devices)}: the sampler refuses it on this slice", flush=True)
     if row.get("fits"):
       # The sampler's program beside what the trainer keeps (its params are the sampler's own in the
       # training layout, so they count once).
@@ -247,11 +256,13 @@ class Compiler:
     """The once-per-online-step program that casts the trainer's params and lays them out for the
     sampler; what it moves per chip against one copy of the weights."""
     mesh, target = self.sampling_params(layout)
-    fn = partitioning.reshard_fn(jax.tree.map(lambda x: x.sharding, self.params),
+    fn = partitioning.Reshard(jax.tree.map(lambda x: x.sharding, self.params),
                                  jax.tree.map(lambda x: x.sharding, target), layout.param_dtype)
     copy = chip_bytes(target)
     row = report("reshard", fn.lower(self.params), self.chip, flops=0.0,
                  hbm_bytes=chip_bytes(self.params) + copy)
+    if not row.get("fits"):
+      return row
     moved = sum(row["collective_bytes"].values())
     row["copies_moved"] = moved / copy
     print(f"{'':>8}  moves {moved / GIB:.2f} GiB per chip: {row['copies_moved']:.2f} x the chip's copy of the "
@@ -266,7 +277,7 @@ def online_step_bound(rows: dict, compiler: Compiler, layout_name: str) -> dict:
   b = args.sampler_rows or args.rows
   decode = rows[f"decode/{layout_name}"]
   prefill_flops = 2 * param_count(compiler.config) * (b // args.samples) * args.context / len(compiler.devices)
-  parts = {"reshard": rows["reshard"]["lower_bound_s"] if layout_name == "sampling" else 0.0,
+  parts = {"reshard": rows["reshard"]["lower_bound_s"] if layout_name != "training" else 0.0,
            "prefill": max(prefill_flops / chip.bf16_flops, decode["weight_bytes"] / chip.hbm_bytes_per_s),
            "decode": args.action_tokens * decode["lower_bound_s"],
            "update": rows["online"]["lower_bound_s"]}
@@ -349,7 +360,15 @@ def main(argv=None) -> list[dict]:
       if f"decode/{layout_name}" in rows and (layout_name == "training" or "reshard" in rows):
         results.append({"key": f"online step/{layout_name}", **online_step_bound(rows, compiler, layout_name)})
   if args.propose:
-    results += propose(compiler, [int(t) for t in args.propose.split(",")], args)
+    candidates = propose(compiler, [int(t) for t in args.propose.split(",")], args)
+    results += candidates
+    best = next((c for c in candidates if c.get("proposed")), None)
+    if best is not None and chip is not None and "online" in rows and rows["online"].get("fits"):
+      # The whole online step in the proposed layout: its own reshard, its decode.
+      proposed = partitioning.SamplingLayout(copy_params=True, data=len(devices) // best["tensor"], fsdp=1,
+                                             tensor=best["tensor"], param_dtype=args.sampling_param_dtype)
+      chosen = {"online": rows["online"], "decode/proposed": best, "reshard": compiler.reshard(proposed)}
+      results.append({"key": "online step/proposed", **online_step_bound(chosen, compiler, "proposed")})
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1, default=str)
@@ -359,7 +378,7 @@ def main(argv=None) -> list[dict]:
 def propose(compiler: Compiler, tensor_sizes, args) -> list[dict]:
   """Compiles the decode chunk in each candidate sampling layout (fsdp 1, the given tensor sizes) and
   proposes the one with the smallest lower bound per decode step that fits beside the training
-  state with the headroom left."""
+  state with the headroom left, and keeps each shard of rows on one host (as the sampler needs)."""
   chips = len(compiler.devices)
   candidates = []
   for tensor in tensor_sizes:
@@ -368,11 +387,12 @@ def propose(compiler: Compiler, tensor_sizes, args) -> list[dict]:
     layout = partitioning.SamplingLayout(copy_params=True, data=chips // tensor, fsdp=1, tensor=tensor,
                                          param_dtype=args.sampling_param_dtype)
     row = compiler.sampler_function("decode", layout)
-    fits = row.get("fits") and row.get("hbm_share", 1.0) <= 1.0 - args.headroom
+    fits = row.get("fits") and row.get("hbm_share", 1.0) <= 1.0 - args.headroom and row["rows_on_one_host"]
     candidates.append({"key": f"proposal/tensor={tensor}", "tensor": tensor, "fits_with_headroom": bool(fits), **row})
   fitting = [c for c in candidates if c["fits_with_headroom"]]
   if not fitting:
-    print("proposal: no candidate sampling layout fits beside the training state; sample in the training layout")
+    print("proposal: no candidate sampling layout fits beside the training state with its rows on one host; "
+          "sample in the training layout", flush=True)
     return candidates
   best = min(fitting, key=lambda c: c["lower_bound_s"])
   best["proposed"] = True

@@ -135,17 +135,116 @@ class SamplingLayout:
     return {"copy_params": self.copy_params, "param_dtype": self.param_dtype if self.copy_params else None}
 
 
-def reshard_fn(source_shardings: Any, target_shardings: Any, dtype: Any) -> Any:
+def common_mesh(a: Mesh, b: Mesh) -> tuple[Mesh, dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]] | None:
+  """One mesh in which shardings of both `a` and `b` can be written: the finest split of their
+  common device order into axes such that every axis of `a` and of `b` is a run of consecutive ones
+  (v5e-256's (1, 64, 4) and (16, 1, 16): axes of 16, 4, 4). Returns it and, for each mesh, its axes
+  as runs of the common one's; None where the two do not order the same devices alike or no such
+  split exists.
+
+  XLA reshards between two meshes of different shapes by gathering each array whole; on one mesh it
+  moves only what changes hands.
+  """
+  if list(a.devices.flat) != list(b.devices.flat):
+    return None
+  def points(mesh):  # strides, from the fastest-varying axis out
+    out, stride = [], 1
+    for size in reversed(mesh.devices.shape):
+      stride *= size
+      out.append(stride)
+    return out
+  cuts = sorted({1, *points(a), *points(b)})
+  if any(high % low for low, high in zip(cuts, cuts[1:])):
+    return None
+  sizes = [high // low for low, high in zip(cuts, cuts[1:])][::-1]  # major to minor
+  names = tuple(f"common{i}" for i in range(len(sizes)))
+  common = Mesh(np.asarray(list(a.devices.flat)).reshape(sizes or [1]), names or ("common0",),
+                axis_types=(AxisType.Auto,) * max(len(names), 1))
+
+  def runs(mesh):
+    out, stride = {}, 1
+    for name, size in zip(reversed(mesh.axis_names), reversed(mesh.devices.shape)):
+      low, high = cuts.index(stride), cuts.index(stride * size)
+      out[name] = tuple(names[len(sizes) - 1 - i] for i in range(high - 1, low - 1, -1))
+      stride *= size
+    return out
+  return common, runs(a), runs(b)
+
+
+def _spec_in(spec: PartitionSpec, runs: dict[str, tuple[str, ...]]) -> PartitionSpec:
+  def entry(e):
+    names = (e,) if isinstance(e, str) else tuple(e or ())
+    flat = tuple(n for name in names for n in runs[name])
+    return None if not flat else flat[0] if len(flat) == 1 else flat
+  return PartitionSpec(*(entry(e) for e in spec))
+
+
+def _on_the_way(source: PartitionSpec, target: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """A spec between `source` and `target` (one mesh): the target's, plus the source's axes that the
+  target leaves unused, where the source had them. Going there first swaps shards between chips
+  at the source's size (an all-to-all); what is left is a gather of the target's own copy. Going
+  straight, XLA may gather first and hold far more."""
+  as_tuple = lambda e: (e,) if isinstance(e, str) else tuple(e or ())
+  ndim = len(shape)
+  target_entries = [as_tuple(e) for e in tuple(target) + (None,) * (ndim - len(target))]
+  source_entries = [as_tuple(e) for e in tuple(source) + (None,) * (ndim - len(source))]
+  used = {a for e in target_entries for a in e}
+  entries = []
+  for size, kept, had in zip(shape, target_entries, source_entries):
+    extra = tuple(a for a in had if a not in used)
+    split = kept + extra
+    if extra and size % math.prod(mesh.shape[a] for a in split):
+      split = kept
+    entries.append(None if not split else split[0] if len(split) == 1 else split)
+  return PartitionSpec(*entries)
+
+
+class Reshard:
   """One compiled program that casts a tree of floating arrays to `dtype` and moves it from
   `source_shardings` to `target_shardings` (another mesh over the same devices included). The cast
   is pinned to the source layout, so it runs on each chip's own shard and what moves between chips
-  is already in `dtype` (None: no pin, for arrays not on a mesh)."""
-  dtype = jnp.dtype(dtype)
+  is already in `dtype`. Between meshes of other shapes over the same devices it runs on their
+  `common_mesh`, so that only what changes hands moves. source_shardings None: arrays on no mesh.
+  """
 
-  def cast_then_move(tree):
-    cast = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-    return cast if source_shardings is None else jax.lax.with_sharding_constraint(cast, source_shardings)
-  return jax.jit(cast_then_move, out_shardings=target_shardings)
+  def __init__(self, source_shardings: Any, target_shardings: Any, dtype: Any):
+    self.target_shardings = target_shardings
+    dtype = jnp.dtype(dtype)
+    is_sharding = lambda x: isinstance(x, NamedSharding)
+    meshes = [s.mesh for s in jax.tree.leaves(source_shardings, is_leaf=is_sharding)[:1] +
+              jax.tree.leaves(target_shardings, is_leaf=is_sharding)[:1]]
+    common = common_mesh(*meshes) if source_shardings is not None and len(meshes) == 2 else None
+    pin, out = source_shardings, target_shardings
+    if common is not None:
+      mesh, source_runs, target_runs = common
+      pin = jax.tree.map(lambda s: NamedSharding(mesh, _spec_in(s.spec, source_runs)), source_shardings,
+                         is_leaf=is_sharding)
+      out = jax.tree.map(lambda s: NamedSharding(mesh, _spec_in(s.spec, target_runs)), target_shardings,
+                         is_leaf=is_sharding)
+    self.on_common_mesh = common is not None
+
+    def cast_then_move(tree):
+      cast = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+      if pin is None:
+        return cast
+      cast = jax.lax.with_sharding_constraint(cast, pin)
+      if common is None:
+        return cast
+      between = jax.tree.map(lambda x, a, b: NamedSharding(common[0], _on_the_way(a.spec, b.spec, x.shape, common[0])),
+                             cast, pin, out, is_leaf=is_sharding)
+      return jax.lax.with_sharding_constraint(cast, between)
+    self.program = jax.jit(cast_then_move, out_shardings=out)
+
+  def lower(self, tree):
+    return self.program.lower(tree)
+
+  def __call__(self, tree):
+    moved = self.program(tree)
+    if not self.on_common_mesh:
+      return moved
+    # The same shards, named by the target mesh (no data moves).
+    return jax.tree.map(lambda x, s: jax.make_array_from_single_device_arrays(
+        x.shape, s, [shard.data for shard in x.addressable_shards]), moved, self.target_shardings)
 
 
 @gin.configurable

@@ -181,3 +181,27 @@ def test_stage_1_loads_the_policy_straight_into_the_gin_sampling_layout(tmp_path
     assert [s.action_tokens for s in got.steps] == [s.action_tokens for s in expected.steps]
     for a, b in zip(got.steps, expected.steps):
       np.testing.assert_allclose(a.behaviour_logprobs, b.behaviour_logprobs, atol=1e-5)
+
+
+def test_the_reshard_between_meshes_of_other_tensor_sizes_casts_and_places_every_weight():
+  """(1, 4, 2) -> (2, 1, 4): run on the meshes' common refinement (XLA gathers whole arrays when it
+  reshards between meshes of other shapes: Gemma 3 27B on v5e-256 did not fit), the result is the
+  cast params, placed as the sampling mesh says. What it moves is measured on TPU compiles
+  (benchmarks/aot_tpu.py, docs/scaling.md): XLA:CPU moves bf16 as fp32, through other collectives."""
+  model, _ = _placed_model(False)
+  training = partitioning.make_mesh(partitioning.MeshConfig(1, 4, 2))
+  partitioning.shard_model(model, training, partitioning.DEFAULT_RULES)
+  sampling = partitioning.SamplingLayout(copy_params=True, data=2, fsdp=1, tensor=4).mesh_over(training)
+  common, training_runs, sampling_runs = partitioning.common_mesh(training, sampling)
+  assert dict(common.shape) == {"common0": 2, "common1": 2, "common2": 2}
+  assert training_runs == {"data": (), "fsdp": ("common0", "common1"), "tensor": ("common2",)}
+  assert sampling_runs == {"data": ("common0",), "fsdp": (), "tensor": ("common1", "common2")}
+  state = nnx.state(model)
+  source = partitioning.state_shardings(state, training, partitioning.DEFAULT_RULES)
+  target = partitioning.state_shardings(state, sampling, partitioning.DEFAULT_RULES)
+  reshard = partitioning.Reshard(source, target, "bfloat16")
+  assert reshard.on_common_mesh
+  out = reshard(state)
+  for x, y, s in zip(jax.tree.leaves(out), jax.tree.leaves(state), jax.tree.leaves(target)):
+    assert x.sharding == s and x.dtype == np.dtype("bfloat16")
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y.astype("bfloat16")))

@@ -351,7 +351,7 @@ class Sampler:
       self._param_shardings = partitioning.state_shardings(state, mesh, self.rules)
       source = (None if self.training_mesh is None else
                 partitioning.state_shardings(state, self.training_mesh, self.rules))
-      self._reshard = partitioning.reshard_fn(source, self._param_shardings, self.layout.param_dtype)
+      self._reshard = partitioning.Reshard(source, self._param_shardings, self.layout.param_dtype)
     self.prefill_tokens = 0  # tokens this process's rows have prefilled (append), for accounting
     self.reset()
 
