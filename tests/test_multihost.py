@@ -2,7 +2,6 @@
 its shard of the SeqIO task, and end with the params of one process that reads the whole task."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 import seqio
+
+from swirl_jax.testing.subprocesses import free_port
 
 pytestmark = pytest.mark.multiprocess
 
@@ -57,11 +58,6 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
 
 def test_two_processes_match_one(tmp_path):
   script = tmp_path / "train_script.py"
@@ -71,7 +67,7 @@ def test_two_processes_match_one(tmp_path):
   single = tmp_path / "single.npz"
   subprocess.run([sys.executable, str(script), "single", str(single), str(tmp_path / "ckpt1")], env=env,
                  check=True, capture_output=True, cwd=REPO)
-  port = str(_free_port())
+  port = str(free_port())
   multi = tmp_path / "multi.npz"
   procs = [subprocess.Popen([sys.executable, str(script), "multi", str(multi), str(tmp_path / "ckpt2"), port, str(i)],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]

@@ -3,13 +3,14 @@ devices: the same tokens and log-probs, and online RL in either layout ends at t
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from swirl_jax.testing.subprocesses import free_port
 
 pytestmark = pytest.mark.multiprocess
 
@@ -68,11 +69,6 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
 
 def test_two_processes_sample_and_train_in_the_sampling_layout_as_one(tmp_path):
   script = tmp_path / "layout_script.py"
@@ -81,7 +77,7 @@ def test_two_processes_sample_and_train_in_the_sampling_layout_as_one(tmp_path):
   single, multi = tmp_path / "single", tmp_path / "multi"
   subprocess.run([sys.executable, str(script), "single", str(single)], cwd=REPO, check=True, capture_output=True,
                  env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-  port = str(_free_port())
+  port = str(free_port())
   procs = [subprocess.Popen([sys.executable, str(script), "multi", str(multi), port, str(i)], cwd=REPO,
                             env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import pytest
 from swirl_jax.data import trajectory_io
 from swirl_jax.rewards.request_log import read_request_logs
 from swirl_jax.testing.local_server import serving
+from swirl_jax.testing.subprocesses import free_port
 
 pytestmark = pytest.mark.multiprocess
 
@@ -91,11 +91,6 @@ def judge_url():
     yield f"http://127.0.0.1:{port}/v1"
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
 
 def cpu_env(tmp, devices):
   env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -106,7 +101,7 @@ def cpu_env(tmp, devices):
 
 def _start(tmp, mode, bindings, processes=1, devices=1, log_name="log"):
   """Starts the CLI in `processes` processes; returns (popens, log paths)."""
-  port = _free_port()
+  port = free_port()
   procs, logs = [], []
   for index in range(processes):
     command = [sys.executable, "-m", "swirl_jax.main", f"--mode={mode}"] + [f"--gin.{b}" for b in bindings]

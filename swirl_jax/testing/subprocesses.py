@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -12,3 +13,10 @@ def cpu_env(tmp_path) -> dict[str, str]:
   this checkout importable."""
   return {**os.environ, "SWIRL_JAX_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now (for a coordinator or a test server)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
