@@ -75,7 +75,7 @@ def test_export_mode_writes_a_trainer_checkpoint_that_loads_back(tmp_path, token
       cwd=REPO, env=cpu_env(tmp_path), capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
   assert json.loads(done.stdout[done.stdout.index("{"):])["exported"] == str(out)
-  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.model"]
+  assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.model"]
   loaded, vocab = load_policy(source="hf", path=str(out))
   for path, value in _flat(model).items():
     np.testing.assert_array_equal(_flat(loaded)[path], value)
@@ -101,3 +101,33 @@ def test_gemma3_270m_exported_gives_transformers_our_greedy_tokens(gemma3_270m, 
     with torch.no_grad():
       out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=len(our_tokens), do_sample=False)
     assert out[0, len(prompt_ids):].tolist() == our_tokens, vocab.decode(our_tokens)
+
+
+@pytest.mark.slow
+def test_an_export_with_rope_scaling_reads_alike_in_both_rope_layouts_and_stops_at_the_turn_end(
+    tmp_path, gemma3_270m_vocabulary):
+  """Global layers' RoPE scaled by 8 (as in Gemma 3 4B-27B): transformers computes our logits from the
+  export's `rope_parameters` and, with those removed, from the older `rope_scaling` fields; the eos ids
+  hold <end_of_turn>, and generation_config.json says so too."""
+  vocab = gemma3_270m_vocabulary
+  model = init_model(model_config("tiny", global_rope_scale=8.0, vocab_size=vocab.piece_count), seed=2)
+  directory = safetensors_export.export_hf(model, str(tmp_path / "hf"), vocab=vocab)
+  config = json.loads((tmp_path / "hf" / "config.json").read_text())
+  end_of_turn = vocab.encode("<end_of_turn>")
+  assert len(end_of_turn) == 1 and config["eos_token_id"] == [vocab.eos_id, end_of_turn[0]]
+  assert config["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}
+  generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+  assert generation["eos_token_id"] == [vocab.eos_id, end_of_turn[0]]
+  assert transformers.GenerationConfig.from_pretrained(directory).eos_token_id == [vocab.eos_id, end_of_turn[0]]
+  tokens = np.random.default_rng(0).integers(3, 4000, (2, 300))  # past the tiny window: global layers matter
+  ours = _our_logits(model, tokens)
+  older = tmp_path / "older"
+  older.mkdir()
+  for name in ("model.safetensors", "tokenizer.model"):
+    (older / name).write_bytes((tmp_path / "hf" / name).read_bytes())
+  (older / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "rope_parameters"}))
+  for where in (directory, str(older)):
+    hf = transformers.AutoModelForCausalLM.from_pretrained(where, attn_implementation="eager").eval()
+    with torch.no_grad():
+      theirs = hf(input_ids=torch.from_numpy(tokens)).logits.float().numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4, err_msg=where)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -36,8 +36,10 @@ DTYPES = ("float32", "bfloat16")
 
 
 def hf_config(config: GemmaConfig, dtype: str = "float32", bos_id: int | None = None,
-              eos_id: int | None = None, pad_id: int | None = None) -> dict[str, Any]:
-  """config.json for transformers: the v5 `rope_parameters` layout, with the older fields too."""
+              eos_id: int | Sequence[int] | None = None, pad_id: int | None = None) -> dict[str, Any]:
+  """config.json for transformers: the v5 `rope_parameters` layout, and the older one (`rope_theta`,
+  `rope_local_base_freq`, `rope_scaling`) that other readers take. `eos_id` may list several ids (the
+  turn end among them)."""
   gemma3 = config.use_qk_norm
   full = {"rope_type": "default", "rope_theta": config.global_rope_base}
   if config.global_rope_scale != 1.0:
@@ -59,10 +61,24 @@ def hf_config(config: GemmaConfig, dtype: str = "float32", bos_id: int | None = 
   }
   if gemma3:
     out["rope_local_base_freq"] = config.local_rope_base
+  # The older layout: the global layers' RoPE scaling (Gemma 3 4B, 12B, 27B: linear, 8).
+  out["rope_scaling"] = ({"rope_type": "linear", "factor": config.global_rope_scale}
+                         if config.global_rope_scale != 1.0 else None)
   for name, value in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id)):
     if value is not None:
-      out[name] = int(value)
+      out[name] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
   return out
+
+
+def turn_end_ids(vocab: SentencePieceVocabulary) -> list[int]:
+  """EOS and, where the vocabulary has it as one piece, <end_of_turn>: where a policy's turn ends."""
+  end_of_turn = list(vocab.encode("<end_of_turn>"))
+  return [int(vocab.eos_id)] + ([int(end_of_turn[0])] if len(end_of_turn) == 1 else [])
+
+
+def generation_config(vocab: SentencePieceVocabulary) -> dict[str, Any]:
+  """generation_config.json: transformers and vLLM stop at any of these ids."""
+  return {"bos_token_id": int(vocab.bos_id), "eos_token_id": turn_end_ids(vocab), "pad_token_id": int(vocab.pad_id)}
 
 
 def _number(x: float) -> int | float:
@@ -110,9 +126,11 @@ def export_hf(model: Transformer, directory: str, vocab: SentencePieceVocabulary
   os.makedirs(directory, exist_ok=True)
   with atomic_io.atomic_path(os.path.join(directory, "model.safetensors")) as tmp:
     save_file(tensors, tmp, metadata={"format": "pt"})
-  ids = {} if vocab is None else {"bos_id": vocab.bos_id, "eos_id": vocab.eos_id, "pad_id": vocab.pad_id}
+  ids = {} if vocab is None else {"bos_id": vocab.bos_id, "eos_id": turn_end_ids(vocab), "pad_id": vocab.pad_id}
   with atomic_io.atomic_open(os.path.join(directory, "config.json")) as f:
     json.dump(hf_config(model.config, dtype, **ids), f, indent=1)
   if vocab is not None:
     atomic_io.write_bytes(os.path.join(directory, "tokenizer.model"), vocab.sp_model)
+    with atomic_io.atomic_open(os.path.join(directory, "generation_config.json")) as f:
+      json.dump(generation_config(vocab), f, indent=1)
   return directory
