@@ -195,7 +195,9 @@ class Compiler:
     hidden = batch_of((b, config.embed_dim), jnp.float32)
     placed = (jax.tree.map(lambda x: x.sharding, cache), hidden.sharding)
     axes = sampler_lib.row_axes(mesh, self.rules, b, jax.tree.map(lambda x: x.sharding, params))
-    local = lambda fn: sampler_lib.per_shard(fn, mesh, self.rules, axes, placed[0]) if axes else fn
+    fork = sampler_lib.fork_per_shard(mesh, axes, placed[0]) if axes else sampler_lib._fork
+    append_rows = (sampler_lib.append_rows_per_shard(mesh, self.rules, axes, placed[0]) if axes
+                   else sampler_lib._append_rows)
     state_bytes = chip_bytes(params) + chip_bytes(cache)
     with partitioning.activate(mesh, self.rules):
       if name == "prefill":
@@ -204,7 +206,7 @@ class Compiler:
                            batch_of((b,), jnp.int32), span=capacity)
         row = report(label, lowered, self.chip, args.scan_layers)
       elif name == "prefill_rows":  # online sampling: each state's context into one row of its G
-        fn = jax.jit(local(sampler_lib._append_rows), static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
+        fn = jax.jit(append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
                      static_argnames="span")
         rows_R = (batch_of((b // args.samples,), jnp.int32) if axes else
                   jax.ShapeDtypeStruct((b // args.samples,), jnp.int32))
@@ -212,7 +214,7 @@ class Compiler:
                            batch_of((b,), jnp.int32), rows_R, span=capacity)
         row = report(label, lowered, self.chip, args.scan_layers)
       elif name == "fork":  # ... then copied into the other G - 1 rows
-        fn = jax.jit(local(sampler_lib._fork), donate_argnums=(0, 1), out_shardings=placed)
+        fn = jax.jit(fork, donate_argnums=(0, 1), out_shardings=placed)
         row = report(label, fn.lower(cache, hidden, batch_of((b,), jnp.int32)), self.chip)
       else:
         fn = jax.jit(sampler_lib._decode_chunk, static_argnums=0, donate_argnums=(2, 3),

@@ -24,6 +24,17 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
+def axes_of(entry: str | Sequence[str] | None) -> tuple[str, ...]:
+  """The mesh axes named by a PartitionSpec entry or a rule's target: None, one name, or several."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def entry_of(axes: Sequence[str]) -> str | tuple[str, ...] | None:
+  """The PartitionSpec entry for mesh axes: None for none, the name for one, the tuple for several."""
+  axes = tuple(axes)
+  return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
 # Parameters: fsdp shards the model dimension, tensor shards heads / mlp / vocab.
 # Activations: the batch is split over data and fsdp, heads / mlp / vocab over tensor.
 DEFAULT_RULES: LogicalRules = (
@@ -172,11 +183,7 @@ def common_mesh(a: Mesh, b: Mesh) -> tuple[Mesh, dict[str, tuple[str, ...]], dic
 
 
 def _spec_in(spec: PartitionSpec, runs: dict[str, tuple[str, ...]]) -> PartitionSpec:
-  def entry(e):
-    names = (e,) if isinstance(e, str) else tuple(e or ())
-    flat = tuple(n for name in names for n in runs[name])
-    return None if not flat else flat[0] if len(flat) == 1 else flat
-  return PartitionSpec(*(entry(e) for e in spec))
+  return PartitionSpec(*(entry_of(n for name in axes_of(e) for n in runs[name]) for e in spec))
 
 
 def _on_the_way(source: PartitionSpec, target: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
@@ -184,10 +191,9 @@ def _on_the_way(source: PartitionSpec, target: PartitionSpec, shape: Sequence[in
   target leaves unused, where the source had them. Going there first swaps shards between chips
   at the source's size (an all-to-all); what is left is a gather of the target's own copy. Going
   straight, XLA may gather first and hold far more."""
-  as_tuple = lambda e: (e,) if isinstance(e, str) else tuple(e or ())
   ndim = len(shape)
-  target_entries = [as_tuple(e) for e in tuple(target) + (None,) * (ndim - len(target))]
-  source_entries = [as_tuple(e) for e in tuple(source) + (None,) * (ndim - len(source))]
+  target_entries = [axes_of(e) for e in tuple(target) + (None,) * (ndim - len(target))]
+  source_entries = [axes_of(e) for e in tuple(source) + (None,) * (ndim - len(source))]
   used = {a for e in target_entries for a in e}
   entries = []
   for size, kept, had in zip(shape, target_entries, source_entries):
@@ -195,7 +201,7 @@ def _on_the_way(source: PartitionSpec, target: PartitionSpec, shape: Sequence[in
     split = kept + extra
     if extra and size % math.prod(mesh.shape[a] for a in split):
       split = kept
-    entries.append(None if not split else split[0] if len(split) == 1 else split)
+    entries.append(entry_of(split))
   return PartitionSpec(*entries)
 
 
@@ -295,7 +301,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: LogicalRules,
     if name is not None and name not in table:
       raise ValueError(f"logical axis {name!r} has no rule; rules name {sorted(table)}")
     target = table.get(name) if name is not None else None
-    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    axes = axes_of(target)
     kept = []
     for axis in axes:
       if axis in used:
@@ -306,7 +312,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: LogicalRules,
           continue
       kept.append(axis)
       used.add(axis)
-    spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    spec.append(entry_of(kept))
   return PartitionSpec(*spec)
 
 

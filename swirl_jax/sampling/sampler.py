@@ -204,11 +204,8 @@ def _decode_chunk(graphdef, params, cache, last_hidden_BxD, active_B, count_B, k
 def _manual_spec(sharding: NamedSharding, axes: Sequence[str]) -> PartitionSpec:
   """`sharding`'s spec with only the mesh axes in `axes` kept: what a shard_map manual over those
   axes sees of it (the other axes stay automatic)."""
-  def keep(entry):
-    names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-    kept = tuple(n for n in names if n in axes)
-    return None if not kept else kept[0] if len(kept) == 1 else kept
-  return PartitionSpec(*(keep(e) for e in sharding.spec))
+  return PartitionSpec(*(partitioning.entry_of(n for n in partitioning.axes_of(e) if n in axes)
+                         for e in sharding.spec))
 
 
 def row_axes(mesh: Mesh | None, rules: partitioning.LogicalRules, rows: int, param_shardings) -> tuple[str, ...]:
@@ -216,39 +213,40 @@ def row_axes(mesh: Mesh | None, rules: partitioning.LogicalRules, rows: int, par
   rows: no param may be split over them (a shard would see a piece of a weight). () otherwise."""
   if mesh is None:
     return ()
-  spec = partitioning.batch_sharding(mesh, rules, (rows,)).spec[0]
-  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+  axes = partitioning.axes_of(partitioning.batch_sharding(mesh, rules, (rows,)).spec[0])
   if not any(mesh.shape[a] > 1 for a in axes):
     return ()
   for sharding in jax.tree.leaves(param_shardings):
-    for entry in sharding.spec:
-      names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-      if any(n in axes and mesh.shape[n] > 1 for n in names):
-        return ()
+    if any(n in axes and mesh.shape[n] > 1 for entry in sharding.spec for n in partitioning.axes_of(entry)):
+      return ()
   return axes
 
 
-def per_shard(fn, mesh: Mesh, rules: partitioning.LogicalRules, axes: tuple[str, ...], cache_shardings):
-  """`_fork` or `_append_rows` run on each shard of rows by itself (`shard_map`, manual over the
-  row axes `axes`, automatic over the rest), with row indices local to the shard: the G rows of a
-  state live on one shard, so nothing crosses shards and no shard sees another's cache."""
+def fork_per_shard(mesh: Mesh, axes: tuple[str, ...], cache_shardings):
+  """`_fork` on each shard of rows by itself (`shard_map`, manual over the row axes `axes`,
+  automatic over the rest), sources given as global rows of the target's own shard: the G rows of a
+  state live on one shard, so nothing crosses shards."""
+  cache_specs = jax.tree.map(lambda s: _manual_spec(s, axes), cache_shardings)
+
+  def fork_local(cache, last_hidden_BxD, source_B):
+    shard = jax.lax.axis_index(axes)
+    return _fork(cache, last_hidden_BxD, source_B - shard * last_hidden_BxD.shape[0])
+  return jax.shard_map(fork_local, mesh=mesh, in_specs=(cache_specs, PartitionSpec(axes, None), PartitionSpec(axes)),
+                       out_specs=(cache_specs, PartitionSpec(axes, None)), axis_names=set(axes))
+
+
+def append_rows_per_shard(mesh: Mesh, rules: partitioning.LogicalRules, axes: tuple[str, ...], cache_shardings):
+  """`_append_rows` on each shard of rows by itself, `rows_R` holding each shard's rows as indices
+  local to it (the same count on every shard): no shard sees another's cache."""
   cache_specs = jax.tree.map(lambda s: _manual_spec(s, axes), cache_shardings)
   rows_spec, rows2d_spec = PartitionSpec(axes), PartitionSpec(axes, None)
-  inner_rules = tuple((name, None if target is None else tuple(
-      a for a in ((target,) if isinstance(target, str) else target) if a not in axes) or None)
+  # Inside, the rows are the shard's alone: the activations' batch is not split over the row axes.
+  inner_rules = tuple((name, partitioning.entry_of(a for a in partitioning.axes_of(target) if a not in axes))
                       for name, target in rules)
-  if fn is _fork:
-    def fork_local(cache, last_hidden_BxD, source_B):
-      shard = jax.lax.axis_index(axes)
-      return _fork(cache, last_hidden_BxD, source_B - shard * last_hidden_BxD.shape[0])
-    return jax.shard_map(fork_local, mesh=mesh, in_specs=(cache_specs, rows2d_spec, rows_spec),
-                         out_specs=(cache_specs, rows2d_spec), axis_names=set(axes))
-  if fn is not _append_rows:
-    raise ValueError(f"per_shard: {fn} is neither _fork nor _append_rows")
 
   def append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, *, span):
     def local(params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R):
-      with partitioning.use_rules(inner_rules):  # inside, the rows are this shard's alone
+      with partitioning.use_rules(inner_rules):
         return _append_rows(graphdef, params, cache, last_hidden_BxD, tokens_BxC, num_new_B, rows_R, span=span)
     return jax.shard_map(local, mesh=mesh,
                          in_specs=(PartitionSpec(), cache_specs, rows2d_spec, rows2d_spec, rows_spec, rows_spec),
@@ -314,8 +312,8 @@ class Sampler:
     # on v5e-256 would need 122 GiB a chip), so both run per shard of rows (`shard_map` over the
     # mesh axes that split them), where no param is split over those axes; else (`rows_split`) a
     # state is prefilled into each of its rows instead.
-    self.row_axes = row_axes(mesh, self.rules, rows, partitioning.state_shardings(nnx.state(model), mesh, self.rules)
-                             if mesh is not None else None)
+    param_shardings = None if mesh is None else partitioning.state_shardings(nnx.state(model), mesh, self.rules)
+    self.row_axes = row_axes(mesh, self.rules, rows, param_shardings)
     self.row_shards = math.prod(mesh.shape[a] for a in self.row_axes) if self.row_axes else 1
     self.rows_split = mesh is not None and partitioning.batch_sharding(
         mesh, self.rules, (rows,)).spec[0] is not None and not self.row_axes
@@ -338,19 +336,18 @@ class Sampler:
                                         partitioning.batch_sharding(mesh, self.rules, (rows, config.embed_dim)))
     self._make_cache = make_cache if mesh is None else jax.jit(make_cache, out_shardings=placed[0])
     self._make_hidden = make_hidden if mesh is None else jax.jit(make_hidden, out_shardings=placed[1])
-    local = lambda fn: per_shard(fn, mesh, self.rules, self.row_axes, placed[0]) if self.row_axes else fn
-    self._fork = jax.jit(local(_fork), donate_argnums=(0, 1), out_shardings=placed)
-    append_rows = local(_append_rows)
+    fork = fork_per_shard(mesh, self.row_axes, placed[0]) if self.row_axes else _fork
+    append_rows = append_rows_per_shard(mesh, self.rules, self.row_axes, placed[0]) if self.row_axes else _append_rows
+    self._fork = jax.jit(fork, donate_argnums=(0, 1), out_shardings=placed)
     self._append_rows = jax.jit(append_rows, static_argnums=0, donate_argnums=(2, 3), out_shardings=placed,
                                 static_argnames="span")
     self._params = None  # the sampler's own copy, in the sampling layout (None: not made, or released)
     self._owns_params = False
     self.reshard_seconds: list[float] = []  # each reshard into the sampling layout, for accounting
     if self.layout is not None:
-      state = nnx.state(model)
-      self._param_shardings = partitioning.state_shardings(state, mesh, self.rules)
+      self._param_shardings = param_shardings
       source = (None if self.training_mesh is None else
-                partitioning.state_shardings(state, self.training_mesh, self.rules))
+                partitioning.state_shardings(nnx.state(model), self.training_mesh, self.rules))
       self._reshard = partitioning.Reshard(source, self._param_shardings, self.layout.param_dtype)
     self.prefill_tokens = 0  # tokens this process's rows have prefilled (append), for accounting
     self.reset()
@@ -482,12 +479,11 @@ class Sampler:
         receiving = gathered[:, 2:].sum(axis=0)
       # Per shard of rows: its receiving rows, padded with its idle ones to one count (a power of
       # two) for every shard; indices local to the shard (one shard without split rows).
-      per_shard = self.rows // self.row_shards
-      receiving_SxP = receiving.reshape(self.row_shards, per_shard) > 0
+      receiving_SxP = receiving.reshape(self.row_shards, self.rows_per_shard) > 0
       count = int(receiving_SxP.sum(axis=1).max())
       subset = 1 << max(count - 1, 0).bit_length()
       rows_R = None
-      if subset * 2 <= per_shard:
+      if subset * 2 <= self.rows_per_shard:
         rows_R = np.concatenate([np.concatenate([np.flatnonzero(r), np.flatnonzero(~r)])[:subset]
                                  for r in receiving_SxP]).astype(np.int32)
         rows_R = self._put(rows_R) if self.row_axes else jnp.asarray(rows_R)

@@ -243,8 +243,7 @@ class Trainer:
                                    self.config.batch_size)
     trained = multihost.row_owners(partitioning.batch_sharding(self.mesh, self.rules, (self.total_rows,)),
                                    self.total_rows)
-    by_state = sampled[::g]
-    if not np.array_equal(by_state if self.tree_rows else sampled, trained):
+    if not np.array_equal(sampled[::g] if self.tree_rows else sampled, trained):
       raise ValueError(f"SamplingLayout {partitioning.describe(self.sampler.mesh)}: its rows fall on other "
                        f"processes than the training mesh's ({partitioning.describe(self.mesh)}) rows; keep the "
                        "sampling mesh's data x fsdp a multiple of the processes, in the same device order")
