@@ -87,6 +87,7 @@ def report(name: str, lowered, chip: compiled_cost.Chip | None, scanned: bool = 
          "argument_gib": memory.argument_size_in_bytes / GIB, "output_gib": memory.output_size_in_bytes / GIB,
          "alias_gib": memory.alias_size_in_bytes / GIB, "temp_gib": memory.temp_size_in_bytes / GIB,
          "collective_bytes": dict(traffic.bytes_by_kind), "collective_bytes_per_" + unit: traffic.total_bytes / per,
+         "received_bytes": dict(traffic.received_by_kind), "received_bytes_per_" + unit: traffic.received_bytes / per,
          "unknown_trip_loops": traffic.unknown_trip_loops}
   # Donated outputs alias their arguments: the peak holds arguments, temporaries and new outputs.
   row["total_gib"] = row["argument_gib"] + row["output_gib"] - row["alias_gib"] + row["temp_gib"]
@@ -99,7 +100,7 @@ def report(name: str, lowered, chip: compiled_cost.Chip | None, scanned: bool = 
         f"their trips{'; ' + str(traffic.unknown_trip_loops) + ' loop(s) of unknown trips counted once' if traffic.unknown_trip_loops else ''}); "
         f"XLA's bytes accessed {row['bytes_accessed'] / GIB:.3g} GiB per call (loop bodies once)", flush=True)
   if chip is not None and flops is not None and hbm_bytes is not None:
-    bound = compiled_cost.bounds(chip, flops, hbm_bytes, traffic.total_bytes / per)
+    bound = compiled_cost.bounds(chip, flops, hbm_bytes, traffic.received_bytes / per)
     row.update(compute_s=bound.compute_s, hbm_s=bound.hbm_s, ici_s=bound.ici_s, lower_bound_s=bound.lower_bound_s,
                limited_by=bound.limited_by)
     print(f"{'':>8}  lower bounds per {unit} on {chip.name}: compute {bound.compute_s * 1e3:.3f} ms, HBM "
@@ -233,15 +234,18 @@ class Compiler:
                 f"({chip_bytes(params) / GIB:.2f} GiB)", flush=True)
     row["layout"] = "training" if layout is None else "sampling"
     row["mesh"] = dict(mesh.shape)
-    # The sampler does a row's host work (stop strings, tools, judging) on the one host that holds
-    # it: a layout whose shard of rows spans hosts is refused (`multihost.row_owners`).
-    try:
-      multihost.row_owners(partitioning.batch_sharding(mesh, self.rules, (b,)), b)
-      row["rows_on_one_host"] = True
-    except ValueError:
-      row["rows_on_one_host"] = False
+    # A row's host work (stop strings, tools, judging) runs on one host. Where a shard of rows spans
+    # hosts, the sampler owns rows as the training mesh lays them out and moves each call's inputs
+    # and outputs between the two layouts on device: that program's traffic is counted here.
+    row["rows_on_one_host"] = multihost.rows_held_alone(partitioning.batch_sharding(mesh, self.rules, (b,)), b)
+    if not row["rows_on_one_host"] and name == "decode" and row.get("fits"):
+      out_bytes, in_bytes = self.staging(mesh, b)
+      row["staging_bytes_per_decode_step"] = out_bytes / args.decode_steps
+      row["staging_bytes_per_append_chunk"] = in_bytes
       print(f"{'':>8}  a shard of rows spans {mesh.shape['tensor'] * mesh.shape['fsdp']} chips, more than a host's "
-            f"{sum(d.process_index == 0 for d in self.devices)}: the sampler refuses it on this slice", flush=True)
+            f"{sum(d.process_index == 0 for d in self.devices)}: rows are owned as the training mesh lays them out; "
+            f"a chip receives {out_bytes / 2**10:.1f} KiB of a decode chunk's outputs for their owners and "
+            f"{in_bytes / 2**10:.1f} KiB of an append chunk's tokens from them", flush=True)
     if row.get("fits"):
       # The sampler's program beside what the trainer keeps (its params are the sampler's own in the
       # training layout, so they count once).
@@ -254,6 +258,29 @@ class Compiler:
               f"{row['with_training_state_gib']:.2f} GiB, {share:.0%} of HBM", flush=True)
     return row
 
+  def staging(self, mesh, b: int) -> tuple[float, float]:
+    """Per-chip bytes received by the programs that move a decode chunk's outputs from the sampling
+    mesh's rows to their owners' (the training mesh's), and an append chunk's tokens the other way,
+    as `Sampler._get` and `Sampler._put` do."""
+    steps, chunk = self.args.decode_steps, self.args.prefill_chunk
+    outputs = [((b, steps), jnp.int32), ((b, steps), jnp.float32), ((b,), jnp.bool_), ((b,), jnp.int32),
+               ((b,), jnp.int32), ((b,), jnp.int32)]
+    inputs = [((b, chunk), jnp.int32), ((b,), jnp.int32)]
+    # The two meshes may order the devices differently (the sampler moves with `jax.device_put`);
+    # one program writes both shardings on their common mesh.
+    common, sampling_runs, training_runs = partitioning.common_mesh(mesh, self.training_mesh)
+    on_common = lambda m, runs, shape: NamedSharding(common, partitioning.spec_on_common(
+        partitioning.batch_sharding(m, self.rules, shape).spec, runs))
+
+    def received(shapes, source, source_runs, target, target_runs):
+      arrays = [jax.ShapeDtypeStruct(shape, dtype, sharding=on_common(source, source_runs, shape))
+                for shape, dtype in shapes]
+      targets = tuple(on_common(target, target_runs, shape) for shape, _ in shapes)
+      compiled = jax.jit(lambda *xs: xs, out_shardings=targets).lower(*arrays).compile()
+      return float(compiled_cost.collective_traffic(compiled.as_text()).received_bytes)
+    return (received(outputs, mesh, sampling_runs, self.training_mesh, training_runs),
+            received(inputs, self.training_mesh, training_runs, mesh, sampling_runs))
+
   def reshard(self, layout: partitioning.SamplingLayout):
     """The once-per-online-step program that casts the trainer's params and lays them out for the
     sampler; what it moves per chip against one copy of the weights."""
@@ -265,10 +292,12 @@ class Compiler:
                  hbm_bytes=chip_bytes(self.params) + copy)
     if not row.get("fits"):
       return row
-    moved = sum(row["collective_bytes"].values())
+    moved, results = sum(row["received_bytes"].values()), sum(row["collective_bytes"].values())
     row["copies_moved"] = moved / copy
-    print(f"{'':>8}  moves {moved / GIB:.2f} GiB per chip: {row['copies_moved']:.2f} x the chip's copy of the "
-          f"weights ({copy / GIB:.2f} GiB)", flush=True)
+    row["copies_at_result_size"] = results / copy
+    print(f"{'':>8}  a chip receives {moved / GIB:.2f} GiB: {row['copies_moved']:.2f} x the chip's copy of the "
+          f"weights ({copy / GIB:.2f} GiB); the collectives' results hold {row['copies_at_result_size']:.2f} x",
+          flush=True)
     return row
 
 
@@ -380,7 +409,7 @@ def main(argv=None) -> list[dict]:
 def propose(compiler: Compiler, tensor_sizes, args) -> list[dict]:
   """Compiles the decode chunk in each candidate sampling layout (fsdp 1, the given tensor sizes) and
   proposes the one with the smallest lower bound per decode step that fits beside the training
-  state with the headroom left, and keeps each shard of rows on one host (as the sampler needs)."""
+  state with the headroom left."""
   chips = len(compiler.devices)
   candidates = []
   for tensor in tensor_sizes:
@@ -389,12 +418,12 @@ def propose(compiler: Compiler, tensor_sizes, args) -> list[dict]:
     layout = partitioning.SamplingLayout(copy_params=True, data=chips // tensor, fsdp=1, tensor=tensor,
                                          param_dtype=args.sampling_param_dtype)
     row = compiler.sampler_function("decode", layout)
-    fits = row.get("fits") and row.get("hbm_share", 1.0) <= 1.0 - args.headroom and row["rows_on_one_host"]
+    fits = row.get("fits") and row.get("hbm_share", 1.0) <= 1.0 - args.headroom
     candidates.append({"key": f"proposal/tensor={tensor}", "tensor": tensor, "fits_with_headroom": bool(fits), **row})
   fitting = [c for c in candidates if c["fits_with_headroom"]]
   if not fitting:
-    print("proposal: no candidate sampling layout fits beside the training state with its rows on one host; "
-          "sample in the training layout", flush=True)
+    print("proposal: no candidate sampling layout fits beside the training state; sample in the training layout",
+          flush=True)
     return candidates
   best = min(fitting, key=lambda c: c["lower_bound_s"])
   best["proposed"] = True

@@ -10,7 +10,10 @@ collective of the program is counted with the product of the trip counts of the 
 
 A collective's bytes are its result's (what lands on each chip: an all-gather's whole output, a
 reduce-scatter's shard); XLA's asynchronous pieces of one collective share a channel id and count
-once. The roofline figures of `CHIPS` are the public per-chip figures of Cloud TPU
+once. `received_by_kind` counts what arrives from other chips instead, from the collective's group
+size n: (n - 1) / n of an all-gather's or an all-to-all's result (the chip's own part stays), 2 (n -
+1) / n of an all-reduce's (a ring's reduce-scatter and all-gather), n - 1 times a reduce-scatter's
+shard, and a permute's result where some chip sends to another. The ICI bound uses those. The roofline figures of `CHIPS` are the public per-chip figures of Cloud TPU
 (https://cloud.google.com/tpu/docs/v5p, /v5e, /v4, /v6e); ICI is the one-way half of the
 bidirectional figure, since a gathered byte arrives once.
 """
@@ -34,6 +37,11 @@ _CALL_LISTS = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]
 _WHILE = re.compile(r"\bwhile\((%[^\s,)]+)\), condition=%([^\s,]+), body=%([^\s,]+)")
 _CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 _KNOWN_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\].*? \{((?:'[^']*',?\s*)*)\}")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[([0-9,]+)\]<=")
+_LISTED_GROUPS = re.compile(r"replica_groups=\{\{([0-9,\s]*)\}")
+_PAIRS = re.compile(r"source_target_pairs=\{((?:\{\d+,\d+\},?)*)\}")
+_PARTITIONS = re.compile(r"\bnum_partitions=(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +85,61 @@ def _result_bytes(shape: str, kind: str, started: bool) -> float:
   return array_bytes(shape)
 
 
+def group_size(line: str, devices: int | None) -> int | None:
+  """Chips in each group of a collective's HLO line (`replica_groups` as a mesh and its axes, an iota
+  `[groups,size]<=[...]`, listed groups, or `{}`: all `devices`); None where it cannot be read."""
+  mesh = _MESH_GROUPS.search(line)
+  if mesh:
+    sizes = {name.strip().strip("'"): int(size) for name, size in
+             (part.split("=") for part in mesh.group(1).split(",") if "=" in part)}
+    axes = re.findall(r"'([^']*)'", mesh.group(2))
+    n = 1
+    for axis in axes or sizes:
+      n *= sizes.get(axis, 1)
+    return n
+  iota = _IOTA_GROUPS.search(line)
+  if iota:
+    return int(iota.group(1).split(",")[-1])
+  listed = _LISTED_GROUPS.search(line)
+  if listed:
+    return len([v for v in listed.group(1).split(",") if v.strip()])
+  if "replica_groups={}" in line:
+    return devices
+  return None
+
+
+def received_bytes(kind: str, result: float, line: str, devices: int | None) -> float:
+  """Bytes a chip receives from other chips in one collective of `result` bytes (see the module
+  docstring); the result's where the group cannot be read."""
+  if kind == "collective-permute":
+    pairs = _PAIRS.search(line)
+    if pairs and all(s == t for s, t in re.findall(r"\{(\d+),(\d+)\}", pairs.group(1))):
+      return 0.0
+    return result
+  n = group_size(line, devices)
+  if not n:
+    return result
+  return result * {"all-gather": (n - 1) / n, "all-to-all": (n - 1) / n, "all-reduce": 2 * (n - 1) / n,
+                   "reduce-scatter": n - 1}[kind]
+
+
 @dataclasses.dataclass
 class Traffic:
-  """Per chip, per call of the program: collective bytes by kind (weighted by loop trips), and how
-  many collectives of each kind the text holds."""
+  """Per chip, per call of the program: collective bytes by kind (weighted by loop trips): their
+  results' and what arrives from other chips; and how many collectives of each kind the text holds."""
 
   bytes_by_kind: dict[str, float]
   count_by_kind: dict[str, int]
   unknown_trip_loops: int  # loops whose trip count could not be read (counted once)
+  received_by_kind: dict[str, float] = dataclasses.field(default_factory=dict)
 
   @property
   def total_bytes(self) -> float:
     return sum(self.bytes_by_kind.values())
+
+  @property
+  def received_bytes(self) -> float:
+    return sum(self.received_by_kind.values())
 
 
 def _computations(hlo_text: str) -> dict[str, list[str]]:
@@ -182,7 +233,9 @@ def collective_traffic(hlo_text: str) -> Traffic:
   for name in reversed(order):
     for callee, times in callees.get(name, []):
       weights[callee] = weights.get(callee, 0) + weights.get(name, 0) * times
-  found: dict[str, tuple[str, float, int]] = {}
+  partitions = _PARTITIONS.search(hlo_text)
+  devices = int(partitions.group(1)) if partitions else None
+  found: dict[str, tuple[str, float, int, float]] = {}
   for name, lines in computations.items():
     for line in lines:
       match = _INSTRUCTION.match(line)
@@ -193,14 +246,18 @@ def collective_traffic(hlo_text: str) -> Traffic:
       channel = _CHANNEL.search(line)
       key = f"channel {channel.group(1)} in {weights.get(name, 0)}" if channel else match.group(1)
       size = _result_bytes(shape, kind, started)
+      received = received_bytes(kind, size, line, devices)
       old = found.get(key)
-      found[key] = (kind, max(size, old[1] if old else 0.0), max(weights.get(name, 0), old[2] if old else 0))
+      found[key] = (kind, max(size, old[1] if old else 0.0), max(weights.get(name, 0), old[2] if old else 0),
+                    max(received, old[3] if old else 0.0))
   bytes_by_kind = {kind: 0.0 for kind in KINDS}
+  received_by_kind = {kind: 0.0 for kind in KINDS}
   count_by_kind = {kind: 0 for kind in KINDS}
-  for kind, size, weight in found.values():
+  for kind, size, weight, received in found.values():
     bytes_by_kind[kind] += size * weight
+    received_by_kind[kind] += received * weight
     count_by_kind[kind] += 1
-  return Traffic(bytes_by_kind, count_by_kind, unknown)
+  return Traffic(bytes_by_kind, count_by_kind, unknown, received_by_kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,4 +285,5 @@ def bounds(chip: Chip, flops: float, hbm_bytes: float, ici_bytes: float) -> Boun
 def describe_traffic(traffic: Traffic, per: float = 1.0, unit: str = "call") -> str:
   parts: Iterable[str] = (f"{kind} {traffic.bytes_by_kind[kind] / per / GIB:.4g} GiB"
                           for kind in KINDS if traffic.count_by_kind[kind])
-  return f"{', '.join(parts) or 'none'} per {unit}"
+  received = f"; {traffic.received_bytes / per / GIB:.4g} GiB received" if traffic.received_by_kind else ""
+  return f"{', '.join(parts) or 'none'} per {unit}{received}"

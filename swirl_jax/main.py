@@ -131,15 +131,17 @@ def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str |
 
 
 @gin.configurable
-def run_export(rt: runtime.Runtime, output_dir: str | None = None, dtype: str = "float32"):
+def run_export(rt: runtime.Runtime, output_dir: str | None = None, dtype: str = "float32",
+               max_shard_bytes: int = safetensors_export.MAX_SHARD_BYTES):
   """The gin-configured policy (a trainer checkpoint's params with `load_policy.checkpoint_dir`) as an
-  HF Gemma checkpoint in `output_dir`: config.json, model.safetensors, tokenizer.model."""
+  HF Gemma checkpoint in `output_dir`: config.json, the weights in files of at most
+  `max_shard_bytes` (with HF's index where there are several), tokenizer.model."""
   if not output_dir:
     raise ValueError("run_export.output_dir is not set: where to write the HF checkpoint")
   if dtype not in safetensors_export.DTYPES:  # before the model loads
     raise ValueError(f"run_export.dtype={dtype!r}; use one of {safetensors_export.DTYPES}")
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
-  safetensors_export.export_hf(model, output_dir, vocab, dtype)
+  safetensors_export.export_hf(model, output_dir, vocab, dtype, max_shard_bytes)
   summary = {"exported": output_dir, "policy": policy.policy_identity()}
   _print_json(summary)
   return summary

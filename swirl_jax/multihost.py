@@ -33,6 +33,28 @@ def spans_processes(mesh: Mesh | None) -> bool:
 # -- rows a process owns ---------------------------------------------------------------------------
 
 
+def row_holders(sharding: jax.sharding.Sharding, num_rows: int) -> list[set[int]]:
+  """The processes holding each row of a [num_rows, ...] array laid out by `sharding`."""
+  holders: list[set[int]] = [set() for _ in range(num_rows)]
+  for device, index in sharding.devices_indices_map((num_rows,)).items():
+    for row in range(num_rows)[index[0]]:
+      holders[row].add(device.process_index)
+  return holders
+
+
+def rows_held_alone(sharding: jax.sharding.Sharding, num_rows: int) -> bool:
+  """Whether every row of a [num_rows, ...] array laid out by `sharding` lives on one process."""
+  return sole_row_owners(sharding, num_rows) is not None
+
+
+def sole_row_owners(sharding: jax.sharding.Sharding, num_rows: int) -> np.ndarray | None:
+  """Each row's process where every row lives on one process; None where some row spans several."""
+  holders = row_holders(sharding, num_rows)
+  if any(len(h) > 1 for h in holders):
+    return None
+  return np.array([min(h) for h in holders], np.int64)
+
+
 def row_owners(sharding: jax.sharding.Sharding, num_rows: int) -> np.ndarray:
   """The process that owns each row of a [num_rows, ...] array laid out by `sharding` (the same
   answer on every process: it reads only the sharding).
@@ -40,17 +62,27 @@ def row_owners(sharding: jax.sharding.Sharding, num_rows: int) -> np.ndarray:
   Every row must live on one process only: a row replicated across processes
   would need the same host work done twice, or its copies would drift.
   """
-  holders: list[set[int]] = [set() for _ in range(num_rows)]
-  for device, index in sharding.devices_indices_map((num_rows,)).items():
-    for row in range(num_rows)[index[0]]:
-      holders[row].add(device.process_index)
-  shared = [row for row, h in enumerate(holders) if len(h) > 1]
-  if shared:
+  owners = sole_row_owners(sharding, num_rows)
+  if owners is None:
+    shared = [row for row, h in enumerate(row_holders(sharding, num_rows)) if len(h) > 1]
     raise ValueError(
         f"{num_rows} rows are not split across the {jax.process_count()} processes (rows {shared[:4]}... live "
         f"on several): make the row count a multiple of the mesh's data x fsdp size and put the axes that "
         f"span hosts on data or fsdp")
-  return np.array([min(h) for h in holders], np.int64)
+  return owners
+
+
+def process_blocks(devices: Sequence[jax.Device]) -> np.ndarray:
+  """`devices` (as a [processes, devices a process] array) grouped by process, in process order,
+  each process's in their given order: a mesh over it whose first axis splits rows gives each
+  process one block of rows."""
+  by_process: dict[int, list] = {}
+  for device in devices:
+    by_process.setdefault(device.process_index, []).append(device)
+  sizes = {len(v) for v in by_process.values()}
+  if len(sizes) != 1:
+    raise ValueError(f"processes hold different numbers of these devices ({sorted(sizes)})")
+  return np.asarray([by_process[p] for p in sorted(by_process)])
 
 
 def owned_rows(sharding: jax.sharding.Sharding, num_rows: int) -> np.ndarray:

@@ -134,55 +134,130 @@ class SamplingLayout:
   param_dtype: str = "bfloat16"
 
   def mesh_over(self, training_mesh: Mesh | None) -> Mesh:
-    """The sampling mesh: the training mesh's devices in the same order (so the rows a process
-    owns stay on its own devices), reshaped; one device without a training mesh."""
-    devices = (np.asarray(jax.devices()[:1]) if training_mesh is None
-               else np.asarray(training_mesh.devices).reshape(-1))
+    """The sampling mesh over the training mesh's devices (one device without a training mesh).
+
+    Each sampling tensor group is made of whole training tensor groups, the training tensor index
+    as the major part of the sampling one (or, for a smaller tensor, the sampling index as the
+    major part of the training one): a chip's sampling shard of a weight then lies inside its own
+    training shard, and the reshard gathers it over the training fsdp chips without moving weights
+    between tensor indices (v5e-256's (1, 64, 4) to (16, 1, 16) moved 12% over one copy in
+    the plain reshaped order). The rows keep their order across the rest of the devices."""
+    if training_mesh is None:
+      devices = np.asarray(jax.devices()[:1])
+      return Mesh(devices.reshape(MeshConfig(self.data, self.fsdp, self.tensor).shape(1)), MESH_AXES,
+                  axis_types=(AxisType.Auto,) * 3)
+    devices = np.asarray(training_mesh.devices)
     shape = MeshConfig(self.data, self.fsdp, self.tensor).shape(devices.size)
-    return Mesh(devices.reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    grid = devices.reshape(-1)
+    if tuple(training_mesh.axis_names) == MESH_AXES:
+      trained, sampled = training_mesh.shape["tensor"], shape[2]
+      grid = devices.reshape(-1, trained)  # [rows of chips, training tensor]
+      if sampled % trained == 0 and grid.shape[0] % (sampled // trained) == 0:
+        grid = grid.reshape(-1, sampled // trained, trained).transpose(0, 2, 1)
+      elif trained % sampled == 0:
+        grid = grid.reshape(-1, sampled, trained // sampled).transpose(0, 2, 1)
+    return Mesh(grid.reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
   def identity(self) -> dict:
     """What changes the numbers sampled (the mesh's shape does not)."""
     return {"copy_params": self.copy_params, "param_dtype": self.param_dtype if self.copy_params else None}
 
 
+def _strided_view(order: np.ndarray) -> list[list[int]] | None:
+  """`order` (the positions, in one order of n devices, of the devices of another order) as a
+  transposed reshape of range(n): its dims as [length, stride], from the minor one out; None where
+  it is not one."""
+  dims, rest = [], np.asarray(order, np.int64)
+  while rest.size > 1:
+    stride = int(rest[1] - rest[0])
+    length = 1
+    while length < rest.size and rest[length] == rest[0] + length * stride:
+      length += 1
+    if stride <= 0 or rest.size % length:
+      return None
+    block = rest.reshape(-1, length)
+    if not (block == block[:, :1] + stride * np.arange(length)).all():
+      return None
+    dims.append([length, stride])
+    rest = block[:, 0]
+  expected = 1
+  for length, stride in sorted(dims, key=lambda d: d[1]):
+    if stride != expected:
+      return None
+    expected *= length
+  return dims if expected == order.size and (rest.size == 0 or rest[0] == 0) else None
+
+
+def _split_at(dims: list[list[int]], index: int, factor: int) -> None:
+  """Splits dims[index] into its `factor` minor part and the rest."""
+  length, stride = dims[index]
+  dims[index:index + 1] = [[factor, stride], [length // factor, stride * factor]]
+
+
 def common_mesh(a: Mesh, b: Mesh) -> tuple[Mesh, dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]] | None:
-  """One mesh in which shardings of both `a` and `b` can be written: the finest split of their
-  common device order into axes such that every axis of `a` and of `b` is a run of consecutive ones
-  (v5e-256's (1, 64, 4) and (16, 1, 16): axes of 16, 4, 4). Returns it and, for each mesh, its axes
-  as runs of the common one's; None where the two do not order the same devices alike or no such
-  split exists.
+  """One mesh in which shardings of both `a` and `b` can be written: `a`'s devices, in `a`'s order,
+  split into the fewest axes such that every axis of `a` is a run of consecutive ones and every axis
+  of `b` a product of some of them, major to minor in `b`'s order (v5e-256's (1, 64, 4) and the
+  sampling mesh (16, 1, 16) over it: axes of 16, 4 and 4, `b`'s tensor made of the last and the
+  middle one). Returns it and, for each mesh, its axes as tuples of the common one's; None where
+  `b`'s order is not a transposed reshape of `a`'s, or no such split exists.
 
   XLA reshards between two meshes of different shapes by gathering each array whole; on one mesh it
   moves only what changes hands.
   """
-  if list(a.devices.flat) != list(b.devices.flat):
+  a_flat, b_flat = list(a.devices.flat), list(b.devices.flat)
+  position = {d: i for i, d in enumerate(a_flat)}
+  if len(a_flat) != len(b_flat) or set(position) != set(b_flat):
     return None
-  def points(mesh):  # strides, from the fastest-varying axis out
-    out, stride = [], 1
-    for size in reversed(mesh.devices.shape):
-      stride *= size
-      out.append(stride)
-    return out
-  cuts = sorted({1, *points(a), *points(b)})
-  if any(high % low for low, high in zip(cuts, cuts[1:])):
+  dims = _strided_view(np.asarray([position[d] for d in b_flat]))  # b's order, minor dim first
+  if dims is None:
     return None
-  sizes = [high // low for low, high in zip(cuts, cuts[1:])][::-1]  # major to minor
-  names = tuple(f"common{i}" for i in range(len(sizes)))
-  common = Mesh(np.asarray(list(a.devices.flat)).reshape(sizes or [1]), names or ("common0",),
-                axis_types=(AxisType.Auto,) * max(len(names), 1))
+  # Each boundary between b's axes must fall between dims (counted in b's order) ...
+  bound = 1
+  for size in reversed(b.devices.shape[1:]):
+    bound *= size
+    covered = 1
+    for i, (length, _) in enumerate(dims):
+      if covered < bound < covered * length:
+        if bound % covered:
+          return None
+        _split_at(dims, i, bound // covered)
+        break
+      covered *= length
+  # ... and each of a's (counted in a's order).
+  cut = 1
+  for size in reversed(a.devices.shape[1:]):
+    cut *= size
+    for i, (length, stride) in enumerate(dims):
+      if stride < cut < stride * length:
+        if cut % stride:
+          return None
+        _split_at(dims, i, cut // stride)
+        break
+  by_stride = sorted(dims, key=lambda d: -d[1])  # a's order, major to minor
+  names = tuple(f"common{i}" for i in range(len(by_stride))) or ("common0",)
+  name_of = {stride: names[i] for i, (_, stride) in enumerate(by_stride)}
+  common = Mesh(np.asarray(a_flat).reshape([length for length, _ in by_stride] or [1]), names,
+                axis_types=(AxisType.Auto,) * len(names))
+  a_runs, stride = {}, 1
+  for name, size in zip(reversed(a.axis_names), reversed(a.devices.shape)):
+    a_runs[name] = tuple(name_of[s] for _, s in by_stride if stride <= s < stride * size)
+    stride *= size
+  b_runs, taken = {}, 0
+  for name, size in zip(reversed(b.axis_names), reversed(b.devices.shape)):
+    parts, covered = [], 1
+    while covered < size:
+      length, s = dims[taken]
+      parts.append(name_of[s])
+      covered *= length
+      taken += 1
+    b_runs[name] = tuple(reversed(parts))
+  return common, a_runs, b_runs
 
-  def runs(mesh):
-    out, stride = {}, 1
-    for name, size in zip(reversed(mesh.axis_names), reversed(mesh.devices.shape)):
-      low, high = cuts.index(stride), cuts.index(stride * size)
-      out[name] = tuple(names[len(sizes) - 1 - i] for i in range(high - 1, low - 1, -1))
-      stride *= size
-    return out
-  return common, runs(a), runs(b)
 
-
-def _spec_in(spec: PartitionSpec, runs: dict[str, tuple[str, ...]]) -> PartitionSpec:
+def spec_on_common(spec: PartitionSpec, runs: dict[str, tuple[str, ...]]) -> PartitionSpec:
+  """`spec` of one of `common_mesh`'s two meshes, written in the common mesh's axes (`runs`: that
+  mesh's axes as the common one's)."""
   return PartitionSpec(*(entry_of(n for name in axes_of(e) for n in runs[name]) for e in spec))
 
 
@@ -223,9 +298,9 @@ class Reshard:
     pin, out = source_shardings, target_shardings
     if common is not None:
       mesh, source_runs, target_runs = common
-      pin = jax.tree.map(lambda s: NamedSharding(mesh, _spec_in(s.spec, source_runs)), source_shardings,
+      pin = jax.tree.map(lambda s: NamedSharding(mesh, spec_on_common(s.spec, source_runs)), source_shardings,
                          is_leaf=is_sharding)
-      out = jax.tree.map(lambda s: NamedSharding(mesh, _spec_in(s.spec, target_runs)), target_shardings,
+      out = jax.tree.map(lambda s: NamedSharding(mesh, spec_on_common(s.spec, target_runs)), target_shardings,
                          is_leaf=is_sharding)
     self.on_common_mesh = common is not None
 

@@ -85,3 +85,31 @@ def test_bounds_take_the_slowest_resource():
   assert bound.lower_bound_s == pytest.approx(2.0) and bound.limited_by == "HBM"
   assert compiled_cost.array_bytes("(bf16[2,3]{1,0}, s32[4], pred[])") == 12 + 16 + 1
   np.testing.assert_equal(compiled_cost.array_bytes("f32[]"), 4)
+
+
+def test_what_a_chip_receives_follows_the_collective_and_its_group():
+  """The group size from each replica_groups form XLA prints (a TPU compile prints mesh axes), and
+  the bytes that arrive from other chips: a chip keeps its own part of a gather."""
+  mesh_form = ("%all-to-all = f32[4,1,1024]{2,1,0} all-to-all(%r), channel_id=1, "
+               "replica_groups=mesh['axis_0'=1,'axis_1'=4,'axis_2'=4], device_ids=([4,4]T(1,0)) {'axis_2'}, "
+               "dimensions={0}")
+  assert compiled_cost.group_size(mesh_form, 16) == 4
+  two_axes = "all-gather(%x), replica_groups=mesh['a'=4,'b'=2,'c'=8] {'a','c'}, dimensions={0}"
+  assert compiled_cost.group_size(two_axes, 64) == 32
+  assert compiled_cost.group_size("all-gather(%x), replica_groups=[2,4]<=[8], dimensions={0}", 8) == 4
+  assert compiled_cost.group_size("all-reduce(%x), replica_groups={{0,1,2},{3,4,5}}, to_apply=%add", 6) == 3
+  assert compiled_cost.group_size("all-reduce(%x), replica_groups={}, to_apply=%add", 16) == 16
+  assert compiled_cost.group_size("all-reduce(%x), to_apply=%add", 16) is None
+  gather = "all-gather(%x), replica_groups=[2,4]<=[8], dimensions={0}"
+  assert compiled_cost.received_bytes("all-gather", 400.0, gather, 8) == 300.0
+  assert compiled_cost.received_bytes("all-to-all", 400.0, gather, 8) == 300.0
+  assert compiled_cost.received_bytes("all-reduce", 400.0, gather, 8) == 600.0
+  assert compiled_cost.received_bytes("reduce-scatter", 100.0, gather, 8) == 300.0
+  assert compiled_cost.received_bytes("collective-permute", 64.0, "source_target_pairs={{0,0},{1,1}}", 2) == 0.0
+  assert compiled_cost.received_bytes("collective-permute", 64.0, "source_target_pairs={{0,1},{1,0}}", 2) == 64.0
+  assert compiled_cost.received_bytes("all-gather", 400.0, "all-gather(%x), dimensions={0}", None) == 400.0
+  # In a program: the module's partition count stands for `{}` groups.
+  traffic = compiled_cost.collective_traffic(SYNTHETIC.replace("HloModule m", "HloModule m, num_partitions=4"))
+  assert traffic.received_by_kind["all-gather"] == 10 * 128 * 3 / 4
+  assert traffic.received_by_kind["all-reduce"] == 10 * 32  # no groups printed: its result, 2 x (n-1)/n unknown
+  assert traffic.received_by_kind["collective-permute"] == 64

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 from flax import nnx
+from safetensors import safe_open
 
 from swirl_jax.checkpoints import safetensors_export
 from swirl_jax.checkpoints.policy import load_policy
@@ -131,3 +132,40 @@ def test_an_export_with_rope_scaling_reads_alike_in_both_rope_layouts_and_stops_
     with torch.no_grad():
       theirs = hf(input_ids=torch.from_numpy(tokens)).logits.float().numpy()
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4, err_msg=where)
+
+
+@pytest.mark.parametrize("overrides", [{}, pytest.param({"scan_layers": True}, marks=pytest.mark.slow)])
+def test_a_sharded_export_keeps_files_under_the_limit_with_an_index_and_reads_back(tmp_path, overrides):
+  """Streamed tensor by tensor into files of at most max_shard_bytes, with HF's index; read back by
+  the safetensors package, our importer and transformers (the same logits), also from scanned
+  layers (each layer sliced out of its stack on device). A later single-file export into the same
+  directory leaves no stale shard or index behind."""
+  model = init_model(model_config("tiny", **overrides), seed=3)
+  limit = 40_000
+  directory = safetensors_export.export_hf(model, str(tmp_path / "hf"), dtype="bfloat16", max_shard_bytes=limit)
+  index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+  files = sorted(set(index["weight_map"].values()))
+  assert len(files) > 3 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+  largest = model.config.vocab_size * model.config.embed_dim * 2  # the embedding, alone in its file
+  total = 0
+  for name in files:
+    size = os.path.getsize(tmp_path / "hf" / name)
+    with safe_open(str(tmp_path / "hf" / name), framework="numpy") as f:
+      held = sum(f.get_slice(k).get_shape()[0] * int(np.prod(f.get_slice(k).get_shape()[1:])) * 2 for k in f.keys())
+      assert all(index["weight_map"][k] == name for k in f.keys())
+    assert held <= limit or held == largest, (name, held)
+    assert size < held + 4096  # the header and the data, nothing else
+    total += held
+  assert index["metadata"]["total_size"] == total
+  assert sorted(os.listdir(tmp_path / "hf")) == sorted(files + ["config.json", "model.safetensors.index.json"])
+  again = load_hf_checkpoint(directory, scan_layers=model.config.scan_layers)
+  for path, value in _flat(model).items():
+    np.testing.assert_array_equal(_flat(again)[path], value.astype(jnp.bfloat16).astype(np.float32))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager",
+                                                         torch_dtype=torch.float32).eval()
+  tokens = np.random.default_rng(1).integers(3, model.config.vocab_size, (1, 24))
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.from_numpy(tokens)).logits.float().numpy()
+  np.testing.assert_allclose(theirs, _our_logits(again, tokens), atol=1e-4, rtol=1e-4)
+  safetensors_export.export_hf(model, directory)
+  assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors"]

@@ -1,5 +1,6 @@
 """The sampling layout on 2 CPU processes x 4 devices (gloo, 127.0.0.1) against 1 process x 8
-devices: the same tokens and log-probs, and online RL in either layout ends at the same params."""
+devices: the same tokens and log-probs, and online RL in either layout ends at the same params, also
+where a shard of the sampling layout's rows spans both processes."""
 
 import json
 import os
@@ -34,24 +35,39 @@ SCRIPT = textwrap.dedent('''
     from swirl_jax.testing.judged import known_trajectories
     from tests.test_losses import FirstTokenScorer
     assert jax.device_count() == 8
-    layouts = {"training": None, "sampling": partitioning.SamplingLayout(copy_params=True, data=-1, fsdp=1, tensor=2,
-                                                                         param_dtype="float32")}
-    def placed(seed):
-      mesh = partitioning.make_mesh(partitioning.MeshConfig(data=1, fsdp=4, tensor=2))
+    # "spanning": a training mesh whose fsdp blocks alternate between the processes two devices at a
+    # time, and a sampling layout whose shard of rows (4 devices) holds devices of both processes: the
+    # rows' host work stays with their training owners, their inputs and outputs move on device.
+    def interleaved():
+      local = {d: i for p in range(jax.process_count())
+               for i, d in enumerate(sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id))}
+      order = sorted(jax.devices(), key=lambda d: (local[d] // 2, d.process_index, local[d]))
+      return jax.sharding.Mesh(np.asarray(order).reshape(1, 4, 2), partitioning.MESH_AXES,
+                               axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    layouts = {
+        "training": (None, lambda: partitioning.make_mesh(partitioning.MeshConfig(data=1, fsdp=4, tensor=2))),
+        "sampling": (partitioning.SamplingLayout(copy_params=True, data=-1, fsdp=1, tensor=2, param_dtype="float32"),
+                     lambda: partitioning.make_mesh(partitioning.MeshConfig(data=1, fsdp=4, tensor=2))),
+        "spanning": (partitioning.SamplingLayout(copy_params=True, data=2, fsdp=1, tensor=4, param_dtype="float32"),
+                     interleaved),
+    }
+    def placed(seed, make_mesh):
+      mesh = make_mesh()
       return partitioning.shard_model(init_model(model_config("tiny"), seed=seed), mesh,
                                       partitioning.DEFAULT_RULES), mesh
     rng = np.random.default_rng(5)
     contexts = {slot: rng.integers(2, 512, n).tolist() for slot, n in enumerate(rng.integers(3, 30, 4))}
     turns = {}
-    for name, layout in layouts.items():
-      model, mesh = placed(11)
+    for name, (layout, make_mesh) in layouts.items():
+      model, mesh = placed(11, make_mesh)
       sampler = Sampler(model, rows=8, capacity=64, buckets=(8, 32), mesh=mesh, layout=layout)
+      turns[name + " staged"] = sampler.staged
       mine = {slot: c for slot, c in contexts.items() if slot * 2 in sampler.local_rows}
       got = online.sample_actions(sampler, mine, 2, SamplingConfig(temperature=1.0, max_new_tokens=10),
                                   key_ids=("mp",))
       turns[name] = {str(slot): [[a.tokens, a.logprobs] for a in actions] for slot, actions in got.items()}
       turns[name + " prefilled"] = sampler.prefill_tokens
-      model, mesh = placed(0)
+      model, mesh = placed(0, make_mesh)
       trainer = Trainer(model, known_trajectories(),
                         TrainConfig(mode="online", steps=3, batch_size=8, sequence_length=128,
                                     checkpoint_dir=f"{out}.{name}.ckpt"),
@@ -64,6 +80,9 @@ SCRIPT = textwrap.dedent('''
               for k, v in nnx.to_flat_state(nnx.state(model))}
       if jax.process_index() == 0:
         np.savez(f"{out}.{name}.npz", **flat)
+      if name == "training":  # the export streams each tensor off the mesh both processes hold
+        from swirl_jax.checkpoints.safetensors_export import export_hf
+        export_hf(model, f"{out}.hf", dtype="bfloat16", max_shard_bytes=60_000)
     with open(f"{out}.turns{jax.process_index()}.json", "w") as f:
       json.dump(turns, f)
 ''')
@@ -85,7 +104,10 @@ def test_two_processes_sample_and_train_in_the_sampling_layout_as_one(tmp_path):
   assert all(p.returncode == 0 for p in procs), outputs
   one = json.loads((tmp_path / "single.turns0.json").read_text())
   parts = [json.loads((tmp_path / f"multi.turns{i}.json").read_text()) for i in range(2)]
-  for name in ("training", "sampling"):
+  # Only the spanning layout, on 2 processes, moves rows between owners and holders.
+  assert [parts[0][f"{name} staged"] for name in ("training", "sampling", "spanning")] == [False, False, True]
+  assert not one["spanning staged"]
+  for name in ("training", "sampling", "spanning"):
     together = {**parts[0][name], **parts[1][name]}
     assert sorted(together) == sorted(one[name]) == ["0", "1", "2", "3"]
     assert all(parts[i][name] for i in range(2))  # each process sampled its own states
@@ -98,9 +120,15 @@ def test_two_processes_sample_and_train_in_the_sampling_layout_as_one(tmp_path):
         np.testing.assert_allclose(logprobs, their_logprobs, atol=1e-5)
   # The sampling layout prefilled each state once (into one row of its two, forked on its shard).
   assert one["sampling prefilled"] * 2 == one["training prefilled"]
-  assert parts[0]["sampling prefilled"] + parts[1]["sampling prefilled"] == one["sampling prefilled"]
+  for name in ("sampling", "spanning"):
+    assert parts[0][f"{name} prefilled"] + parts[1][f"{name} prefilled"] == one["sampling prefilled"]
+  # The export from 2 processes: process 0 wrote the same files, byte for byte, as 1 process.
+  written = sorted(os.listdir(tmp_path / "single.hf"))
+  assert len(written) > 4 and sorted(os.listdir(tmp_path / "multi.hf")) == written
+  for name in written:
+    assert (tmp_path / "single.hf" / name).read_bytes() == (tmp_path / "multi.hf" / name).read_bytes(), name
   params = {(run, name): np.load(tmp_path / f"{run}.{name}.npz") for run in ("single", "multi")
-            for name in ("training", "sampling")}
+            for name in ("training", "sampling", "spanning")}
   reference = params[("single", "training")]
   assert len(reference.files) > 10
   for key, other in params.items():

@@ -8,7 +8,7 @@ from flax import nnx
 
 from swirl_jax import partitioning
 from swirl_jax.models import init_model, model_config
-from swirl_jax.sampling.sampler import Sampler, SamplingConfig, argmax_last, choose_tokens
+from swirl_jax.sampling.sampler import Sampler, SamplingConfig, argmax_last, choose_tokens, row_key
 from swirl_jax.sampling.uncached import greedy_decode_uncached
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12, stop_ids=(1,))
@@ -242,3 +242,27 @@ def test_a_forked_row_samples_what_a_prefilled_row_samples(scan_layers, on_mesh)
   assert expected[0].tokens != expected[1].tokens  # the rows' own keys drew different samples
   with pytest.raises(ValueError, match="source rows"):
     forked.fork({1: 7})
+
+
+@pytest.mark.slow  # compiles several programs on purpose: the full tier
+def test_the_sampler_compiles_no_more_programs_than_it_says():
+  """Appends of many sizes to many subsets of rows, and turns at two sampling settings: the programs
+  met (`programs_compiled`, as jit's own cache counts them) stay within `max_programs()`."""
+  model = init_model(model_config("tiny"), seed=0)
+  sampler = Sampler(model, rows=8, capacity=199, buckets=(16, 32, 64), decode_steps=4)
+  # 3 chunk buckets x 2 spans (128, 199) x (every row, or 1, 2 or 4 of them) + 2 spans x 2 settings + the fork.
+  assert sampler.max_programs(sampling_settings=2) == 3 * 2 * 4 + 2 * 2 + 1
+  functions = (sampler._append, sampler._append_rows, sampler._decode, sampler._fork)
+  before = sum(f._cache_size() for f in functions)
+  rng = np.random.default_rng(0)
+  for turn in range(12):
+    sampler.reset()
+    chosen = rng.choice(8, size=int(rng.integers(1, 9)), replace=False)
+    sampler.append({int(r): rng.integers(3, 500, int(rng.integers(1, 70))).tolist() for r in chosen})
+    if turn % 3 == 0:
+      sampler.append({int(chosen[0]): rng.integers(3, 500, 90).tolist()})  # into the longer span
+    config = SamplingConfig(temperature=float(turn % 2), max_new_tokens=6)
+    sampler.generate([int(r) for r in chosen], config, row_keys={int(r): row_key(turn, int(r)) for r in chosen})
+  sampler.fork({1: 0})
+  compiled = sum(f._cache_size() for f in functions) - before
+  assert 8 <= sampler.programs_compiled == compiled <= sampler.max_programs(sampling_settings=2)

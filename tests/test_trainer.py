@@ -175,19 +175,20 @@ def test_online_mode_on_a_mesh_raises_reward(tmp_path):
 @pytest.mark.slow
 def test_packed_sft_rows_resume_at_the_same_data_position(tmp_path):
   """Packed rows hold a varying number of trajectories; the checkpoint keeps each process's
-  position in its stream of rows, so a restored trainer builds exactly the batch the first one
-  would have."""
+  position in its stream (the examples its rows held), so a restored trainer builds exactly the
+  batch the first one would have."""
   trajectories = known_trajectories()
   config = TrainConfig(mode="sft", steps=3, batch_size=2, pack_rows=True, sequence_length=160, checkpoint_every=3,
                        checkpoint_dir=str(tmp_path / "ckpt"), log_every=1)
   sft = SftConfig(context_weight=1.0)
   first = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config, sft=sft)
   first.train()
-  assert first.stream.position == 2 * 3
+  assert first.stream.position > 2 * 3  # six rows, more than six trajectories
   expected, _, _ = first._offline_batch()
+  expected_examples = int(np.asarray(expected[features.SEGMENT_IDS]).max(axis=1).sum())
   assert expected[features.SEGMENT_IDS].max() > 1  # more than one trajectory in a row
   second = Trainer(init_model(model_config("tiny"), seed=0), trajectories, config, sft=sft)
-  assert second.restore_latest() and second.stream.position == 2 * 3
+  assert second.restore_latest() and second.stream.position == first.stream.position - expected_examples
   batch, _, _ = second._offline_batch()
   for key in expected:
     np.testing.assert_array_equal(batch[key], expected[key])
@@ -224,6 +225,8 @@ def test_clipped_mode_reuses_each_batch_and_the_schedule_counts_optimizer_update
     (OnlineConfig, dict(updates_per_batch=2), "set clip_epsilon"),
     (OnlineConfig, dict(temperature=-1.0), "temperature=-1.0 must not be negative"),
     (OnlineConfig, dict(clip_epsilon=-0.1), "clip_epsilon=-0.1 must be positive"),
+    (OnlineConfig, dict(importance_cap=0.5), "importance_cap=0.5 must be at least 1"),
+    (OnlineConfig, dict(importance_cap=1.1, clip_epsilon=0.2), "above 1 + clip_epsilon"),
     (OptimizerConfig, dict(learning_rate=-1e-3), "learning_rate=-0.001 must not be negative"),
     (SftConfig, dict(context_weight=-1.0), "context_weight=-1.0 must not be negative"),
 ])
@@ -299,7 +302,7 @@ def test_mfu_counts_what_the_step_computes_and_the_peak_is_measured_only_when_as
   """Long contexts, a few action tokens, a large vocabulary: counting 6 FLOPs per parameter per
   token (the tied embedding included) would overstate the step many times over."""
   from swirl_jax.training import peak
-  config = model_config("tiny", vocab_size=16_384)
+  config = model_config("tiny", vocab_size=32_768)
   base = TrainConfig(mode="offline", steps=1, batch_size=4, sequence_length=512, checkpoint_every=100,
                      checkpoint_dir=str(tmp_path / "ckpt"))
   monkeypatch.setattr(peak, "xla_matmul_peak", lambda *a, **k: pytest.fail("the peak was measured unasked"))
@@ -398,3 +401,48 @@ def test_online_tree_rows_train_as_one_row_per_sample(tmp_path, on_mesh):
   # 1e-5 (on the mesh, sums in another order move single weights by up to 7e-6).
   for a, b in zip(params["rows"], params["tree"]):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_online_row_lengths_and_loss_slots_take_a_bounded_set_of_shapes():
+  """Every longest row (1 to 2,048 tokens) and every loss count of an online step at 2,048 tokens
+  and 16 rows a micro-batch: at most 9 row lengths x 4 loss-slot sizes, each slot count holding its
+  batch's loss positions (multiples of 128 and powers of two made 16 x 10 shapes)."""
+  from swirl_jax.training import online
+  from swirl_jax.training.logprobs import loss_slots_for
+  length, rows, levels = 2048, 16, 4
+  assert online.row_length_buckets(length) == (128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+  assert online.row_length_buckets(100) == (100,) and online.row_length_buckets(300) == (128, 192, 256, 300)
+  row_lengths = set()
+  for longest in range(1, length + 1):
+    row_length = online._padded_length(longest, length)
+    assert longest <= row_length <= max(128, longest * 3 // 2 + 1)
+    row_lengths.add(row_length)
+  shapes = set()
+  for row_length in row_lengths:
+    positions = rows * row_length
+    for count in range(0, positions + 1, 7):
+      slots = loss_slots_for(count, positions, levels)
+      assert count <= slots <= positions
+      shapes.add((row_length, slots))
+  assert len(shapes) <= 9 * levels, len(shapes)
+  with pytest.raises(ValueError, match="need 2049 tokens"):
+    online._padded_length(2049, length)
+
+
+@pytest.mark.slow  # compiles several programs on purpose: the full tier
+def test_an_online_run_counts_the_update_programs_it_compiles(tmp_path):
+  """The step_programs metric counts the update programs that really compiled (jit's own cache), and
+  stays within Trainer.max_step_programs(), with actions of varied lengths (a stop id a token in 5)."""
+  model = init_model(model_config("tiny"), seed=0)
+  trainer = Trainer(model, known_trajectories(),
+                    TrainConfig(mode="online", steps=5, batch_size=8, sequence_length=384, loss_slot_levels=2,
+                                checkpoint_dir=str(tmp_path / "ckpt")),
+                    online_config=OnlineConfig(samples_per_state=2, max_action_tokens=200, temperature=1.0),
+                    optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=1),
+                    scorer=FirstTokenScorer(range(100, 300)), stop_ids=range(0, 512, 5))
+  assert trainer.max_step_programs() == len((128, 192, 256, 384)) * 2
+  before = trainer._train_step._cache_size()
+  metrics = [trainer.run_step() for _ in range(5)]
+  compiled = trainer._train_step._cache_size() - before
+  assert metrics[-1]["step_programs"] == compiled == len(trainer.step_programs) <= trainer.max_step_programs()
+  assert [m["step_programs"] for m in metrics] == sorted(m["step_programs"] for m in metrics)

@@ -111,24 +111,6 @@ def stack_scanned_layers(flat: Mapping[tuple, np.ndarray], config: GemmaConfig) 
   return out
 
 
-def unstack_scanned_layers(flat: Mapping[tuple, np.ndarray], config: GemmaConfig) -> dict[tuple, np.ndarray]:
-  """The inverse of `stack_scanned_layers`: every layer's variables at ("blocks", layer, ...)."""
-  period, repeats = config.scan_layout()
-  scanned = repeats * len(period)
-  if not scanned:
-    return dict(flat)
-  out: dict[tuple, np.ndarray] = {}
-  for path, array in flat.items():
-    if path[:2] == ("scanned", "period"):
-      for r in range(repeats):
-        out[("blocks", r * len(period) + path[2]) + path[3:]] = array[r]
-    elif path[0] == "blocks":
-      out[("blocks", path[1] + scanned) + path[2:]] = array
-    else:
-      out[path] = array
-  return out
-
-
 def model_from_flat(config: GemmaConfig, flat: Mapping[tuple, np.ndarray], *, source: str,
                     mesh: Mesh | None = None,
                     rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES) -> Transformer:

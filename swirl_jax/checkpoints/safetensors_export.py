@@ -1,5 +1,9 @@
 """Writes a model as an HF Gemma checkpoint (config.json + safetensors + tokenizer.model).
 
+The weights are written tensor by tensor with our own safetensors writer (the format is a JSON
+header and raw bytes): the `safetensors` package writes a file from tensors all held at once, which
+for Gemma 3 27B is 54 GB of host memory in bf16.
+
 The inverse of `safetensors_import`: users serve and evaluate trained policies with other tools
 (vLLM, transformers), which read this layout. Gemma 3 text models become `Gemma3ForCausalLM`
 (`model_type` gemma3_text), Gemma 2 models `Gemma2ForCausalLM`; embeddings are tied.
@@ -7,18 +11,23 @@ The inverse of `safetensors_import`: users serve and evaluate trained policies w
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 import os
+import re
+import struct
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
-from safetensors.numpy import save_file
+from jax.sharding import NamedSharding, PartitionSpec
 
 from swirl_jax import atomic_io
-from swirl_jax.checkpoints.params import layer_rules, unstack_scanned_layers
+from swirl_jax.checkpoints.params import layer_rules
 from swirl_jax.checkpoints.tokenizer import SentencePieceVocabulary
 from swirl_jax.models.config import GemmaConfig
 from swirl_jax.models.transformer import Transformer
@@ -30,7 +39,7 @@ _TO_HF = {
     ("attn", "k"): lambda w: w.reshape(w.shape[0], -1).T,
     ("attn", "v"): lambda w: w.reshape(w.shape[0], -1).T,
     ("attn", "o"): lambda w: w.reshape(-1, w.shape[-1]).T,
-    ("mlp", "gate"): np.transpose, ("mlp", "up"): np.transpose, ("mlp", "down"): np.transpose,
+    ("mlp", "gate"): lambda w: w.T, ("mlp", "up"): lambda w: w.T, ("mlp", "down"): lambda w: w.T,
 }
 DTYPES = ("float32", "bfloat16")
 
@@ -86,46 +95,162 @@ def _number(x: float) -> int | float:
   return int(x) if float(x).is_integer() else x
 
 
-def _host_array(x: jax.Array) -> np.ndarray:
-  """The whole array on this host (gathered from every process where it spans several)."""
-  if x.is_fully_addressable:
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+# What a checkpoint's shard may hold at most (transformers' own default `max_shard_size`, "5GB").
+MAX_SHARD_BYTES = 5 * 10**9
+_SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 
 
-def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
-  """Our variables under HF's names and layouts, as float32 host arrays."""
+@dataclasses.dataclass(frozen=True)
+class HFTensor:
+  """One tensor of the export: its HF name, where it is among our variables (`layer`: its index in
+  a scanned variable's stack, or None), and its HF shape."""
+
+  name: str
+  path: tuple
+  layer: int | None
+  shape: tuple[int, ...]
+
+
+def _layout_change(path: tuple):
+  """Our layout to HF's for the variable at `path` (a layer's variable ends with one of `_TO_HF`'s keys)."""
+  return next((fn for key, fn in _TO_HF.items() if path[-len(key):] == key), lambda w: w)
+
+
+def hf_plan(model: Transformer) -> list[HFTensor]:
+  """Every tensor of the HF checkpoint, in the order they are written, from shapes alone."""
   config = model.config
-  flat = {path: _host_array(variable.get_value()) for path, variable in nnx.to_flat_state(nnx.state(model))}
-  flat = unstack_scanned_layers(flat, config)
-  out = {"model.embed_tokens.weight": flat.pop(("embedder", "table")),
-         "model.norm.weight": flat.pop(("final_norm", "scale"))}
+  variables = dict(nnx.to_flat_state(nnx.state(model)))
+  period, repeats = config.scan_layout()
+  scanned = repeats * len(period)
+  where: dict[tuple, tuple[tuple, int | None]] = {}  # ("blocks", layer, ...) -> our path, stack index
+  for path in variables:
+    if path[:2] == ("scanned", "period"):
+      for r in range(repeats):
+        where[("blocks", r * len(period) + path[2]) + path[3:]] = (path, r)
+    elif path[0] == "blocks":
+      where[("blocks", path[1] + scanned) + path[2:]] = (path, None)
+    else:
+      where[path] = (path, None)
+
+  def planned(name: str, key: tuple) -> HFTensor:
+    path, layer = where.pop(key)
+    shape = variables[path].get_value().shape[1 if layer is not None else 0:]
+    hf_shape = jax.eval_shape(_layout_change(key), jax.ShapeDtypeStruct(shape, np.float32)).shape
+    return HFTensor(name, path, layer, tuple(hf_shape))
+
+  plan = [planned("model.embed_tokens.weight", ("embedder", "table")),
+          planned("model.norm.weight", ("final_norm", "scale"))]
   names = [(pattern.replace("\\.", "."), path) for pattern, path, _ in layer_rules(config)]
   for layer in range(config.num_layers):
     for name, path in names:
-      key = ("blocks", layer) + path
-      if key in flat:
-        out[f"model.layers.{layer}.{name}"] = _TO_HF.get(path, lambda w: w)(flat.pop(key))
-  if flat:
-    raise ValueError(f"hf_tensors: variables with no HF name: {['/'.join(map(str, p)) for p in list(flat)[:4]]}")
-  return {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in out.items()}
+      if ("blocks", layer) + path in where:
+        plan.append(planned(f"model.layers.{layer}.{name}", ("blocks", layer) + path))
+  if where:
+    raise ValueError(f"hf_plan: variables with no HF name: {['/'.join(map(str, p)) for p in list(where)[:4]]}")
+  return plan
+
+
+@functools.partial(jax.jit, static_argnames=("layout_key", "dtype", "replicated"))
+def _hf_layout(x, layer, *, layout_key: tuple, dtype: str, replicated):
+  """One tensor in HF's layout and `dtype`, whole on every device (each chip casts its own shard
+  before anything moves)."""
+  if layer is not None:
+    x = x[layer]
+  out = _layout_change(layout_key)(x.astype(dtype))
+  return out if replicated is None else jax.lax.with_sharding_constraint(out, replicated)
+
+
+def _tensor_on_host(model_variables: dict, tensor: HFTensor, dtype: str, writer: bool) -> np.ndarray | None:
+  """Collective: `tensor` whole, on the writing process's host (None on the others)."""
+  x = model_variables[tensor.path].get_value()
+  sharding = getattr(x, "sharding", None)
+  replicated = (NamedSharding(sharding.mesh, PartitionSpec())
+                if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1 else None)
+  key = tuple(p for p in tensor.path if isinstance(p, str))
+  layer = None if tensor.layer is None else np.int32(tensor.layer)
+  out = _hf_layout(x, layer, layout_key=key, dtype=dtype, replicated=replicated)
+  if not writer:
+    return None
+  return np.asarray(out.addressable_shards[0].data)
+
+
+def shard_files(plan: Sequence[HFTensor], dtype: str, max_shard_bytes: int) -> list[list[HFTensor]]:
+  """Tensors split, in order, into files of at most `max_shard_bytes` (a larger tensor alone)."""
+  itemsize = np.dtype(np.float32).itemsize if dtype == "float32" else 2
+  files: list[list[HFTensor]] = [[]]
+  held = 0
+  for tensor in plan:
+    size = int(np.prod(tensor.shape)) * itemsize
+    if files[-1] and held + size > max_shard_bytes:
+      files.append([])
+      held = 0
+    files[-1].append(tensor)
+    held += size
+  return files
+
+
+def _safetensors_header(tensors: Sequence[HFTensor], dtype: str) -> tuple[bytes, int]:
+  """The safetensors header (its 8-byte length, then JSON padded to 8 bytes) and the data's size."""
+  itemsize = 4 if dtype == "float32" else 2
+  entries, offset = {"__metadata__": {"format": "pt"}}, 0
+  for tensor in tensors:
+    size = int(np.prod(tensor.shape)) * itemsize
+    entries[tensor.name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(tensor.shape),
+                            "data_offsets": [offset, offset + size]}
+    offset += size
+  text = json.dumps(entries, separators=(",", ":")).encode()
+  text += b" " * (-len(text) % 8)
+  return struct.pack("<Q", len(text)) + text, offset
 
 
 def export_hf(model: Transformer, directory: str, vocab: SentencePieceVocabulary | None = None,
-              dtype: str = "float32") -> str:
-  """Writes `directory`/config.json, model.safetensors and (with `vocab`) tokenizer.model; returns the
-  directory. Collective on a multi-host mesh (every process calls it); process 0 writes."""
+              dtype: str = "float32", max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
+  """Writes `directory`/config.json, the weights and (with `vocab`) tokenizer.model and
+  generation_config.json; returns the directory.
+
+  The weights stream tensor by tensor: each is cast to `dtype` on the chips, laid out as HF's and
+  gathered whole, then written by process 0 into files of at most `max_shard_bytes`
+  (model.safetensors, or model-0000i-of-0000n.safetensors with model.safetensors.index.json), so a
+  host holds one tensor at a time and only process 0 holds any. Collective on a multi-host mesh
+  (every process calls it)."""
   if dtype not in DTYPES:
     raise ValueError(f"export_hf(dtype={dtype!r}): use one of {DTYPES}")
-  tensors = hf_tensors(model)
-  if jax.process_index() != 0:
+  if max_shard_bytes <= 0:
+    raise ValueError(f"export_hf(max_shard_bytes={max_shard_bytes}): must be positive")
+  writer = jax.process_index() == 0
+  plan = hf_plan(model)
+  files = shard_files(plan, dtype, max_shard_bytes)
+  names = (["model.safetensors"] if len(files) == 1 else
+           [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))])
+  variables = dict(nnx.to_flat_state(nnx.state(model)))
+  if writer:
+    os.makedirs(directory, exist_ok=True)
+    _remove_other_weights(directory, names)
+  for number, (name, tensors) in enumerate(zip(names, files)):
+    header, size = _safetensors_header(tensors, dtype)
+    with (atomic_io.atomic_path(os.path.join(directory, name)) if writer else contextlib.nullcontext()) as tmp:
+      f = open(tmp, "wb") if writer else None
+      try:
+        if f is not None:
+          f.write(header)
+        for tensor in tensors:
+          array = _tensor_on_host(variables, tensor, dtype, writer)
+          if f is not None:
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+            del array
+      finally:
+        if f is not None:
+          f.close()
+    if writer:
+      logging.info("export_hf: wrote %s (%d of %d, %.2f GB)", name, number + 1, len(files), size / 1e9)
+  if not writer:
     return directory
-  if dtype == "bfloat16":
-    import ml_dtypes  # a jax dependency: numpy's bfloat16
-    tensors = {name: array.astype(ml_dtypes.bfloat16) for name, array in tensors.items()}
-  os.makedirs(directory, exist_ok=True)
-  with atomic_io.atomic_path(os.path.join(directory, "model.safetensors")) as tmp:
-    save_file(tensors, tmp, metadata={"format": "pt"})
+  if len(files) > 1:
+    itemsize = 4 if dtype == "float32" else 2
+    index = {"metadata": {"total_size": sum(int(np.prod(t.shape)) * itemsize for t in plan)},
+             "weight_map": {t.name: name for name, tensors in zip(names, files) for t in tensors}}
+    with atomic_io.atomic_open(os.path.join(directory, "model.safetensors.index.json")) as f:
+      json.dump(index, f, indent=1)
   ids = {} if vocab is None else {"bos_id": vocab.bos_id, "eos_id": turn_end_ids(vocab), "pad_id": vocab.pad_id}
   with atomic_io.atomic_open(os.path.join(directory, "config.json")) as f:
     json.dump(hf_config(model.config, dtype, **ids), f, indent=1)
@@ -134,3 +259,12 @@ def export_hf(model: Transformer, directory: str, vocab: SentencePieceVocabulary
     with atomic_io.atomic_open(os.path.join(directory, "generation_config.json")) as f:
       json.dump(generation_config(vocab), f, indent=1)
   return directory
+
+
+def _remove_other_weights(directory: str, keep: Sequence[str]) -> None:
+  """Drops an earlier export's weight files that this one does not write (a reader would take a stale
+  index, or a stale single file, for this model's)."""
+  for name in os.listdir(directory):
+    stale = name == "model.safetensors.index.json" or re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", name)
+    if stale and name not in keep:
+      os.remove(os.path.join(directory, name))

@@ -21,14 +21,16 @@ A user registers a task of their own with `output_features()` and examples from 
 `trajectory_example` (or their own source yielding the same features).
 
 Order: the library's sources shuffle inside the source (an endless stream of seeded epoch
-permutations, before SeqIO shards it by example), so N processes together read exactly the stream
-one process reads. A task whose source does not (SeqIO's shuffle buffer, file shards) trains
+permutations, dealt out to processes by example), so N processes together read exactly the stream
+one process reads; each process computes its own examples by index, and a resume starts at its
+position instead of replaying up to it (`task_examples`). A task whose source does not (SeqIO's shuffle buffer, file shards) trains
 correctly, but its order then depends on the number of processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -40,6 +42,7 @@ from swirl_jax.data import decomposition, features, filters, trajectory_io
 from swirl_jax.records import Trajectory
 
 TASK_PREFIX = "swirl"
+NO_TOKENS = "an example has no tokens"
 TRAJECTORIES_SUFFIX = ":trajectories"
 
 TOKENS, WEIGHTS, REWARDS, LOGPROBS = "tokens", "loss_weights", "rewards", "behaviour_logprobs"
@@ -113,22 +116,24 @@ def example_state(example: Mapping[str, np.ndarray]) -> decomposition.StateExamp
 
 
 class ShuffledSource(seqio.DataSource):
-  """A list of examples as SeqIO's source. Shuffled, it is an endless stream of epochs, each a
-  permutation drawn from (seed, epoch); SeqIO then shards it by example, so every process count
-  reads the same stream. Unshuffled, it is one pass in order."""
+  """A list of examples as SeqIO's source, addressable by index. Shuffled, it is an endless stream
+  of epochs, each a permutation drawn from (seed, epoch); process p of P reads the stream's
+  examples p, p + P, p + 2P, ..., so every process count reads the same stream, and each process
+  computes its own examples from their index (it never reads the others', nor those before a
+  resumed position: `dataset_from`). Unshuffled, it is one pass in order."""
 
-  def __init__(self, load: Callable[[], list[dict]]):
+  def __init__(self, load: Callable[[], Sequence[dict]]):
     super().__init__(splits=("train",), caching_permitted=True, performs_internal_shuffling=True)
     self._load, self._examples = load, None
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
-    return False
+    return True  # SeqIO hands each process its ShardInfo instead of sharding the whole stream
 
   def list_shards(self, split: str) -> Sequence[str]:
     return [split]
 
-  def examples(self) -> list[dict]:
+  def examples(self) -> Sequence[dict]:
     if self._examples is None:
       self._examples = self._load()
     return self._examples
@@ -139,20 +144,47 @@ class ShuffledSource(seqio.DataSource):
     del sequence_length, use_cached, num_epochs  # epochs: SeqIO repeats an unshuffled pass
     if split != "train":
       raise ValueError(f"split {split!r}: judged trajectories have one split, 'train'")
+    return self.dataset_from(0, shuffle=shuffle, seed=seed, shard_info=shard_info)
+
+  def dataset_from(self, start: int, *, shuffle: bool = True, seed: int | None = None,
+                   shard_info: seqio.ShardInfo | None = None) -> tf.data.Dataset:
+    """This shard's examples from its `start`-th on. Local example k is the stream's example
+    index + k * num_shards: in epoch (that // n), position (that % n) of the epoch's permutation."""
+    shard, shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
 
     def stream():
       examples = self.examples()
-      if not shuffle:
-        yield from examples
+      n = len(examples)
+      if not shuffle or n == 0:
+        for g in range(shard + start * shards, n, shards):
+          yield examples[g]
         return
-      epoch = 0
-      while examples:
-        for i in np.random.default_rng([seed or 0, epoch]).permutation(len(examples)):
-          yield examples[i]
-        epoch += 1
+      epoch, order = None, None
+      for k in itertools.count(start):
+        e, i = divmod(shard + k * shards, n)
+        if e != epoch:
+          epoch, order = e, np.random.default_rng([seed or 0, e]).permutation(n)
+        yield examples[order[i]]
 
-    ds = tf.data.Dataset.from_generator(stream, output_signature=SIGNATURE)
-    return ds.shard(shard_info.num_shards, shard_info.index) if shard_info else ds
+    return tf.data.Dataset.from_generator(stream, output_signature=SIGNATURE)
+
+
+def task_examples(task: str, *, seed: int, shard_info: seqio.ShardInfo | None, start: int = 0,
+                  sequence_length: Mapping[str, int | None] | None = None,
+                  use_cached: bool = False) -> tuple[tf.data.Dataset, bool]:
+  """A task's examples in this shard from its `start`-th on, shuffled by `seed`, repeated without
+  end; and whether the start was sought rather than replayed. A task of the library's
+  (`register_examples`: an index-addressable source, no preprocessors) starts at its example
+  `start` without reading any before it; any other task runs its source and preprocessors over
+  the first `start` examples and drops them."""
+  provider = seqio.get_mixture_or_task(task)
+  source = getattr(provider, "source", None)
+  if (isinstance(source, ShuffledSource) and not getattr(provider, "preprocessors", True)
+      and not (use_cached and provider.supports_caching)):  # SeqIO reads a task it cannot cache on the fly
+    return source.dataset_from(start, shuffle=True, seed=seed, shard_info=shard_info), True
+  ds = provider.get_dataset(sequence_length=sequence_length, split="train", use_cached=use_cached, shuffle=True,
+                            seed=seed, shard_info=shard_info, num_epochs=None, trim_output_features=False)
+  return ds.skip(start), start == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +304,8 @@ class StepwiseFeatureConverter(seqio.FeatureConverter):
       n = tf.size(ex[TOKENS])
       checks = [tf.debugging.assert_equal(tf.size(ex[k]), n, message=f"{k} and tokens differ in length")
                 for k in (WEIGHTS, REWARDS, LOGPROBS)]
+      # An empty example would take no segment of a packed row, and rows count examples by segment.
+      checks.append(tf.debugging.assert_positive(n, message=NO_TOKENS))
       with tf.control_dependencies(checks):
         tokens = ex[TOKENS] + 1
       # Every feature is nonzero on real tokens (ids + 1, kind 1 / 2, float bits without +0), so the

@@ -10,7 +10,11 @@ Shapes are fixed per sampler (rows, capacity, decode chunk); prefill chunks
 are padded to a small set of buckets, and a prefill for at most half the rows
 (per shard of rows, where rows are split over devices) runs on those rows only,
 their count padded to a power of two: one program per (chunk bucket, row-count
-bucket, span) met. Decoding compiles one program per span.
+bucket, span) met. Decoding compiles one program per span and sampling setting.
+That is not a handful: `max_programs()` says how many at most (16 rows x 2,048
+slots with the default buckets and spans: 200 prefill programs, 5 decode programs
+a setting, and the fork); `programs_compiled` counts those met, each compiled once
+per process.
 
 Params: by default the sampler decodes on the model's params where they are (the
 trainer's, in the training layout), re-read at every call. With a
@@ -20,9 +24,13 @@ makes it, `release` frees it): decoding then reads each chip's weights where
 they lie instead of gathering them every token.
 
 Multi-host: every process runs `append` and `generate` together (they are
-collective), but each owns only the rows of its addressable shard of the
-batch: it passes tokens for, and gets turns of, its own rows, and host work
-(stop strings, finish reasons) runs only there. Each row samples with its own
+collective), but each owns only its rows: it passes tokens for, and gets turns
+of, its own rows, and host work (stop strings, finish reasons) runs only there.
+A process owns the rows of its addressable shard of the batch; where a shard of
+rows spans processes (a sampling layout whose tensor axis spans hosts, as
+Gemma 3 27B needs on v5e-256), rows are owned as the training mesh lays them
+out, and their inputs and outputs move between the two layouts on device (a
+small program a call: tokens, not weights). Each row samples with its own
 key, made from global ids by the caller (`row_key(seed, question, sample,
 turn)`), so a row samples the same tokens whichever process or row slot runs it.
 """
@@ -300,6 +308,7 @@ class Sampler:
     self.vocab = vocab
     self.seed = seed
     self.compile_seconds: dict[str, float] = {}
+    self._programs: set = set()  # (name, static settings) of each program met
     self._calls = 0  # generate calls made without row keys (their default keys count them)
     self._graphdef = nnx.graphdef(model)
     self._append = jax.jit(_append, static_argnums=0, donate_argnums=(2, 3), static_argnames="span")
@@ -318,10 +327,15 @@ class Sampler:
     self.rows_split = mesh is not None and partitioning.batch_sharding(
         mesh, self.rules, (rows,)).spec[0] is not None and not self.row_axes
     self.rows_per_shard = rows if self.rows_split else rows // self.row_shards
-    # Which process does each row's host work (its addressable shard of the batch).
+    # Which process does each row's host work: the one holding it. Where a shard of rows spans
+    # processes (a sampling layout whose tensor axis spans hosts), rows are owned as the training
+    # mesh lays them out (or in one block a process), and what a process passes for its rows, or
+    # reads of them, travels between that layout and the sampling mesh in a small program a call.
+    self._host_mesh = self._owning_mesh(mesh, rows)
+    self.staged = self._host_mesh is not mesh
     self.row_owners = np.full(rows, jax.process_index(), np.int64)
     if self.collective:
-      self.row_owners = multihost.row_owners(partitioning.batch_sharding(mesh, self.rules, (rows,)), rows)
+      self.row_owners = multihost.row_owners(partitioning.batch_sharding(self._host_mesh, self.rules, (rows,)), rows)
     self.local_rows: tuple[int, ...] = tuple(int(r) for r in np.flatnonzero(self.row_owners == jax.process_index()))
     self._owned = self.row_owners == jax.process_index()
     config = model.config
@@ -367,7 +381,14 @@ class Sampler:
       return
     self._check_owned(rows, "reset")
     self._lengths[list(rows)] = 0
-    self._sync_lengths()
+    if not self.staged:  # staged, writing them is collective: the next append, fork or generate does
+      self._sync_lengths()
+
+  def _sync_staged_lengths(self) -> None:
+    """Staged (rows owned away from where they live), the row lengths a `reset` changed reach the
+    cache at the start of the next collective call."""
+    if self.staged:
+      self._sync_lengths()
 
   # -- params ----------------------------------------------------------------
 
@@ -407,11 +428,53 @@ class Sampler:
         x.delete()
     self._params = None
 
+  def _owning_mesh(self, mesh: Mesh | None, rows: int) -> Mesh | None:
+    """A mesh over `mesh`'s devices on which each of `rows` rows lives on one process, the owners
+    the training mesh gives rows where there is one (the trainer lays out the rows a process
+    sampled): `mesh` itself where it is so, else the training mesh, else one block of rows a process."""
+    if not self.collective:
+      return mesh
+    owners = lambda m: multihost.sole_row_owners(partitioning.batch_sharding(m, self.rules, (rows,)), rows)
+    devices = list(mesh.devices.flat)
+    sampling_owners = owners(mesh)
+    training_owners = (owners(self.training_mesh) if self.training_mesh is not None
+                       and set(self.training_mesh.devices.flat) == set(devices) else None)
+    if sampling_owners is not None and (training_owners is None or np.array_equal(sampling_owners, training_owners)):
+      return mesh
+    if training_owners is not None:
+      return self.training_mesh
+    if sampling_owners is not None:
+      return mesh
+    blocks = multihost.process_blocks(devices)
+    if rows % blocks.shape[0]:
+      raise ValueError(f"Sampler: {rows} rows cannot be split into one block for each of {blocks.shape[0]} "
+                       f"processes, and {partitioning.describe(mesh)} gives rows to several processes")
+    return Mesh(blocks[:, None, :], partitioning.MESH_AXES, axis_types=mesh.axis_types)
+
+  def _moved(self, arrays: Sequence[jax.Array], onto: Mesh) -> tuple[jax.Array, ...]:
+    """[rows, ...] arrays laid out as `onto`'s batch (collective). `jax.device_put`, not a jitted
+    identity: the two meshes may order the same devices differently (`SamplingLayout.mesh_over`),
+    which one jitted program cannot take."""
+    targets = tuple(partitioning.batch_sharding(onto, self.rules, x.shape) for x in arrays)
+    return tuple(jax.device_put(tuple(arrays), targets))
+
   def _put(self, host: np.ndarray) -> jax.Array:
     """A [rows, ...] host array (valid on this process's rows) as a global device array."""
     if self.mesh is None:
       return jnp.asarray(host)
+    placed = multihost.global_array(host, partitioning.batch_sharding(self._host_mesh, self.rules, host.shape))
+    return self._moved([placed], self.mesh)[0] if self.staged else placed
+
+  def _put_known(self, host: np.ndarray) -> jax.Array:
+    """A host array every process holds whole, laid out as the sampling mesh's batch (no transfer)."""
     return multihost.global_array(host, partitioning.batch_sharding(self.mesh, self.rules, host.shape))
+
+  def _get(self, *arrays: jax.Array) -> tuple[np.ndarray, ...]:
+    """[rows, ...] device arrays as host arrays, valid on this process's rows (collective when
+    staged: the rows are first laid out as their owners hold them)."""
+    if self.staged:
+      arrays = self._moved(arrays, self._host_mesh)
+    return tuple(multihost.host_rows(x, self.local_rows) for x in arrays)
 
   def _foreign(self, rows, what: str) -> str | None:
     foreign = [r for r in rows if not 0 <= r < self.rows or not self._owned[r]]
@@ -438,14 +501,28 @@ class Sampler:
     """Whether any process of this sampler's mesh has each flag set (local flags off a shared mesh)."""
     return multihost.any_process(*flags, across=self.collective)
 
+  def max_programs(self, sampling_settings: int = 1) -> int:
+    """The most programs this sampler can compile: a prefill per (chunk bucket, span, row-count
+    bucket: every row or a power of two at most half a shard's rows), a decode chunk per span and
+    sampling setting (temperature, top_k, top_p), and the fork."""
+    row_buckets = 0 if self.rows_split else max(self.rows_per_shard // 2, 0).bit_length()
+    return len(self.buckets) * len(self.spans) * (1 + row_buckets) + len(self.spans) * sampling_settings + 1
+
+  @property
+  def programs_compiled(self) -> int:
+    """Programs this sampler has met (each compiled once per process)."""
+    return len(self._programs)
+
   def _call(self, name, fn, *args, **kwargs):
     """Runs a jitted step under the mesh, timing the first call of each shape."""
+    program = (name,) + tuple(sorted((k, v) for k, v in kwargs.items() if k != "span"))
     with partitioning.activate(self.mesh, self.rules):
-      if name in self.compile_seconds:
+      if program in self._programs:
         return fn(*args, **kwargs)
+      self._programs.add(program)
       start = time.perf_counter()
       out = jax.block_until_ready(fn(*args, **kwargs))
-      self.compile_seconds[name] = time.perf_counter() - start
+      self.compile_seconds.setdefault(name, time.perf_counter() - start)
       return out
 
   # -- the two operations (collective: every process calls them together) --
@@ -461,6 +538,7 @@ class Sampler:
         error = (f"Sampler.append: row {row} would hold {self._lengths[row] + len(tokens)} tokens; "
                  f"capacity is {self.capacity}")
     multihost.raise_together(error, across=self.collective)
+    self._sync_staged_lengths()
     # All processes run the same chunks: as many as the longest append anywhere needs; attention
     # reads a span that holds the longest row that receives tokens.
     longest = max((len(t) for t in new_tokens.values()), default=0)
@@ -486,7 +564,7 @@ class Sampler:
       if subset * 2 <= self.rows_per_shard:
         rows_R = np.concatenate([np.concatenate([np.flatnonzero(r), np.flatnonzero(~r)])[:subset]
                                  for r in receiving_SxP]).astype(np.int32)
-        rows_R = self._put(rows_R) if self.row_axes else jnp.asarray(rows_R)
+        rows_R = self._put_known(rows_R) if self.row_axes else jnp.asarray(rows_R)
     span = self._span(end)
     # Chunks are padded to a bucket (padding is never stored); a long append
     # runs as several chunks.
@@ -536,12 +614,13 @@ class Sampler:
       error = (f"Sampler.fork: row {across[0][0]} would copy row {across[0][1]} of another shard of rows "
                f"({self.rows_per_shard} rows a shard)")
     multihost.raise_together(error, across=self.collective)
+    self._sync_staged_lengths()
     source_B = np.arange(self.rows, dtype=np.int32)
     for target, source in sources.items():
       source_B[target] = source
     self._cache, self._last_hidden = self._call("fork", self._fork, self._cache, self._last_hidden,
                                                 self._put(source_B))
-    self._lengths = multihost.host_rows(self._cache.length_B, self.local_rows).astype(np.int64)
+    self._lengths = self._get(self._cache.length_B)[0].astype(np.int64)
 
   def generate(self, rows: Sequence[int], config: SamplingConfig,
                row_keys: Mapping[int, np.ndarray] | None = None) -> dict[int, TurnOutput]:
@@ -557,6 +636,7 @@ class Sampler:
     if empty:
       error = f"Sampler.generate: row {empty[0]} is empty; append a prompt first"
     multihost.raise_together(error, across=self.collective)
+    self._sync_staged_lengths()
     key_data = np.zeros((self.rows, 2), np.uint32)
     for row in rows:
       key_data[row] = row_keys[row] if row_keys is not None else row_key("sampler", self.seed, self._calls, row)
@@ -588,10 +668,10 @@ class Sampler:
           steps=self.decode_steps, span=span, temperature=config.temperature, top_k=config.top_k,
           top_p=config.top_p)
       self._cache, self._last_hidden, active_after, count_after, chunk_tokens, chunk_logprobs, chunk_reasons = out
-      mine = lambda x: multihost.host_rows(x, self.local_rows)
-      chunk_tokens, chunk_logprobs = mine(chunk_tokens), mine(chunk_logprobs)
-      active_after, chunk_reasons = mine(active_after).copy(), mine(chunk_reasons)
-      self._lengths = mine(self._cache.length_B).astype(np.int64)
+      chunk_tokens, chunk_logprobs, active_after, chunk_reasons, count_after, lengths = self._get(
+          chunk_tokens, chunk_logprobs, active_after, chunk_reasons, count_after, self._cache.length_B)
+      active_after = active_after.copy()
+      self._lengths = lengths.astype(np.int64)
       recompute = {}
       for row in rows:
         if not active[row]:
@@ -611,10 +691,11 @@ class Sampler:
           turn.finish = Finish.STOP_STRING
           active_after[row] = False
       active = active_after & in_call
-      count = mine(count_after).astype(np.int32)
+      count = count_after.astype(np.int32)
       running, rolled_back, need = progress(bool(recompute))
       if rolled_back:  # a stop-string cut rolled some rows back: every process re-appends
-        self._sync_lengths()
+        if not self.staged:  # (staged, the append writes the lengths first)
+          self._sync_lengths()
         self.append(recompute)
     return {row: turn.output(self._decode_text(turn.tokens)) for row, turn in turns.items()}
 

@@ -1,9 +1,14 @@
 """Where Stage 2's examples come from: this process's shard of a SeqIO task, as a resumable stream.
 
-Every process reads `seqio.get_dataset` of the task with its own `seqio.ShardInfo` (process index
-of process count), shuffled by the run's seed and repeated without end, and takes from it exactly
-what its part of each step's batch needs. `position` (examples or rows read by this process) is
-saved with the checkpoint; a resumed stream skips that many and goes on as an uninterrupted one.
+Every process reads its shard of the task (`seqio_tasks.task_examples` with its own
+`seqio.ShardInfo`: process index of process count), shuffled by the run's seed and repeated without
+end, through the library's feature converter for rows, and takes from it exactly
+what its part of each step's batch needs. `position` (the task examples this process has
+consumed) is saved with the checkpoint; a resumed stream starts there and goes on as an
+uninterrupted one. The library's tasks are addressable by index, so a resume computes where it is
+instead of replaying what came before (`seqio_tasks.task_examples`); packed rows restart at the
+packer's chunk (it packs each run of `length` examples alone) and drop the rows of that chunk
+already taken, so a resume replays at most one chunk whatever its position.
 
 - `RowStream` (offline, SFT): rows of model features from the library's feature converter,
   padded to the row length, or packed when asked.
@@ -13,6 +18,7 @@ saved with the checkpoint; a resumed stream skips that many and goes on as an un
 
 from __future__ import annotations
 
+from absl import logging
 import jax
 import numpy as np
 import seqio
@@ -29,23 +35,25 @@ def process_shard() -> seqio.ShardInfo:
 class _Stream:
   def __init__(self, task: str, seed: int, use_cached: bool = False):
     self.task, self.seed, self.use_cached = task, seed, use_cached
-    self.position = 0
+    self.position = 0  # task examples consumed by this process
     self._iterator, self._per_call = None, None
     seqio.get_mixture_or_task(task)  # an unknown name fails here, before any model work
 
   def seek(self, position: int) -> None:
-    """Continue from `position` (what this process had read when the checkpoint was saved)."""
+    """Continue from `position` (what this process had consumed when the checkpoint was saved)."""
     self.position, self._iterator = int(position), None
 
   def _ensure(self, per_call: int) -> None:
     if per_call != self._per_call:  # batched in tf.data by what a call takes
       self._iterator, self._per_call = None, per_call
 
-  def _dataset(self, lengths, converter) -> tf.data.Dataset:
-    return seqio.get_dataset(self.task, task_feature_lengths=lengths, feature_converter=converter,
-                             dataset_split="train", use_cached=self.use_cached, shuffle=True, seed=self.seed,
-                             num_epochs=None, shard_info=process_shard(), verbose=False,
-                             trim_output_features=False)
+  def _examples(self, start: int, lengths) -> tf.data.Dataset:
+    ds, sought = seqio_tasks.task_examples(self.task, seed=self.seed, shard_info=process_shard(), start=start,
+                                           sequence_length=lengths, use_cached=self.use_cached)
+    if not sought:
+      logging.warning("SeqIO task %r: its source is not addressable by index; resuming replays %d examples",
+                      self.task, start)
+    return ds
 
   def _next(self, make_iterator):
     if self._iterator is None:
@@ -57,8 +65,36 @@ class _Stream:
                        f"(of {jax.process_count()})") from None
     except tf.errors.InvalidArgumentError as error:  # a length check, a malformed example
       message = " ".join(error.message.split())[:400]
-      raise ValueError(f"SeqIO task {self.task!r}: {message} (raise TrainConfig.sequence_length if an "
-                       "example is longer than a row)") from None
+      hint = "" if STRADDLES in message or seqio_tasks.NO_TOKENS in message else (
+          " (raise TrainConfig.sequence_length if an example is longer than a row)")
+      raise ValueError(f"SeqIO task {self.task!r}: {message}{hint}") from None
+
+
+STRADDLES = ("the data position falls inside a packed row (a position this task, row length and seed did not "
+             "give)")
+
+
+def _rows_after(rows: tf.data.Dataset, examples: int) -> tf.data.Dataset:
+  """Packed rows without those holding the first `examples` examples (a row holds as many as its
+  largest segment id)."""
+  def count(before, row):
+    after = before + tf.reduce_max(row[features.SEGMENT_IDS])
+    aligned = tf.debugging.Assert(tf.logical_or(before >= examples, after <= examples),
+                                  [STRADDLES, before, after, examples])
+    with tf.control_dependencies([aligned]):
+      return after, (before, row)
+
+  @tf.autograph.experimental.do_not_convert
+  def after_position(before, row):
+    del row
+    return tf.greater_equal(before, examples)
+
+  @tf.autograph.experimental.do_not_convert
+  def row_alone(before, row):
+    del before
+    return row
+
+  return rows.scan(tf.constant(0, tf.int32), count).filter(after_position).map(row_alone)
 
 
 class RowStream(_Stream):
@@ -71,15 +107,24 @@ class RowStream(_Stream):
     self.converter = seqio_tasks.StepwiseFeatureConverter(pack=pack, reward_one=reward_one,
                                                           context_weight=context_weight)
 
+  @property
+  def pack(self) -> bool:
+    return self.converter.pack
+
   def next_rows(self, count: int) -> features.Features:
     """The next `count` rows, stacked ([count, length] each)."""
     def start():
-      ds = self._dataset(seqio_tasks.row_lengths(self.length), self.converter)
-      return ds.skip(self.position).batch(count, drop_remainder=True).prefetch(2).as_numpy_iterator()
+      lengths = seqio_tasks.row_lengths(self.length)
+      # SeqIO packs each run of `length` examples alone: restart at the run holding the position.
+      first = self.position - self.position % self.length if self.pack else self.position
+      rows = self.converter(self._examples(first, lengths), lengths)
+      if self.position > first:
+        rows = _rows_after(rows, self.position - first)
+      return rows.batch(count, drop_remainder=True).prefetch(2).as_numpy_iterator()
 
     self._ensure(count)
     rows = features.Features(**self._next(start))
-    self.position += count
+    self.position += int(rows[features.SEGMENT_IDS].max(axis=1).sum()) if self.pack else count
     return rows
 
 
@@ -88,9 +133,7 @@ class StateStream(_Stream):
 
   def next_states(self, count: int) -> list[decomposition.StateExample]:
     def start():
-      lengths = {k: None for k in seqio_tasks.TOKEN_ALIGNED}
-      ds = self._dataset(lengths, seqio.PassThroughFeatureConverter())
-      return ds.skip(self.position).as_numpy_iterator()
+      return self._examples(self.position, {k: None for k in seqio_tasks.TOKEN_ALIGNED}).as_numpy_iterator()
 
     states = [seqio_tasks.example_state(self._next(start)) for _ in range(count)]
     self.position += count

@@ -23,6 +23,18 @@ def loss_slots(features: dict) -> int:
   return 1 << max(count - 1, 0).bit_length()
 
 
+def loss_slots_for(count: int, positions: int, levels: int) -> int:
+  """Slots for `count` loss positions among `positions` (a micro-batch's rows x row length): the
+  smallest of positions / 2**j, j < `levels` (at least 128, at most `positions`), that holds them.
+  A step's shape then takes one of `levels` slot counts per row length, whatever its data; gathering
+  up to 2**(levels - 1) times the slots needed costs little beside the forward of every position."""
+  sizes = sorted({min(positions, max(128, -(-positions // 2**j))) for j in range(levels)})
+  fitting = [s for s in sizes if s >= count]
+  if not fitting:
+    raise ValueError(f"{count} loss positions among {positions}")
+  return fitting[0]
+
+
 def _refuse_dropped(count, slots) -> None:
   if int(count) > int(slots):
     raise ValueError(f"the batch has {int(count)} loss positions (weight > 0) but max_loss_tokens={int(slots)}: "

@@ -15,7 +15,8 @@ from swirl_jax.data.features import BEHAVIOUR_LOGPROBS, LOSS_WEIGHTS, REWARDS
 from swirl_jax.models.transformer import Transformer
 from swirl_jax.training.logprobs import loss_slots, reward_weighted_nll, target_logprobs
 
-__all__ = ["advantages", "loss_slots", "policy_gradient_loss", "reward_weighted_nll", "sft_loss"]
+__all__ = ["advantages", "loss_slots", "policy_gradient_loss", "policy_gradient_token_loss", "reward_weighted_nll",
+           "sft_loss"]
 
 
 def advantages(rewards_SxG: np.ndarray, baseline: str = "rloo") -> np.ndarray:
@@ -42,33 +43,54 @@ def advantages(rewards_SxG: np.ndarray, baseline: str = "rloo") -> np.ndarray:
   raise ValueError(f"unknown baseline {baseline!r}; use 'none' or 'rloo'")
 
 
+def policy_gradient_token_loss(logp_N: jax.Array, behaviour_N: jax.Array, advantage_N: jax.Array, *,
+                               clip_epsilon: float | None = None, importance_cap: float | None = None):
+  """Each loss token's policy-gradient term, and where clipping or truncation acted.
+
+  r = pi / pi_behaviour (the sampler's recorded log-probs). Without `clip_epsilon`: -A log pi
+  (REINFORCE / RLOO), weighted by min(r, cap) (held constant) when `importance_cap` is set: the
+  truncated importance weight that corrects for samples drawn by another policy (an older step's,
+  or the sampler's bf16 copy) without the variance of an unbounded ratio. With `clip_epsilon`: PPO's
+  -min(r A, clip(r, 1 -/+ eps) A), and with `importance_cap` the dual clip: where A < 0 the term is
+  at most -cap A, so a stale sample the policy now finds far likelier cannot dominate the step.
+
+  Returns (token_loss_N, clipped_N, truncated_N) (the last two boolean)."""
+  ratio_N = jnp.exp(logp_N - behaviour_N)
+  no_N = jnp.zeros(logp_N.shape, bool)
+  if clip_epsilon is None:
+    if importance_cap is None:
+      return -advantage_N * logp_N, no_N, no_N
+    weight_N = jax.lax.stop_gradient(jnp.minimum(ratio_N, importance_cap))
+    return -weight_N * advantage_N * logp_N, no_N, ratio_N > importance_cap
+  unclipped_N = ratio_N * advantage_N
+  clipped_N = jnp.clip(ratio_N, 1 - clip_epsilon, 1 + clip_epsilon) * advantage_N
+  token_loss_N = -jnp.minimum(unclipped_N, clipped_N)
+  truncated_N = no_N
+  if importance_cap is not None:
+    bound_N = -importance_cap * advantage_N
+    truncated_N = (advantage_N < 0) & (token_loss_N > bound_N)
+    token_loss_N = jnp.where(truncated_N, bound_N, token_loss_N)
+  return token_loss_N, unclipped_N != clipped_N, truncated_N
+
+
 def policy_gradient_loss(model: Transformer, features: dict, *, num_sequences: int, reference_logprobs_N: jax.Array=None,
                          kl_coef: float = 0.0, clip_epsilon: float | None = None,
-                         max_loss_tokens: int | None = None):
+                         importance_cap: float | None = None, max_loss_tokens: int | None = None):
   """The online step-wise objective on sampled actions, averaged over sampled sequences.
 
-  REWARDS holds each action token's advantage A. Without clipping the
-  loss is -sum_t A * log pi(a_t) / num_sequences (REINFORCE / RLOO). With
-  `clip_epsilon`, the token term is PPO's -min(r A, clip(r, 1 -/+ eps) A) with
-  r = pi / pi_behaviour, for several updates on one batch of samples. With a
-  reference (the frozen initial policy), kl_coef * KL is added, estimated per
-  token as exp(q - p) - (q - p) - 1 (zero where the policy equals the reference).
+  REWARDS holds each action token's advantage A; the token terms are `policy_gradient_token_loss`'s
+  (REINFORCE / RLOO, PPO's clipped ratio with `clip_epsilon`, truncated importance weights with
+  `importance_cap`). With a reference (the frozen initial policy), kl_coef * KL is added, estimated
+  per token as exp(q - p) - (q - p) - 1 (zero where the policy equals the reference).
 
   Returns (loss, metrics).
   """
   logp_N, index_N, valid_N = target_logprobs(model, features, max_loss_tokens)
   weights_N = features[LOSS_WEIGHTS].reshape(-1)[index_N] * valid_N
   advantage_N = features[REWARDS].reshape(-1)[index_N]
-  if clip_epsilon is None:
-    token_loss_N = -advantage_N * logp_N
-    clipped_fraction = jnp.zeros(())
-  else:
-    behaviour_N = features[BEHAVIOUR_LOGPROBS].reshape(-1)[index_N]
-    ratio_N = jnp.exp(logp_N - behaviour_N)
-    unclipped = ratio_N * advantage_N
-    clipped = jnp.clip(ratio_N, 1 - clip_epsilon, 1 + clip_epsilon) * advantage_N
-    token_loss_N = -jnp.minimum(unclipped, clipped)
-    clipped_fraction = jnp.sum(weights_N * (unclipped != clipped)) / jnp.maximum(jnp.sum(weights_N), 1)
+  behaviour_N = features[BEHAVIOUR_LOGPROBS].reshape(-1)[index_N]
+  token_loss_N, clipped_N, truncated_N = policy_gradient_token_loss(
+      logp_N, behaviour_N, advantage_N, clip_epsilon=clip_epsilon, importance_cap=importance_cap)
   kl = jnp.zeros(())
   if reference_logprobs_N is not None:
     delta_N = reference_logprobs_N - logp_N
@@ -76,7 +98,10 @@ def policy_gradient_loss(model: Transformer, features: dict, *, num_sequences: i
     kl = jnp.sum(weights_N * kl_N) / num_sequences
   loss = jnp.sum(weights_N * token_loss_N) / num_sequences + kl_coef * kl
   tokens = jnp.maximum(jnp.sum(weights_N), 1)
-  metrics = {"kl": kl, "clipped_fraction": clipped_fraction,
+  ratio_N = jax.lax.stop_gradient(jnp.exp(logp_N - behaviour_N))
+  metrics = {"kl": kl, "clipped_fraction": jnp.sum(weights_N * clipped_N) / tokens,
+             "truncated_fraction": jnp.sum(weights_N * truncated_N) / tokens,
+             "importance_ratio_mean": jnp.sum(weights_N * ratio_N) / tokens,
              "entropy_proxy": -jnp.sum(weights_N * logp_N) / tokens}
   return loss, metrics
 

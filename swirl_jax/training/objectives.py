@@ -56,10 +56,12 @@ class RewardWeightedLikelihood:
 @dataclasses.dataclass(frozen=True)
 class PolicyGradient:
   """Online step-wise RL: REINFORCE / RLOO on fresh samples (rewards hold advantages), PPO's clipped
-  ratio with `clip_epsilon`, and a KL penalty to the reference policy with `kl_coef`."""
+  ratio with `clip_epsilon`, truncated importance weights with `importance_cap`, and a KL penalty
+  to the reference policy with `kl_coef`."""
 
   kl_coef: float = 0.0
   clip_epsilon: float | None = None
+  importance_cap: float | None = None
   sequences_per_row: int = 1  # G for tree-packed rows (a state's G samples in one row)
   shares_of_batch_weight: bool = False
 
@@ -71,4 +73,5 @@ class PolicyGradient:
     num_sequences = batch[INPUT_TOKENS].shape[0] * self.sequences_per_row
     return losses.policy_gradient_loss(model, batch, num_sequences=num_sequences,
                                        reference_logprobs_N=reference_N, kl_coef=self.kl_coef,
-                                       clip_epsilon=self.clip_epsilon, max_loss_tokens=max_loss_tokens)
+                                       clip_epsilon=self.clip_epsilon, importance_cap=self.importance_cap,
+                                       max_loss_tokens=max_loss_tokens)
