@@ -1,5 +1,7 @@
 """Losses against hand-computed gradients; SFT equivalence; KL at the initial params; learning."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,16 +95,25 @@ def test_offline_loss_with_reward_one_is_sft_and_kl_is_zero_at_init():
   assert float(metrics["kl"]) > 0.01
 
 
-def test_clipped_ratio_equals_plain_gradient_on_policy():
-  """At the sampling policy the PPO-clipped loss has the REINFORCE gradient."""
+def _sampled_features(noise: float):
+  """A tiny model's (graphdef, params) and online features whose behaviour log-probs are the
+  model's own, plus normal noise of scale `noise` (0: sampled by this very policy)."""
   model = init_model(model_config("tiny"), seed=3)
   graphdef, params = nnx.split(model)
   feats = online.online_features(CONTEXTS, _actions(), losses.advantages(REWARDS).reshape(-1), 16)
   feats = jax.tree.map(jnp.asarray, feats)
   logp, index, valid = target_logprobs(model, feats, 16)
+  valid = np.asarray(valid)
   behaviour = np.zeros(feats[features.LOSS_WEIGHTS].size, np.float32)
-  behaviour[np.asarray(index)[np.asarray(valid)]] = np.asarray(logp)[np.asarray(valid)]
+  shift = np.random.default_rng(1).normal(0, noise, int(valid.sum())).astype(np.float32)
+  behaviour[np.asarray(index)[valid]] = np.asarray(logp)[valid] + shift
   feats[features.BEHAVIOUR_LOGPROBS] = jnp.asarray(behaviour.reshape(feats[features.LOSS_WEIGHTS].shape))
+  return graphdef, params, feats
+
+
+def test_clipped_ratio_equals_plain_gradient_on_policy():
+  """At the sampling policy the PPO-clipped loss has the REINFORCE gradient."""
+  graphdef, params, feats = _sampled_features(noise=0.0)
 
   def loss(params, clip):
     return losses.policy_gradient_loss(nnx.merge(graphdef, params), feats, num_sequences=6, clip_epsilon=clip,
@@ -110,6 +121,68 @@ def test_clipped_ratio_equals_plain_gradient_on_policy():
 
   for a, b in zip(jax.tree.leaves(jax.grad(loss)(params, 0.2)), jax.tree.leaves(jax.grad(loss)(params, None))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_truncated_importance_weights_and_the_dual_clip_match_a_hand_computation():
+  """Without clipping each token's term is -min(r, cap) A log pi with the weight held constant, so
+  its gradient in log pi is -min(r, cap) A; with PPO's clip, a negative advantage's term is at most
+  -cap A (and then has no gradient)."""
+  rng = np.random.default_rng(0)
+  logp = jnp.asarray(-rng.random(64) * 3, jnp.float32)
+  behaviour = logp - jnp.asarray(rng.normal(0, 1.2, 64), jnp.float32)  # ratios from about 0.03 to 30
+  advantage = jnp.asarray(rng.normal(0, 1, 64), jnp.float32)
+  ratio = np.exp(np.asarray(logp - behaviour))
+  cap = 2.0
+
+  def total(lp, **kw):
+    return jnp.sum(losses.policy_gradient_token_loss(lp, behaviour, advantage, **kw)[0])
+
+  terms, _, truncated = losses.policy_gradient_token_loss(logp, behaviour, advantage, importance_cap=cap)
+  np.testing.assert_allclose(terms, -np.minimum(ratio, cap) * advantage * logp, rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(lambda lp: total(lp, importance_cap=cap))(logp),
+                             -np.minimum(ratio, cap) * advantage, rtol=1e-5)
+  assert np.array_equal(truncated, ratio > cap) and 0 < truncated.sum() < 64
+
+  eps = 0.2
+  terms, clipped, truncated = losses.policy_gradient_token_loss(logp, behaviour, advantage, clip_epsilon=eps,
+                                                                importance_cap=cap)
+  a = np.asarray(advantage)
+  ppo = -np.minimum(ratio * a, np.clip(ratio, 1 - eps, 1 + eps) * a)
+  dual = np.where(a < 0, np.minimum(ppo, -cap * a), ppo)
+  np.testing.assert_allclose(terms, dual, rtol=1e-5)
+  assert np.array_equal(truncated, (a < 0) & (ppo > -cap * a)) and truncated.sum() > 0
+  grad = jax.grad(lambda lp: total(lp, clip_epsilon=eps, importance_cap=cap))(logp)
+  assert np.all(np.asarray(grad)[np.asarray(truncated)] == 0)
+  free = ~np.asarray(truncated) & ~np.asarray(clipped)
+  np.testing.assert_allclose(np.asarray(grad)[free], (-ratio * a)[free], rtol=1e-5)
+
+
+def test_an_importance_cap_weights_tokens_by_their_truncated_ratio_through_a_model():
+  """Through a model, where the sampler's log-probs differ from the policy's: with PPO's clip a cap
+  above every ratio changes nothing; without it, such a cap weights each token by its whole ratio
+  (the unclipped ratio's gradient, not plain REINFORCE's), and a cap of 1 truncates."""
+  graphdef, params, feats = _sampled_features(noise=0.3)
+
+  def grads(clip, cap):
+    def loss(params):
+      return losses.policy_gradient_loss(nnx.merge(graphdef, params), feats, num_sequences=6, clip_epsilon=clip,
+                                         importance_cap=cap, max_loss_tokens=16)[0]
+    return jax.tree.leaves(jax.grad(loss)(params))
+
+  def same(x, y):
+    return all(np.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(x, y))
+
+  assert same(grads(0.2, 1e6), grads(0.2, None))  # the dual clip never acts
+  full = grads(None, 1e6)  # every token weighted by its whole ratio: the unclipped ratio's gradient
+  assert same(full, grads(1e6, None))
+  assert not same(full, grads(None, None))  # the samples are off-policy
+  assert not same(grads(None, 1.0), full)
+
+
+def test_the_trainer_s_objective_takes_the_online_importance_cap():
+  from swirl_jax.training.trainer import _objective
+  assert _objective("online", online.OnlineConfig(importance_cap=2.0)).importance_cap == 2.0
+  assert _objective("online", online.OnlineConfig()).importance_cap is None
 
 
 class FirstTokenScorer:
@@ -145,7 +218,8 @@ def test_fifty_online_steps_raise_the_mean_reward():
 
   means = []
   for _ in range(50):
-    feats, rewards, _, _ = online.online_batch(sampler, scorer, states, 4, config, 16)
+    batch = online.online_batch(sampler, scorer, states, 4, config, 16)
+    feats, rewards = batch.features, batch.rewards
     means.append(float(rewards.mean()))
     params, opt_state = step(params, opt_state, jax.tree.map(jnp.asarray, feats))
     nnx.update(model, params)  # the sampler samples with the updated params
@@ -167,6 +241,7 @@ class FailingScorer:
   """Scores 1 when the first token is even, and gives no verdict when it is odd."""
 
   def score(self, states, actions):
+    time.sleep(0.25)  # a judge takes time: the step reports how long the mesh waited for it
     return np.array([1.0 if a.tokens[0] % 2 == 0 else np.nan for a in actions], np.float32)
 
 
@@ -188,6 +263,7 @@ def test_judge_failures_are_counted_and_excluded_or_zeroed(tmp_path):
     metrics = trainer.run_step()
     assert metrics["judge_failures"] > 0
     assert metrics["mean_reward"] == 1.0  # the mean over scored samples only
+    assert 0.25 <= metrics["judge_seconds"] < metrics["step_seconds"] and 0 < metrics["sampling_seconds"]
 
 
 def test_a_loss_never_drops_action_tokens():
