@@ -46,7 +46,11 @@ class HttpJudge(PromptJudge):
     self.max_tokens = max_tokens
     self.temperature = temperature
     self.max_response_bytes = max_response_bytes
-    self.client = httpx.Client(follow_redirects=False)  # thread-safe; keeps connections alive
+    # Thread-safe, keeps connections alive. No cap of its own on connections (httpx's default of 100
+    # queued requests behind each other): `concurrency` per call, times the calls made at once (an
+    # online trainer's `OnlineConfig.judge_threads`), is what reaches the server.
+    self.client = httpx.Client(follow_redirects=False,
+                               limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
     os.makedirs(cache_dir, exist_ok=True)
 
   def _body(self, prompt: str) -> dict:

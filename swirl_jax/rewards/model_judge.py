@@ -32,6 +32,7 @@ def _last_logits(model, tokens_BxT, lengths_B):
 @gin.configurable
 class ModelJudge(PromptJudge):
   name = "model"
+  runs_on_devices = True  # its forward passes are collective: only the main thread, in step, may judge
 
   def __init__(self, model, vocab, mode: str = "score", batch_size: int = 8, max_new_tokens: int = 256,
                capacity: int = 4096, mesh=None):

@@ -13,6 +13,7 @@ from (key ids, state slot, sample), never from the process count.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
 import gin
@@ -26,6 +27,7 @@ from swirl_jax.environment.protocol import parse_action
 from swirl_jax.rewards.judge import Judge, ProcessRequest
 from swirl_jax.sampling.interfaces import TurnOutput
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig, row_key
+from swirl_jax.training import judging
 from swirl_jax.training.losses import advantages
 
 
@@ -43,6 +45,10 @@ class OnlineConfig:
   judge_failures: str = "exclude"  # a sample the judge gave no verdict: exclude it, or score it "zero"
   kl_coef: float = 0.0  # KL penalty to the initial policy
   clip_epsilon: float | None = None  # set to use PPO's clipped ratio (needed for updates_per_batch > 1)
+  # Off-policy correction: weight each token by its importance ratio pi / pi_behaviour truncated at
+  # this bound (with clip_epsilon: the dual clip, a negative advantage's term at most cap * |A|).
+  # The sampler's recorded log-probs are the behaviour (a bf16 sampling copy differs from the policy).
+  importance_cap: float | None = None
   updates_per_batch: int = 1  # optimizer updates on each batch of samples
   temperature: float = 1.0
   max_action_tokens: int = 128
@@ -50,6 +56,14 @@ class OnlineConfig:
   # one row per state holding the context once and the G actions as branches (same loss and
   # gradients, about G times fewer context tokens trained).
   layout: str = "rows"
+  # Pipelining (docs/training.md#pipelined-online-steps): a batch is sampled up to this many updates
+  # before it is trained on, and judged on host threads meanwhile; 0 samples, judges and updates in
+  # turn. A batch trained `max_staleness` updates after it was sampled is weighted by its
+  # importance ratio when `importance_cap` (or `clip_epsilon`) is set.
+  max_staleness: int = 0
+  judge_threads: int = 16  # states judged at once on this process's host threads (one task: G actions)
+  # A batch's verdicts not in this long after it was handed to the judge count as failures (None: wait).
+  judge_timeout_s: float | None = None
 
   def __post_init__(self):
     validation.at_least_one(self, ("samples_per_state", "updates_per_batch", "max_action_tokens"))
@@ -62,6 +76,14 @@ class OnlineConfig:
                      f"the rloo baseline needs samples_per_state >= 2 (got {self.samples_per_state})")
     validation.check(self.clip_epsilon is None or self.clip_epsilon > 0, self,
                      f"clip_epsilon={self.clip_epsilon} must be positive")
+    validation.check(self.importance_cap is None or (self.importance_cap >= 1 and (
+        self.clip_epsilon is None or self.importance_cap > 1 + self.clip_epsilon)), self,
+                     f"importance_cap={self.importance_cap} must be at least 1 (and above 1 + clip_epsilon, "
+                     "where the dual clip would otherwise cut inside PPO's own clip)")
+    validation.not_negative(self, ("max_staleness",))
+    validation.at_least_one(self, ("judge_threads",))
+    validation.check(self.judge_timeout_s is None or self.judge_timeout_s > 0, self,
+                     f"judge_timeout_s={self.judge_timeout_s} must be positive (or None: wait)")
     validation.check(self.updates_per_batch == 1 or self.clip_epsilon is not None, self,
                      f"updates_per_batch={self.updates_per_batch} reuses each batch: set clip_epsilon "
                      "(the clipped ratio)")
@@ -140,11 +162,23 @@ def sample_actions(sampler: Sampler, contexts: dict[int, Sequence[int]], samples
   return {slot: [turn[slot * g_count + g] for g in range(g_count)] for slot in contexts}
 
 
+def row_length_buckets(length: int) -> tuple[int, ...]:
+  """The lengths an online batch's rows may take, up to `length`: 128 and 192 times powers of two,
+  and `length` itself. Each shape compiles its own update (about 112 s for a scanned 27B step), so
+  they are few (9 up to 2,048 tokens, where multiples of 128 were 16), at the cost of padding a
+  batch by at most half its longest row (129 tokens padded to 192)."""
+  out, base = [], 128
+  while base < length:
+    out += [b for b in (base, base * 3 // 2) if b < length]
+    base *= 2
+  return tuple(out) + (length,)
+
+
 def _padded_length(longest: int, length: int) -> int:
   if longest > length:
     raise ValueError(f"a state and its action need {longest} tokens; rows hold {length} "
                      "(raise TrainConfig.sequence_length)")
-  return min(length, -(-longest // 128) * 128)
+  return next(b for b in row_length_buckets(length) if b >= longest)
 
 
 def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput],
@@ -153,9 +187,9 @@ def online_features(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOut
   """One row per (state, sample): context + action, loss on the action, its advantage per token.
   `action_weights[i]` (default 1) weighs action i's tokens in the loss (0: left out).
 
-  Rows are `length` long at most; shorter batches are padded only to the next
-  multiple of 128 (or to `row_length`, when processes agree on one), so a step
-  does not pay for padding (a few shapes compile).
+  Rows are `length` long at most; shorter batches are padded only to the next of
+  `row_length_buckets` (or to `row_length`, when processes agree on one), so a step
+  does not pay for much padding and a few shapes compile.
   """
   n = len(actions)
   per_state = n // len(contexts)
@@ -229,6 +263,39 @@ class OnlineBatch(NamedTuple):
   rewards: np.ndarray  # NaN where the judge gave no verdict
   actions: list[TurnOutput]
   state_slots: list[int]
+  sampling_seconds: float = 0.0  # this process's time sampling the actions
+  judge_seconds: float = 0.0  # this process's time waiting for the scorer's verdicts
+
+
+class SampledBatch(NamedTuple):
+  """This process's part of one online batch, sampled and not yet trained on: batch `index` of the
+  run (its sampling key), sampled by the params after `policy_step` updates."""
+
+  index: int
+  policy_step: int
+  slots: list[int]  # the states' slots in the global batch
+  states: list[StateExample]  # one per slot
+  actions: list[TurnOutput]  # state-major, G per state
+  sampling_seconds: float
+
+
+def in_flight_record(batch: SampledBatch, verdicts: judging.Verdicts) -> dict:
+  """A batch in flight with its verdicts, as a checkpoint's JSON keeps it (NaN rewards as null)."""
+  return {"index": batch.index, "policy_step": batch.policy_step, "slots": list(batch.slots),
+          "states": [dataclasses.asdict(s) for s in batch.states],
+          "actions": [dataclasses.asdict(a) for a in batch.actions], "sampling_seconds": batch.sampling_seconds,
+          "rewards": [[None if np.isnan(r) else float(r) for r in row] for row in verdicts.rewards],
+          "latencies": list(verdicts.latencies), "timeouts": verdicts.timeouts}
+
+
+def from_in_flight_record(record: dict) -> tuple[SampledBatch, judging.PendingVerdicts]:
+  """`in_flight_record` read back: the batch, and its verdicts already in."""
+  states = [StateExample(**s) for s in record["states"]]
+  rewards = np.array([[np.nan if r is None else r for r in row] for row in record["rewards"]], np.float32)
+  rewards = rewards.reshape(len(states), -1) if states else np.zeros((0, 1), np.float32)
+  batch = SampledBatch(int(record["index"]), int(record["policy_step"]), [int(x) for x in record["slots"]], states,
+                       [TurnOutput(**a) for a in record["actions"]], float(record["sampling_seconds"]))
+  return batch, judging.judged(rewards, record["latencies"], record["timeouts"])
 
 
 def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample] | Mapping[int, StateExample],
@@ -248,6 +315,26 @@ def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample
     raise ValueError(f"judge_failures={judge_failures!r}; use 'exclude' or 'zero'")
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}; use 'rows' or 'tree'")
+  start = time.perf_counter()
+  slots, states, sampled = sample_batch(sampler, states, samples_per_state, config, key_ids, sample_ids)
+  sampling_seconds = time.perf_counter() - start
+  actions = [a for slot in slots for a in sampled[slot]]
+  expanded_states = [states[slot] for slot in slots for _ in range(samples_per_state)]
+  judge_start = time.perf_counter()
+  rewards = (scorer.score(expanded_states, actions) if actions else np.zeros(0, np.float32))
+  judge_seconds = time.perf_counter() - judge_start
+  rewards = rewards.reshape(len(slots), samples_per_state)
+  feats = lay_out_batch([states[slot].context for slot in slots], actions, rewards, length, baseline,
+                        judge_failures, layout, collective=sampler.collective)
+  return OnlineBatch(feats, rewards, actions, slots, sampling_seconds, judge_seconds)
+
+
+def sample_batch(sampler: Sampler, states: Sequence[StateExample] | Mapping[int, StateExample],
+                 samples_per_state: int, config: SamplingConfig, key_ids: Sequence | None = None,
+                 sample_ids: Mapping[int, int] | None = None
+                 ) -> tuple[list[int], dict[int, StateExample], dict[int, list[TurnOutput]]]:
+  """This process's (state slots, states by slot, G actions by slot) of one batch, sampled and not
+  yet judged. Collective. `states` as `online_batch` takes them."""
   num_states = sampler.rows // samples_per_state if isinstance(states, Mapping) else len(states)
   slots = local_state_slots(sampler, num_states, samples_per_state)
   if isinstance(states, Mapping):
@@ -256,21 +343,23 @@ def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample
   else:
     states = {slot: states[slot] for slot in slots}
   contexts = {slot: states[slot].context for slot in slots}
-  sampled = sample_actions(sampler, contexts, samples_per_state, config, key_ids, sample_ids)
-  actions = [a for slot in slots for a in sampled[slot]]
-  expanded_states = [states[slot] for slot in slots for _ in range(samples_per_state)]
-  rewards = (scorer.score(expanded_states, actions) if actions else np.zeros(0, np.float32))
-  rewards = rewards.reshape(len(slots), samples_per_state)
+  return slots, dict(states), sample_actions(sampler, contexts, samples_per_state, config, key_ids, sample_ids)
+
+
+def lay_out_batch(contexts: Sequence[Sequence[int]], actions: Sequence[TurnOutput], rewards: np.ndarray,
+                  length: int, baseline: str = "rloo", judge_failures: str = "exclude", layout: str = "rows",
+                  collective: bool = True) -> dict[str, np.ndarray]:
+  """The update's rows of this process's judged states: `rewards` [S_local, G] (NaN: no verdict),
+  `actions` state-major. Collective where `collective` (every process pads to one row length)."""
+  samples_per_state = rewards.shape[1]
   adv = advantages(np.nan_to_num(rewards, nan=0.0) if judge_failures == "zero" else rewards, baseline).reshape(-1)
-  # Every process pads its rows to the same length: the global batch has one shape.
+  grouped = [actions[s * samples_per_state:(s + 1) * samples_per_state] for s in range(len(contexts))]
   if layout == "tree":
-    local_longest = max((tree_length(contexts[slot], sampled[slot]) for slot in slots), default=1)
+    local_longest = max((tree_length(c, group) for c, group in zip(contexts, grouped)), default=1)
   else:
-    local_longest = max((len(contexts[slot]) + len(a.tokens) for slot in slots for a in sampled[slot]), default=1)
-  row_length = _padded_length(multihost.max_over_processes(local_longest) if sampler.collective else local_longest,
-                               length)
+    local_longest = max((len(c) + len(a.tokens) for c, group in zip(contexts, grouped) for a in group), default=1)
+  row_length = _padded_length(multihost.max_over_processes(local_longest) if collective else local_longest, length)
   # No loss on a sample nobody scored (judge_failures "exclude").
   weights = (~np.isnan(rewards)).reshape(-1) if judge_failures == "exclude" else None
   lay_out = tree_features if layout == "tree" else online_features
-  feats = lay_out([contexts[slot] for slot in slots], actions, adv, length, row_length, weights) if slots else {}
-  return OnlineBatch(feats, rewards, actions, slots)
+  return lay_out(contexts, actions, adv, length, row_length, weights) if len(contexts) else {}

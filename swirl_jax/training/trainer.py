@@ -28,6 +28,7 @@ length, loss slots) and the metrics are agreed through small collectives.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -51,8 +52,9 @@ from swirl_jax.data import seqio_tasks
 from swirl_jax.data.features import INPUT_TOKENS, LOSS_WEIGHTS, SEGMENT_IDS
 from swirl_jax.records import Trajectory
 from swirl_jax.sampling.sampler import Sampler, SamplingConfig
-from swirl_jax.training import batches, objectives, online, peak
+from swirl_jax.training import batches, judging, objectives, online, peak
 from swirl_jax.training.flops import UpdateFlops
+from swirl_jax.training.logprobs import loss_slots_for
 from swirl_jax.training.objectives import SftConfig
 from swirl_jax.training.online import OnlineConfig
 from swirl_jax.training.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
@@ -76,6 +78,10 @@ class TrainConfig:
   share_prefixes: bool = True  # offline, sft, given trajectories: one row per trajectory, not one per state
   use_cached_task: bool = False  # read the task from SeqIO's cache (made by its cache_tasks job)
   grad_accum_steps: int = 1  # micro-batches per step (the update is the same)
+  # Loss positions gathered per micro-batch: the positions / 2**j (j < loss_slot_levels, at least
+  # 128) that hold the batch's; with the row lengths, this bounds the step programs that compile
+  # (`Trainer.max_step_programs`). More levels gather fewer padded slots and compile more programs.
+  loss_slot_levels: int = 4
   checkpoint_dir: str = "runs/default/checkpoints"
   checkpoint_every: int = 50
   keep_checkpoints: int = 3
@@ -89,7 +95,7 @@ class TrainConfig:
     and judging) or never."""
     validation.check(self.mode in ("online", "offline", "sft"), self, f"mode={self.mode!r}; use online, offline or sft")
     validation.at_least_one(self, ("steps", "batch_size", "sequence_length", "grad_accum_steps", "checkpoint_every",
-                                   "keep_checkpoints", "log_every"))
+                                   "keep_checkpoints", "log_every", "loss_slot_levels"))
     validation.check(self.batch_size % self.grad_accum_steps == 0, self,
                      f"batch_size={self.batch_size} must be a multiple of grad_accum_steps={self.grad_accum_steps}")
     validation.check(self.peak_flops is None or self.peak_flops > 0, self,
@@ -109,6 +115,7 @@ def _objective(mode: str, online_config: OnlineConfig) -> objectives.Objective:
   if mode == "online":
     tree = online_config.layout == "tree"
     return objectives.PolicyGradient(kl_coef=online_config.kl_coef, clip_epsilon=online_config.clip_epsilon,
+                                     importance_cap=online_config.importance_cap,
                                      sequences_per_row=online_config.samples_per_state if tree else 1)
   return objectives.RewardWeightedLikelihood()
 
@@ -127,6 +134,9 @@ class Trainer:
                training_questions: Sequence[str] | None = None):
     if config.mode == "online" and scorer is None:
       raise ValueError("Trainer: online mode needs a scorer (the judge)")
+    if config.mode == "online" and vocab is None and isinstance(scorer, online.JudgeScorer):
+      raise ValueError("Trainer: a JudgeScorer judges the sampled actions' text; without `vocab` every action "
+                       "reads as empty text")
     self.model, self.config, self.scorer, self.mesh, self.rules = model, config, scorer, mesh, rules
     # The questions the params learn from, recorded (as digests) with every checkpoint, so that an
     # evaluation of them refuses these questions (given trajectories: theirs).
@@ -158,9 +168,11 @@ class Trainer:
         # leave the result alone.
         "config": provenance.config_fields(config, ("checkpoint_dir", "checkpoint_every", "keep_checkpoints",
                                                     "log_every", "peak_flops", "measure_peak",
-                                                    "grad_accum_steps")),
+                                                    "grad_accum_steps", "loss_slot_levels")),
         "optimizer": provenance.config_fields(self.optimizer),
-        "algorithm": provenance.config_fields({"online": self.online, "sft": self.sft}.get(config.mode))
+        # (How many threads judge, and how long they may take, leave the result alone.)
+        "algorithm": provenance.config_fields({"online": self.online, "sft": self.sft}.get(config.mode),
+                                              ("judge_threads", "judge_timeout_s"))
                      if config.mode != "offline" else None,
         "data": facts.identity,
         # The sampling layout's param dtype changes what is sampled online (its mesh does not).
@@ -180,6 +192,16 @@ class Trainer:
       # sampler reshards the params into it at each step and frees that copy before the update.
       self.sampler = Sampler(model, rows=config.batch_size, capacity=facts.longest + self.online.max_action_tokens,
                              vocab=vocab, mesh=mesh, rules=rules, layout=sampling_layout)
+      # Each batch's actions are judged on host threads; with max_staleness > 0 the next batches
+      # are sampled (and the last one trained on) meanwhile. `_in_flight` holds the batches
+      # sampled and not yet trained on, oldest first; `_next_batch` is the next to sample.
+      self.verdicts = judging.VerdictPool(scorer, self.online.judge_threads, self.online.judge_timeout_s)
+      if self.online.max_staleness and self.verdicts.on_devices:
+        raise ValueError(f"OnlineConfig.max_staleness={self.online.max_staleness} judges while the mesh samples "
+                         "and updates; this judge runs on the devices, in step with every process (a model "
+                         "judge): use max_staleness=0, or a judge served over HTTP")
+      self._in_flight: collections.deque[tuple[online.SampledBatch, judging.PendingVerdicts]] = collections.deque()
+      self._next_batch = 0
     else:
       self.stream = batches.RowStream(self.task, config.sequence_length, seed=config.seed, pack=config.pack_rows,
                                       reward_one=config.mode == "sft", context_weight=self.sft.context_weight,
@@ -205,6 +227,8 @@ class Trainer:
 
     # State and measurement.
     self.step = 0
+    self.staleness_counts: collections.Counter = collections.Counter()  # online: steps by their batch's staleness
+    self.step_programs: set = set()  # the update's shapes met: each compiled a program
     self.checkpoints = TrainCheckpoints(config.checkpoint_dir, config.keep_checkpoints)
     self.metrics_dir = metrics_dir or os.path.join(os.path.dirname(os.path.abspath(config.checkpoint_dir)), "metrics")
     # MFU only when asked: a given per-device peak, or one measured once here in the compute dtype.
@@ -239,14 +263,12 @@ class Trainer:
     if self.mesh is None or not multihost.is_multiprocess() or self.sampler.mesh is self.mesh:
       return
     g = self.online.samples_per_state
-    sampled = multihost.row_owners(partitioning.batch_sharding(self.sampler.mesh, self.rules, (self.config.batch_size,)),
-                                   self.config.batch_size)
+    sampled = self.sampler.row_owners
     trained = multihost.row_owners(partitioning.batch_sharding(self.mesh, self.rules, (self.total_rows,)),
                                    self.total_rows)
     if not np.array_equal(sampled[::g] if self.tree_rows else sampled, trained):
-      raise ValueError(f"SamplingLayout {partitioning.describe(self.sampler.mesh)}: its rows fall on other "
-                       f"processes than the training mesh's ({partitioning.describe(self.mesh)}) rows; keep the "
-                       "sampling mesh's data x fsdp a multiple of the processes, in the same device order")
+      raise ValueError(f"the sampler's rows ({partitioning.describe(self.sampler.mesh)}) are owned by other "
+                       f"processes than the training mesh's ({partitioning.describe(self.mesh)}) rows")
 
   # -- state -----------------------------------------------------------------
 
@@ -264,9 +286,14 @@ class Trainer:
   def save(self) -> None:
     """Collective. Each process's data position is recorded (they read different shards)."""
     positions = multihost.allgather_json(self.stream.position)
-    self.checkpoints.save(self.step, nnx.state(self.model), self.opt_state,
-                          {"step": self.step, "data_positions": positions, "fingerprint": self.fingerprint,
-                           "training_question_digests": self.training_question_digests})
+    meta = {"step": self.step, "data_positions": positions, "data_position_unit": "examples",
+            "fingerprint": self.fingerprint, "training_question_digests": self.training_question_digests}
+    if self.config.mode == "online" and self.online.max_staleness:
+      # The batches sampled ahead (their states are past the data positions), with their verdicts,
+      # waited for here: a restart trains on them as this run would, sampling and judging nothing again.
+      meta["in_flight"] = multihost.allgather_json(
+          [online.in_flight_record(sampled, pending.wait()) for sampled, pending in self._in_flight])
+    self.checkpoints.save(self.step, nnx.state(self.model), self.opt_state, meta)
 
   def restore_latest(self) -> bool:
     """Restores the newest checkpoint, if any; returns whether one was found."""
@@ -281,6 +308,8 @@ class Trainer:
     if meta["fingerprint"] != self.fingerprint:
       raise ValueError(provenance.mismatch_message(where, meta["fingerprint"], self.fingerprint, fresh))
     positions = meta["data_positions"]
+    if getattr(self.stream, "pack", False) and meta.get("data_position_unit") != "examples":
+      raise ValueError(f"{where} counts packed rows read, not examples (an older version's); {fresh}")
     if len(positions) != jax.process_count():
       raise ValueError(f"{where} was written by {len(positions)} processes reading {len(positions)} shards of "
                        f"{self.task!r}; resume it with {len(positions)} processes (the shards, and so the data "
@@ -289,6 +318,10 @@ class Trainer:
     self.opt_state = opt_state
     self.step = int(meta["step"])
     self.stream.seek(positions[jax.process_index()])
+    if self.config.mode == "online":
+      records = (meta.get("in_flight") or [[]] * jax.process_count())[jax.process_index()]
+      self._in_flight = collections.deque(online.from_in_flight_record(r) for r in records)
+      self._next_batch = self.step + len(self._in_flight)
     return True
 
   # -- data ------------------------------------------------------------------
@@ -304,44 +337,97 @@ class Trainer:
     rows = self._own_rows()
     return self.stream.next_rows(len(rows)), rows, {}
 
-  def _online_batch(self, step: int):
+  def _sample_batch(self, index: int) -> tuple[online.SampledBatch, judging.PendingVerdicts]:
+    """Samples batch `index` with the current params and hands it to the judge. Collective."""
     g = self.online.samples_per_state
-    states_per_step = self.config.batch_size // g
-    slots = online.local_state_slots(self.sampler, states_per_step, g)
+    slots = online.local_state_slots(self.sampler, self.config.batch_size // g, g)
     local_states = self.stream.next_states(len(slots))
-    # A state's sampling key is its place in the step's share of the global stream, which SeqIO
+    # A state's sampling key is its place in the batch's share of the global stream, which SeqIO
     # deals out to processes by example: the i-th state read here is item i * P + p of that share.
     p, count = jax.process_index(), jax.process_count()
-    batch = online.online_batch(
-        self.sampler, self.scorer, dict(zip(slots, local_states)), g, self.sampling, self.config.sequence_length,
-        self.online.baseline, key_ids=("online", self.config.seed, step),
-        sample_ids={slot: i * count + p for i, slot in enumerate(slots)}, judge_failures=self.online.judge_failures,
-        layout=self.online.layout)
+    start = time.perf_counter()
+    slots, states, sampled = online.sample_batch(
+        self.sampler, dict(zip(slots, local_states)), g, self.sampling, key_ids=("online", self.config.seed, index),
+        sample_ids={slot: i * count + p for i, slot in enumerate(slots)})
     self.sampler.release()  # the sampling layout's copy of the params is not kept through the update
-    scored = ~np.isnan(batch.rewards)
-    reward_sum, scored_count, failures, sampled, logged_sum = np.sum(
-        multihost.allgather_json([float(batch.rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
-                                  int(sum(len(a.tokens) for a in batch.actions)),
-                                  float(sum(s.reward for s in local_states))]), axis=0)
-    rows = np.array(batch.state_slots if self.tree_rows else
-                    [slot * g + i for slot in batch.state_slots for i in range(g)], np.int64)
+    batch = online.SampledBatch(index, self.step, slots, [states[slot] for slot in slots],
+                                [a for slot in slots for a in sampled[slot]], time.perf_counter() - start)
+    return batch, self.verdicts.submit(batch.states, batch.actions, g)
+
+  def _online_batch(self, step: int):
+    """Batch `step`'s rows, judged: sampled now (max_staleness 0), or up to max_staleness updates ago
+    while the batches before it were judged. Samples ahead first, so that the judge works on the
+    batches in flight while this one is waited for and trained on."""
+    g = self.online.samples_per_state
+    states_per_step = self.config.batch_size // g
+    last = min(step + self.online.max_staleness, self.config.steps - 1)
+    while self._next_batch <= last:
+      self._in_flight.append(self._sample_batch(self._next_batch))
+      self._next_batch += 1
+    sampled, pending = self._in_flight.popleft()
+    if sampled.index != step:  # the queue and the step move together; a mismatch is a bug here
+      raise RuntimeError(f"online step {step} found batch {sampled.index} first in flight")
+    verdicts = pending.wait()
+    feats = online.lay_out_batch([s.context for s in sampled.states], sampled.actions, verdicts.rewards,
+                                 self.config.sequence_length, self.online.baseline, self.online.judge_failures,
+                                 self.online.layout, collective=self.sampler.collective)
+    rewards = verdicts.rewards
+    scored = ~np.isnan(rewards)
+    per_process = multihost.allgather_json(
+        [float(rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
+         int(sum(len(a.tokens) for a in sampled.actions)), float(sum(s.reward for s in sampled.states)),
+         verdicts.timeouts, verdicts.late, sampled.sampling_seconds, verdicts.judge_seconds, verdicts.wait_seconds,
+         verdicts.latencies])
+    counts = np.asarray([r[:7] for r in per_process], np.float64).sum(axis=0)
+    reward_sum, scored_count, failures, sampled_tokens, logged_sum, timeouts, late = counts
+    # The update starts when the slowest process has its verdicts: the mesh waits for the longest.
+    sampling_seconds, judge_seconds, wait_seconds = np.asarray([r[7:10] for r in per_process], np.float64).max(axis=0)
+    latencies = np.asarray([x for r in per_process for x in r[10]], np.float64)
+    rows = np.array(sampled.slots if self.tree_rows else
+                    [slot * g + i for slot in sampled.slots for i in range(g)], np.int64)
+    staleness = step - sampled.policy_step
     extra = {"mean_reward": float(reward_sum / max(scored_count, 1)), "judge_failures": int(failures),
-             "logged_reward": float(logged_sum / states_per_step), "sampled_tokens": int(sampled)}
-    return batch.features, rows, extra
+             "judge_timeouts": int(timeouts), "late_verdicts": int(late),
+             "logged_reward": float(logged_sum / states_per_step), "sampled_tokens": int(sampled_tokens),
+             "sampling_seconds": float(sampling_seconds), "judge_seconds": float(judge_seconds),
+             "judge_wait_seconds": float(wait_seconds), "staleness": staleness}
+    if latencies.size:  # seconds a state's G verdicts took, over every process's states
+      for q in (50, 90, 99):
+        extra[f"judge_latency_p{q}"] = float(np.percentile(latencies, q))
+      extra["judge_latency_max"] = float(latencies.max())
+    self.staleness_counts[staleness] += 1
+    return feats, rows, extra
 
   # -- the step ----------------------------------------------------------------
 
   def _loss_slots(self, feats, rows: np.ndarray) -> int:
-    """Loss positions to gather per micro-batch: the most any micro-batch has (over processes),
-    rounded up to a power of two (at most every position) so that only a few step shapes compile.
-    `feats` holds rows `rows` of the global batch."""
+    """Loss positions to gather per micro-batch: the most any micro-batch has (over processes), as
+    one of `loss_slot_levels` sizes of the row length (`logprobs.loss_slots_for`). `feats` holds
+    rows `rows` of the global batch."""
     k, total_rows = self.config.grad_accum_steps, self.total_rows
     per_row = (np.asarray(feats[LOSS_WEIGHTS]) > 0).sum(axis=1)
     per_micro = np.zeros(k, np.int64)
     np.add.at(per_micro, rows // (total_rows // k), per_row)
     per_micro = multihost.sum_over_processes(per_micro)
     positions = (total_rows // k) * feats[LOSS_WEIGHTS].shape[1]
-    return min(positions, max(128, 1 << (int(per_micro.max()) - 1).bit_length()))
+    return loss_slots_for(int(per_micro.max()), positions, self.config.loss_slot_levels)
+
+  def max_step_programs(self) -> int:
+    """The most update programs this run compiles: one per (row length, loss slots) its batches
+    can take. Online rows take `online.row_length_buckets`; offline and SFT rows are
+    `sequence_length` long."""
+    lengths = (len(online.row_length_buckets(self.config.sequence_length)) if self.config.mode == "online"
+               else 1)
+    return lengths * self.config.loss_slot_levels
+
+  def _count_program(self, batch, loss_slots: int) -> None:
+    """Counts the update programs met (a new shape compiles one), and logs each as it comes."""
+    key = (loss_slots,) + tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(batch))
+    if key not in self.step_programs:
+      self.step_programs.add(key)
+      logging.info("train step: a program for rows %s and %d loss slots (%d of at most %d)",
+                   tuple(jax.tree.leaves(batch)[0].shape), loss_slots, len(self.step_programs),
+                   self.max_step_programs())
 
   def _place_batch(self, feats, rows: np.ndarray):
     """The global batch on the mesh, from this process's rows (`rows` of the global batch)."""
@@ -374,6 +460,7 @@ class Trainer:
     feats, rows, extra = self._online_batch(self.step) if self.config.mode == "online" else self._offline_batch()
     batch = self._place_batch(feats, rows)
     loss_slots = self._loss_slots(feats, rows)
+    self._count_program(batch, loss_slots)
     params = nnx.state(self.model)
     flops = None
     if self.peak_flops:
@@ -398,7 +485,7 @@ class Trainer:
     tokens *= self.updates_per_step
     result = {k: float(v) for k, v in metrics.items()} | extra
     result.update(step=self.step, step_seconds=seconds, update_seconds=update_seconds, trained_tokens=tokens,
-                  tokens_per_second=tokens / seconds)
+                  tokens_per_second=tokens / seconds, step_programs=len(self.step_programs))
     if flops:
       # The update's MFU: XLA's FLOP count of the compiled step (per device, in its dtype), over the
       # time of the update(s) alone; online sampling is timed in step_seconds, not counted here.
