@@ -15,6 +15,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import threading
 from typing import Sequence
 
 import gin
@@ -108,8 +109,10 @@ class HttpJudge(PromptJudge):
 
   def answer_prompts(self, prompts_: Sequence[str], labels: tuple[str, str], what: str) -> list[Verdict]:
     with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+      # A bar from the main thread only (an online trainer judges a state per thread).
+      quiet = None if threading.current_thread() is threading.main_thread() else True
       results = list(tqdm(pool.map(self.complete, prompts_), total=len(prompts_), desc=what,
-                          leave=False, disable=None))
+                          leave=False, disable=quiet))
     verdicts = []
     for text, error in results:
       if text is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from typing import Sequence
 
 import jax
@@ -32,14 +33,15 @@ class RequestLog:
     self.name = judge.name
     os.makedirs(directory, exist_ok=True)
     self.path = os.path.join(directory, f"requests-p{jax.process_index():03d}.jsonl")
+    self._lock = threading.Lock()
 
   def __getattr__(self, name):  # what else the wrapped judge offers (e.g. the rule judge's titles)
     return getattr(self.judge, name)
 
   def _log(self, records: list[dict]) -> None:
-    with open(self.path, "a", encoding="utf-8") as f:
-      for record in records:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
+    with self._lock, open(self.path, "a", encoding="utf-8") as f:  # an online trainer judges on several threads
+      f.write(text)
 
   def judge_steps(self, requests: Sequence[ProcessRequest]) -> list[Verdict]:
     self._log([{"kind": "process", "question_id": r.question_id, "step_index": r.step_index, "tool": r.tool,

@@ -20,6 +20,7 @@ import time
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
+from absl import logging
 
 from swirl_jax.data.decomposition import StateExample
 from swirl_jax.sampling.interfaces import TurnOutput
@@ -37,6 +38,7 @@ class Verdicts(NamedTuple):
   rewards: np.ndarray  # [S_local, G]; NaN where no verdict came (failed, or not in by the deadline)
   latencies: list[float]  # seconds each state's task took, for those that finished in time
   timeouts: int  # samples whose verdict was not in by the deadline
+  errors: int  # samples whose scorer raised (their state's G verdicts are NaN)
   late: int  # samples whose verdict was not in when the caller asked (it then waited)
   judge_seconds: float  # from hand-over until the last verdict was in (or the deadline)
   wait_seconds: float  # how long the caller waited in `wait` (the mesh's idle time)
@@ -56,7 +58,7 @@ class PendingVerdicts:
 
   def wait(self) -> Verdicts:
     if self._result is not None:
-      return self._result._replace(wait_seconds=0.0, late=0)
+      return self._result._replace(wait_seconds=0.0)  # (waited for already: by a checkpoint's save)
     start = time.perf_counter()
     late = self.samples_per_state * sum(not f.done() for f in self.futures)
     remaining = None
@@ -66,34 +68,39 @@ class PendingVerdicts:
     end = time.perf_counter()
     g = self.samples_per_state
     rewards = np.full((len(self.futures), g), np.nan, np.float32)
-    latencies, timeouts, last = [], 0, self.submitted
+    latencies, timeouts, errors, last = [], 0, 0, self.submitted
     for i, future in enumerate(self.futures):
+      # Past the deadline: a task not yet started never will be (its thread goes to later batches);
+      # one that is running is left to finish, its verdicts unused.
       if not future.done():
+        future.cancel()
         timeouts += g
-        last = end
+        last = end if remaining is None else min(end, self.submitted + self.timeout_seconds)
         continue
-      if future.exception() is not None:  # NaN: no verdict (`_score_one` catches a scorer's own errors)
+      if future.exception() is not None:  # (`_score_one` catches a scorer's own errors)
+        errors += g
         continue
-      scores, started, finished = future.result()
+      scores, started, finished, failed = future.result()
       rewards[i] = scores
+      errors += g if failed else 0
       latencies.append(finished - started)
       last = max(last, finished)
-    self._result = Verdicts(rewards, latencies, timeouts, late, last - self.submitted, end - start)
+    self._result = Verdicts(rewards, latencies, timeouts, errors, late, last - self.submitted, end - start)
     return self._result
 
 
 def _score_one(scorer, states: Sequence[StateExample], actions: Sequence[TurnOutput], g: int):
-  """(rewards [G], start, end) of one state's task; a scorer that raises gives G failures (NaN), as
-  a judge that answered nothing readable does."""
+  """(rewards [G], start, end, whether it failed) of one state's task. A scorer that raises gives G
+  failures (NaN), as a judge that answered nothing readable does, counted as `judge_errors` and
+  logged with its error, so that a broken scorer shows at once."""
   started = time.perf_counter()
   try:
     scores = np.asarray(scorer.score(states, actions), np.float32).reshape(g)
   except Exception as error:  # noqa: BLE001 - a judge's failure is a missing verdict, not a crash
-    from absl import logging
-    logging.warning("the judge failed on state %s (%d samples scored NaN): %r",
-                    getattr(states[0], "trajectory_id", "?"), g, error)
-    scores = np.full(g, np.nan, np.float32)
-  return scores, started, time.perf_counter()
+    logging.warning("the judge failed on state %s step %s (%d samples scored NaN): %r",
+                    getattr(states[0], "trajectory_id", "?"), getattr(states[0], "step_index", "?"), g, error)
+    return np.full(g, np.nan, np.float32), started, time.perf_counter(), True
+  return scores, started, time.perf_counter(), False
 
 
 class VerdictPool:
@@ -135,7 +142,7 @@ class VerdictPool:
       futures = []
       for row in rewards:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_result((row, submitted, finished))
+        future.set_result((row, submitted, finished, False))
         futures.append(future)
       return PendingVerdicts(futures, g, submitted, None)
     self._start()
@@ -148,8 +155,8 @@ class VerdictPool:
     return PendingVerdicts(futures, g, submitted, self.timeout_seconds)
 
 
-def judged(rewards: np.ndarray, latencies: Sequence[float] = (), timeouts: int = 0) -> PendingVerdicts:
+def judged(rewards: np.ndarray, latencies: Sequence[float] = (), timeouts: int = 0, errors: int = 0) -> PendingVerdicts:
   """Verdicts already in (as a checkpoint restores them)."""
   pending = PendingVerdicts([], rewards.shape[1] if rewards.ndim == 2 else 0, time.perf_counter(), None)
-  pending._result = Verdicts(np.asarray(rewards, np.float32), list(latencies), int(timeouts), 0, 0.0, 0.0)
+  pending._result = Verdicts(np.asarray(rewards, np.float32), list(latencies), int(timeouts), int(errors), 0, 0.0, 0.0)
   return pending

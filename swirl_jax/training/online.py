@@ -285,17 +285,18 @@ def in_flight_record(batch: SampledBatch, verdicts: judging.Verdicts) -> dict:
           "states": [dataclasses.asdict(s) for s in batch.states],
           "actions": [dataclasses.asdict(a) for a in batch.actions], "sampling_seconds": batch.sampling_seconds,
           "rewards": [[None if np.isnan(r) else float(r) for r in row] for row in verdicts.rewards],
-          "latencies": list(verdicts.latencies), "timeouts": verdicts.timeouts}
+          "latencies": list(verdicts.latencies), "timeouts": verdicts.timeouts, "errors": verdicts.errors,
+          "samples_per_state": int(verdicts.rewards.shape[1])}
 
 
 def from_in_flight_record(record: dict) -> tuple[SampledBatch, judging.PendingVerdicts]:
   """`in_flight_record` read back: the batch, and its verdicts already in."""
   states = [StateExample(**s) for s in record["states"]]
   rewards = np.array([[np.nan if r is None else r for r in row] for row in record["rewards"]], np.float32)
-  rewards = rewards.reshape(len(states), -1) if states else np.zeros((0, 1), np.float32)
+  rewards = rewards.reshape(len(states), int(record["samples_per_state"]))  # (0, G) for a process with no states
   batch = SampledBatch(int(record["index"]), int(record["policy_step"]), [int(x) for x in record["slots"]], states,
                        [TurnOutput(**a) for a in record["actions"]], float(record["sampling_seconds"]))
-  return batch, judging.judged(rewards, record["latencies"], record["timeouts"])
+  return batch, judging.judged(rewards, record["latencies"], record["timeouts"], record["errors"])
 
 
 def online_batch(sampler: Sampler, scorer: Scorer, states: Sequence[StateExample] | Mapping[int, StateExample],

@@ -360,7 +360,7 @@ class Trainer:
     batches in flight while this one is waited for and trained on."""
     g = self.online.samples_per_state
     states_per_step = self.config.batch_size // g
-    last = min(step + self.online.max_staleness, self.config.steps - 1)
+    last = max(step, min(step + self.online.max_staleness, self.config.steps - 1))  # (steps past config.steps too)
     while self._next_batch <= last:
       self._in_flight.append(self._sample_batch(self._next_batch))
       self._next_batch += 1
@@ -376,18 +376,18 @@ class Trainer:
     per_process = multihost.allgather_json(
         [float(rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
          int(sum(len(a.tokens) for a in sampled.actions)), float(sum(s.reward for s in sampled.states)),
-         verdicts.timeouts, verdicts.late, sampled.sampling_seconds, verdicts.judge_seconds, verdicts.wait_seconds,
-         verdicts.latencies])
-    counts = np.asarray([r[:7] for r in per_process], np.float64).sum(axis=0)
-    reward_sum, scored_count, failures, sampled_tokens, logged_sum, timeouts, late = counts
+         verdicts.timeouts, verdicts.errors, verdicts.late, sampled.sampling_seconds, verdicts.judge_seconds,
+         verdicts.wait_seconds, verdicts.latencies])
+    counts = np.asarray([r[:8] for r in per_process], np.float64).sum(axis=0)
+    reward_sum, scored_count, failures, sampled_tokens, logged_sum, timeouts, errors, late = counts
     # The update starts when the slowest process has its verdicts: the mesh waits for the longest.
-    sampling_seconds, judge_seconds, wait_seconds = np.asarray([r[7:10] for r in per_process], np.float64).max(axis=0)
-    latencies = np.asarray([x for r in per_process for x in r[10]], np.float64)
+    sampling_seconds, judge_seconds, wait_seconds = np.asarray([r[8:11] for r in per_process], np.float64).max(axis=0)
+    latencies = np.asarray([x for r in per_process for x in r[11]], np.float64)
     rows = np.array(sampled.slots if self.tree_rows else
                     [slot * g + i for slot in sampled.slots for i in range(g)], np.int64)
     staleness = step - sampled.policy_step
     extra = {"mean_reward": float(reward_sum / max(scored_count, 1)), "judge_failures": int(failures),
-             "judge_timeouts": int(timeouts), "late_verdicts": int(late),
+             "judge_timeouts": int(timeouts), "judge_errors": int(errors), "late_verdicts": int(late),
              "logged_reward": float(logged_sum / states_per_step), "sampled_tokens": int(sampled_tokens),
              "sampling_seconds": float(sampling_seconds), "judge_seconds": float(judge_seconds),
              "judge_wait_seconds": float(wait_seconds), "staleness": staleness}
