@@ -1,4 +1,4 @@
-"""Tiny random Gemma 2 / Gemma 3 models built with transformers (torch), the reference."""
+"""Tiny random Gemma 2, Gemma 3, Qwen3 and Llama 3 models built with transformers (torch), the reference."""
 
 import numpy as np
 import torch
@@ -26,17 +26,41 @@ def hf_config(cfg: GemmaConfig):
       rope_parameters={"rope_type": "default", "rope_theta": cfg.global_rope_base}, **common)
 
 
+def hf_dense_config(cfg: GemmaConfig):
+  """transformers' Qwen3 (QK-norm) or Llama config of a config of ours with Qwen3's or Llama's switches."""
+  common = dict(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim,
+      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps, max_position_embeddings=4096,
+      tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu")
+  if cfg.use_qk_norm:
+    return transformers.Qwen3Config(rope_parameters={"rope_type": "default", "rope_theta": cfg.global_rope_base},
+                                    **common)
+  rope = {"rope_type": "default", "rope_theta": cfg.global_rope_base}
+  if cfg.llama3_rope is not None:
+    factor, low, high, original = cfg.llama3_rope
+    rope.update(rope_type="llama3", factor=factor, low_freq_factor=low, high_freq_factor=high,
+                original_max_position_embeddings=original)
+  return transformers.LlamaConfig(rope_parameters=rope, **common)
+
+
 def random_hf_model(cfg: GemmaConfig, seed: int = 0):
   """An eager-attention HF model whose every weight (norms too) is random."""
   torch.manual_seed(seed)
-  hf_cfg = hf_config(cfg)
+  dense = not cfg.post_norms  # Qwen3 or Llama
+  hf_cfg = hf_dense_config(cfg) if dense else hf_config(cfg)
   hf_cfg._attn_implementation = "eager"
-  cls = transformers.Gemma3ForCausalLM if cfg.use_qk_norm else transformers.Gemma2ForCausalLM
+  if dense:
+    cls = transformers.Qwen3ForCausalLM if cfg.use_qk_norm else transformers.LlamaForCausalLM
+  else:
+    cls = transformers.Gemma3ForCausalLM if cfg.use_qk_norm else transformers.Gemma2ForCausalLM
   model = cls(hf_cfg).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       scale = 0.3 if "norm" in name else 0.2
-      p.copy_(torch.randn_like(p) * scale)
+      # A plain norm weight (Qwen3, Llama) scales by w itself, Gemma's by 1 + w: both near 1.
+      offset = 1.0 if dense and "norm" in name else 0.0
+      p.copy_(torch.randn_like(p) * scale + offset)
   return model
 
 

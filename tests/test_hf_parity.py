@@ -1,4 +1,4 @@
-"""Our importer + forward pass against transformers on tiny random Gemma 2 / 3."""
+"""Our importer + forward pass against transformers on tiny random Gemma 2 / 3, Qwen3 and Llama 3."""
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ def _padded_batch(rng, vocab, lengths, total, left):
   return tokens, mask, positions
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_gemma2"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_gemma2", "tiny_qwen3", "tiny_llama3"])
 @pytest.mark.parametrize("left", [False, True])
 def test_logits_match_transformers(tmp_path, name, left):
   cfg = model_config(name)
@@ -51,8 +51,16 @@ def test_bad_config_names_file_and_field(tmp_path):
   (tmp_path / "config.json").write_text('{"model_type": "gemma3_text",\n "vocab_size": }')
   with pytest.raises(ValueError, match=r"config\.json: line 2"):
     load_hf_checkpoint(str(tmp_path))
-  with pytest.raises(ValueError, match="model_type='llama'"):
-    config_from_hf({"model_type": "llama"})
+  with pytest.raises(ValueError, match="model_type='mistral'"):
+    config_from_hf({"model_type": "mistral"})
+  qwen = hf_reference.hf_dense_config(model_config("tiny_qwen3")).to_dict()
+  with pytest.raises(ValueError, match="attention_bias is true"):
+    config_from_hf({**qwen, "attention_bias": True})
+  with pytest.raises(ValueError, match="hidden activation 'gelu'"):
+    config_from_hf({**qwen, "hidden_act": "gelu"})
+  with pytest.raises(ValueError, match="rope type 'yarn'"):
+    config_from_hf({**qwen, "model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0},
+                    "rope_parameters": None})
 
 
 def test_real_config_layouts():
@@ -72,3 +80,40 @@ def test_real_config_layouts():
       "sliding_window": 4096, "query_pre_attn_scalar": 256, "rope_theta": 10000.0,
       "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
   assert config_from_hf(gemma2_2b) == model_config("gemma2_2b")
+
+
+def test_real_qwen3_and_llama3_configs_give_the_named_configs():
+  """Qwen3-0.6B's and Llama-3.2-1B's config.json files (the older layout: rope_theta, rope_scaling)."""
+  from swirl_jax.checkpoints.safetensors_import import config_from_hf
+  qwen3_0_6b = {
+      "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "head_dim": 128, "hidden_act": "silu",
+      "hidden_size": 1024, "intermediate_size": 3072, "max_position_embeddings": 40960, "model_type": "qwen3",
+      "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+      "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
+      "use_sliding_window": False, "vocab_size": 151936}
+  assert config_from_hf(qwen3_0_6b) == model_config("qwen3_0_6b")
+  llama3_2_1b = {
+      "architectures": ["LlamaForCausalLM"], "attention_bias": False, "head_dim": 64, "hidden_act": "silu",
+      "hidden_size": 2048, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": False,
+      "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+      "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                              "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+      "rope_theta": 500000.0, "tie_word_embeddings": True, "vocab_size": 128256}
+  assert config_from_hf(llama3_2_1b) == model_config("llama3_2_1b")
+  assert model_config("qwen3_32b").num_params() > 32e9 and model_config("llama3_1_8b").num_params() > 8e9
+
+
+@pytest.mark.parametrize("name", ["tiny_qwen3", "tiny_llama3"])
+def test_the_kv_cache_path_gives_the_full_forward_s_logits(name):
+  """Sampling's path (the context appended to a KV cache in chunks) against the full forward pass."""
+  import jax.numpy as jnp
+  from swirl_jax.models.transformer import KVCache, init_model
+  model = init_model(model_config(name), seed=3)
+  tokens = np.random.default_rng(0).integers(1, 512, (2, 24)).astype(np.int32)
+  full = np.asarray(model(jnp.asarray(tokens)))
+  cache = KVCache.zeros(model.config, 2, 32)
+  hidden = []
+  for start in range(0, 24, 8):
+    h, cache = model.extend(jnp.asarray(tokens[:, start:start + 8]), cache, jnp.full((2,), 8, jnp.int32))
+    hidden.append(np.asarray(model.logits_at(h)))
+  np.testing.assert_allclose(np.concatenate(hidden, axis=1), full, atol=1e-4, rtol=1e-4)

@@ -39,18 +39,21 @@ def layer_rules(cfg: GemmaConfig) -> list[tuple[str, tuple[str, ...], Callable]]
       (r"mlp\.up_proj\.weight", ("mlp", "up"), lambda w: w.T),
       (r"mlp\.down_proj\.weight", ("mlp", "down"), lambda w: w.T),
       (r"input_layernorm\.weight", ("pre_attn_norm", "scale"), same),
+  ] + ([
       (r"post_attention_layernorm\.weight", ("post_attn_norm", "scale"), same),
       (r"pre_feedforward_layernorm\.weight", ("pre_ffw_norm", "scale"), same),
       (r"post_feedforward_layernorm\.weight", ("post_ffw_norm", "scale"), same),
-  ]
+  ] if cfg.post_norms else [  # Qwen3, Llama: the norm "after attention" is the MLP's pre-norm
+      (r"post_attention_layernorm\.weight", ("pre_ffw_norm", "scale"), same),
+  ])
 
 
 def hf_to_flat(tensors: Mapping[str, np.ndarray], config: GemmaConfig,
                source: str) -> dict[tuple, np.ndarray]:
   """Maps HF tensor names to our variable paths, transposed to our layouts.
 
-  Raises with the tensor name and `source` for unknown names, bad shapes, and
-  missing tensors; an untied `lm_head` is refused (Gemma ties embeddings).
+  Raises with the tensor name and `source` for unknown names, bad shapes, and missing tensors. With
+  tied embeddings an `lm_head` that differs from the embedding is refused; untied, it is required.
   """
   rules = [(re.compile(rf"layers\.(\d+)\.{pat}$"), path, fn) for pat, path, fn in layer_rules(config)]
   flat: dict[tuple, np.ndarray] = {}
@@ -78,11 +81,14 @@ def hf_to_flat(tensors: Mapping[str, np.ndarray], config: GemmaConfig,
         flat[("blocks", layer) + path] = fn(array)
         break
     else:
-      raise ValueError(f"{source}: tensor {name!r} is not part of a Gemma text decoder")
-  if lm_head is not None and embed is not None and not np.array_equal(
-      np.asarray(lm_head), np.asarray(embed)):
-    raise ValueError(f"{source}: lm_head.weight differs from the embedding; "
-                     "swirl_jax's Gemma ties them")
+      raise ValueError(f"{source}: tensor {name!r} is not part of a text decoder swirl_jax loads")
+  if not config.tie_embeddings:
+    if lm_head is None:
+      raise ValueError(f"{source}: lm_head.weight is missing, and the config does not tie the embeddings")
+    flat[("lm_head",)] = np.asarray(lm_head).T
+  elif lm_head is not None and embed is not None and not np.array_equal(np.asarray(lm_head), np.asarray(embed)):
+    raise ValueError(f"{source}: lm_head.weight differs from the embedding, and the config ties them "
+                     "(tie_word_embeddings)")
   return flat
 
 

@@ -1,4 +1,4 @@
-"""Loads HF-format Gemma 2 / Gemma 3 checkpoints (config.json + safetensors).
+"""Loads HF-format checkpoints (config.json + safetensors): Gemma 2, Gemma 3, Qwen3, Llama 3.
 
 safetensors holds raw arrays and a JSON header only, so loading runs no code
 from the file. bf16 tensors are read through the flax (jax) framework of
@@ -42,13 +42,64 @@ def _rope_settings(hf: dict[str, Any]) -> dict[str, float]:
               global_rope_scale=float(scale))
 
 
+MODEL_TYPES = ("gemma2", "gemma3_text", "gemma3", "qwen3", "llama")
+
+
+def _llama3_rope(hf: dict[str, Any], source: str) -> tuple[float, float, float, int] | None:
+  """Llama 3's RoPE scaling from `rope_parameters` (transformers 5) or `rope_scaling` (older)."""
+  params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  kind = params.get("rope_type", params.get("type", "default"))
+  if kind in (None, "default"):
+    return None
+  if kind != "llama3":
+    raise ValueError(f"{source}: rope type {kind!r}; swirl_jax loads Llama's 'default' and 'llama3'")
+  try:
+    return (float(params["factor"]), float(params["low_freq_factor"]), float(params["high_freq_factor"]),
+            int(params["original_max_position_embeddings"]))
+  except KeyError as e:
+    raise ValueError(f"{source}: rope field {e.args[0]!r} is missing") from None
+
+
+def _dense_config(hf: dict[str, Any], source: str, model_type: str) -> dict[str, Any]:
+  """The fields of a Qwen3 or Llama 3 config (every layer global, SiLU, plain norms)."""
+  for flag in ("attention_bias", "mlp_bias"):
+    if hf.get(flag):
+      raise ValueError(f"{source}: {flag} is true; swirl_jax's Qwen3 and Llama decoders have no biases")
+  if hf.get("use_sliding_window"):
+    raise ValueError(f"{source}: use_sliding_window is true; swirl_jax loads Qwen3 with global attention only")
+  heads, d = int(hf["num_attention_heads"]), int(hf["hidden_size"])
+  head_dim = int(hf.get("head_dim") or d // heads)
+  params = hf.get("rope_parameters") or {}
+  theta = float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+  return dict(
+      vocab_size=int(hf["vocab_size"]), embed_dim=d, mlp_dim=int(hf["intermediate_size"]), num_heads=heads,
+      num_kv_heads=int(hf.get("num_key_value_heads") or heads), head_dim=head_dim,
+      layer_types=("global",) * int(hf["num_hidden_layers"]), sliding_window=1 << 30,
+      query_pre_attn_scalar=float(head_dim), use_qk_norm=model_type == "qwen3",
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), global_rope_base=theta, local_rope_base=theta,
+      llama3_rope=_llama3_rope(hf, source) if model_type == "llama" else None, norm_offset=0.0,
+      post_norms=False, mlp_activation="silu", scale_embeddings=False,
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides) -> GemmaConfig:
-  """Our config from an HF `config.json` dict (gemma2, gemma3_text or gemma3)."""
+  """Our config from an HF `config.json` dict (gemma2, gemma3_text, gemma3, qwen3 or llama)."""
   if hf.get("model_type") == "gemma3" and "text_config" in hf:
     hf = {**hf["text_config"], "model_type": "gemma3_text"}
   model_type = hf.get("model_type")
-  if model_type not in ("gemma2", "gemma3_text"):
-    raise ValueError(f"{source}: model_type={model_type!r}; swirl_jax loads gemma2, gemma3_text, gemma3")
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f"{source}: model_type={model_type!r}; swirl_jax loads {', '.join(MODEL_TYPES)}")
+  activation = hf.get("hidden_activation") or hf.get("hidden_act")
+  expected = "silu" if model_type in ("qwen3", "llama") else "gelu_pytorch_tanh"
+  if activation not in (None, expected):
+    raise ValueError(f"{source}: hidden activation {activation!r}; swirl_jax's {model_type} MLP uses {expected!r}")
+  if model_type in ("qwen3", "llama"):
+    try:
+      fields = _dense_config(hf, source, model_type)
+    except KeyError as e:
+      raise ValueError(f"{source}: field {e.args[0]!r} is missing") from None
+    fields.update(overrides)
+    return GemmaConfig(**fields)
   try:
     num_layers = int(hf["num_hidden_layers"])
     if "layer_types" in hf and hf["layer_types"]:

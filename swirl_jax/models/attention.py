@@ -1,4 +1,4 @@
-"""Grouped-query attention with Gemma's options, and the attention masks.
+"""Grouped-query attention with the decoders' options (QK-norm, soft-cap, RoPE scaling), and the masks.
 
 Shapes: B batch, L queries, S keys, D embed_dim, N query heads, K kv heads,
 G = N / K query heads per kv head, H head_dim.
@@ -123,13 +123,14 @@ class CacheAccess(NamedTuple):
 
 
 class Attention(nnx.Module):
-  """Gemma attention: projections, optional QK-norm, RoPE, softcap, output proj."""
+  """Attention: projections, optional QK-norm, RoPE, softcap, output proj."""
 
   def __init__(self, *, embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
                query_pre_attn_scalar: float, use_qk_norm: bool, softcap: float | None,
                rope_base: float, rope_scale: float, eps: float, param_dtype, dtype,
-               rngs: nnx.Rngs, query_block: int = 0):
+               rngs: nnx.Rngs, query_block: int = 0, llama3_rope: tuple | None = None, norm_offset: float = 1.0):
     self.dtype = dtype
+    self.llama3_rope = llama3_rope
     self.query_block = query_block
     self.softcap = softcap
     self.rope_base = rope_base
@@ -141,8 +142,8 @@ class Attention(nnx.Module):
     self.o = param(rngs, (num_heads, head_dim, embed_dim), ("q_heads", "head_dim", "embed"), param_dtype,
                    scale=(1.0 / (num_heads * head_dim)) ** 0.5)
     if use_qk_norm:
-      self.q_norm = RMSNorm(head_dim, eps=eps, param_dtype=param_dtype)
-      self.k_norm = RMSNorm(head_dim, eps=eps, param_dtype=param_dtype)
+      self.q_norm = RMSNorm(head_dim, eps=eps, param_dtype=param_dtype, offset=norm_offset)
+      self.k_norm = RMSNorm(head_dim, eps=eps, param_dtype=param_dtype, offset=norm_offset)
     else:
       self.q_norm = self.k_norm = None
 
@@ -153,7 +154,7 @@ class Attention(nnx.Module):
     v_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x, self.v[...].astype(self.dtype))
     if self.k_norm is not None:
       k_BxSxKxH = self.k_norm(k_BxSxKxH)
-    k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxS, self.rope_base, self.rope_scale)
+    k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxS, self.rope_base, self.rope_scale, self.llama3_rope)
     return k_BxSxKxH, v_BxSxKxH
 
   def project_q(self, x_BxLxD: jax.Array, positions_BxL: jax.Array):
@@ -162,7 +163,7 @@ class Attention(nnx.Module):
         q_BxLxNxH, ("activation_batch", "activation_length", "activation_heads", None))
     if self.q_norm is not None:
       q_BxLxNxH = self.q_norm(q_BxLxNxH)
-    q_BxLxNxH = apply_rope(q_BxLxNxH, positions_BxL, self.rope_base, self.rope_scale)
+    q_BxLxNxH = apply_rope(q_BxLxNxH, positions_BxL, self.rope_base, self.rope_scale, self.llama3_rope)
     return q_BxLxNxH * jnp.asarray(self.query_scale, self.dtype)
 
   def attend(self, q_BxLxNxH: jax.Array, parts):

@@ -1,7 +1,10 @@
-"""Gemma-family decoder configs: one dataclass and the named presets.
+"""Decoder configs: one dataclass and the named presets of Gemma 2, Gemma 3, Qwen3 and Llama 3.
 
-Gemma 2 and Gemma 3 text models differ only in numbers and switches (layer
-pattern, QK-norm, soft-capping, RoPE bases), so one config covers both.
+The four families share one decoder: grouped-query attention with RoPE, a gated MLP and RMSNorm.
+They differ in numbers and switches: the layer pattern and window (Gemma), QK-norm (Gemma 3,
+Qwen3), soft-capping (Gemma 2), the norm's form (Gemma's (1 + w) against w) and Gemma's extra
+post-norms, the MLP's activation (GELU against SiLU), Gemma's sqrt(D) embedding scale, tied or
+untied embeddings, and Llama 3's RoPE frequency scaling. So one config covers all of them.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import gin
 
 LayerType = Literal["local", "global"]
 RematPolicy = Literal["none", "full", "dots"]
+MlpActivation = Literal["gelu_tanh", "silu"]
 
 
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
-  """Shape and switches of a Gemma 2 / Gemma 3 text decoder."""
+  """Shape and switches of a decoder: Gemma 2, Gemma 3, Qwen3 or Llama 3 (the defaults are Gemma's)."""
 
   vocab_size: int
   embed_dim: int
@@ -36,6 +40,15 @@ class GemmaConfig:
   # Linear RoPE position scaling on global layers (Gemma 3 4B and larger: 8).
   global_rope_scale: float = 1.0
   rms_norm_eps: float = 1e-6
+  # Llama 3's RoPE frequency scaling on global layers: (factor, low_freq_factor, high_freq_factor,
+  # original_max_position_embeddings), e.g. (8.0, 1.0, 4.0, 8192) for Llama 3.1; None: none.
+  llama3_rope: tuple[float, float, float, int] | None = None
+  # The family switches (Gemma's values by default).
+  norm_offset: float = 1.0  # RMSNorm scales by (norm_offset + w): Gemma 1 (w starts at 0), Qwen3 / Llama 0 (w at 1)
+  post_norms: bool = True  # Gemma's norms after attention and after the MLP, inside the residual
+  mlp_activation: MlpActivation = "gelu_tanh"  # the gated MLP's: Gemma gelu_tanh, Qwen3 / Llama silu
+  scale_embeddings: bool = True  # Gemma multiplies the input embeddings by sqrt(D)
+  tie_embeddings: bool = True  # the output projection is the embedding table (else its own lm_head)
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype of matmuls; norms and softmax stay fp32
   remat: RematPolicy = "none"
@@ -59,6 +72,11 @@ class GemmaConfig:
       raise ValueError(f"GemmaConfig.attention_query_block={self.attention_query_block} must be >= 0")
     if self.remat not in ("none", "full", "dots"):
       raise ValueError(f"GemmaConfig.remat={self.remat!r}; use none|full|dots")
+    if self.mlp_activation not in ("gelu_tanh", "silu"):
+      raise ValueError(f"GemmaConfig.mlp_activation={self.mlp_activation!r}; use gelu_tanh|silu")
+    if self.llama3_rope is not None and (len(self.llama3_rope) != 4 or self.llama3_rope[2] <= self.llama3_rope[1]):
+      raise ValueError(f"GemmaConfig.llama3_rope={self.llama3_rope}: (factor, low_freq_factor, high_freq_factor > "
+                       "low_freq_factor, original_max_position_embeddings)")
 
   @property
   def num_layers(self) -> int:
@@ -84,12 +102,13 @@ class GemmaConfig:
     return dataclasses.replace(self, **changes)
 
   def num_params(self) -> int:
-    """Parameter count (embedding counted once: it is tied)."""
+    """Parameter count (a tied embedding counted once)."""
     d, h = self.embed_dim, self.head_dim
     attn = d * h * (self.num_heads * 2 + self.num_kv_heads * 2)
     mlp = 3 * d * self.mlp_dim
-    norms = 4 * d + (2 * h if self.use_qk_norm else 0)
-    return self.vocab_size * d + self.num_layers * (attn + mlp + norms) + d
+    norms = (4 if self.post_norms else 2) * d + (2 * h if self.use_qk_norm else 0)
+    embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    return embeddings + self.num_layers * (attn + mlp + norms) + d
 
   def forward_flops(self, seq_len: int, logits_positions: int | None = None) -> float:
     """Useful matmul FLOPs of one causal forward pass over `seq_len` tokens.
@@ -138,6 +157,28 @@ def _gemma2(d, mlp, layers, heads, kv, head_dim, qpas):
       attn_logit_softcap=50.0, final_logit_softcap=30.0)
 
 
+def _no_window(layers: int) -> dict:
+  """Every layer attends globally (Qwen3 and Llama 3 have no sliding window)."""
+  return dict(layer_types=("global",) * layers, sliding_window=1 << 30)
+
+
+def _qwen3(vocab, d, mlp, layers, heads, kv, tied, head_dim=128):
+  return GemmaConfig(
+      vocab_size=vocab, embed_dim=d, mlp_dim=mlp, num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
+      query_pre_attn_scalar=float(head_dim), use_qk_norm=True, global_rope_base=1_000_000.0,
+      local_rope_base=1_000_000.0, norm_offset=0.0, post_norms=False, mlp_activation="silu",
+      scale_embeddings=False, tie_embeddings=tied, **_no_window(layers))
+
+
+def _llama3(vocab, d, mlp, layers, heads, kv, tied, rope=(8.0, 1.0, 4.0, 8192), head_dim=128):
+  """Llama 3.1 and 3.2 (rope: 3.1 scales by 8, 3.2 by 32)."""
+  return GemmaConfig(
+      vocab_size=vocab, embed_dim=d, mlp_dim=mlp, num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
+      query_pre_attn_scalar=float(head_dim), use_qk_norm=False, global_rope_base=500_000.0,
+      local_rope_base=500_000.0, llama3_rope=rope, rms_norm_eps=1e-5, norm_offset=0.0, post_norms=False,
+      mlp_activation="silu", scale_embeddings=False, tie_embeddings=tied, **_no_window(layers))
+
+
 NAMED_CONFIGS: dict[str, GemmaConfig] = {
     # A few hundred thousand parameters; both layer kinds, a short window so
     # that test sequences run past it.
@@ -169,6 +210,19 @@ NAMED_CONFIGS: dict[str, GemmaConfig] = {
     "gemma2_2b": _gemma2(2304, 9216, 26, 8, 4, 256, 256),
     "gemma2_9b": _gemma2(3584, 14336, 42, 16, 8, 256, 256),
     "gemma2_27b": _gemma2(4608, 36864, 46, 32, 16, 128, 144),
+    # Qwen3 dense and Llama 3.x, from their config.json files.
+    "tiny_qwen3": _qwen3(512, 64, 128, 4, 4, 2, tied=True, head_dim=16),
+    "tiny_llama3": _llama3(512, 64, 128, 4, 4, 2, tied=False, rope=(8.0, 1.0, 4.0, 64), head_dim=16),
+    "qwen3_0_6b": _qwen3(151_936, 1024, 3072, 28, 16, 8, tied=True),
+    "qwen3_1_7b": _qwen3(151_936, 2048, 6144, 28, 16, 8, tied=True),
+    "qwen3_4b": _qwen3(151_936, 2560, 9728, 36, 32, 8, tied=True),
+    "qwen3_8b": _qwen3(151_936, 4096, 12288, 36, 32, 8, tied=False),
+    "qwen3_14b": _qwen3(151_936, 5120, 17408, 40, 40, 8, tied=False),
+    "qwen3_32b": _qwen3(151_936, 5120, 25600, 64, 64, 8, tied=False),
+    "llama3_2_1b": _llama3(128_256, 2048, 8192, 16, 32, 8, tied=True, rope=(32.0, 1.0, 4.0, 8192), head_dim=64),
+    "llama3_2_3b": _llama3(128_256, 3072, 8192, 28, 24, 8, tied=True, rope=(32.0, 1.0, 4.0, 8192)),
+    "llama3_1_8b": _llama3(128_256, 4096, 14336, 32, 32, 8, tied=False),
+    "llama3_1_70b": _llama3(128_256, 8192, 28672, 80, 64, 8, tied=False),
 }
 
 

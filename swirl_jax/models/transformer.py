@@ -1,4 +1,4 @@
-"""The Gemma 2 / Gemma 3 text decoder in Flax NNX.
+"""The decoder (Gemma 2, Gemma 3, Qwen3, Llama 3; `GemmaConfig`'s switches) in Flax NNX.
 
 `hidden_states` and `logits_at` are separate so that training can gather the
 loss positions first and never build a [B, L, V] tensor (V is 262k for Gemma).
@@ -15,17 +15,18 @@ from jax.sharding import Mesh
 from swirl_jax import partitioning
 from swirl_jax.models.attention import Attention, CacheAccess, attention_mask
 from swirl_jax.models.config import GemmaConfig
-from swirl_jax.models.layers import Embedder, FeedForward, RMSNorm
+from swirl_jax.models.layers import Embedder, FeedForward, RMSNorm, param
 
 _ACT = ("activation_batch", "activation_length", "activation_embed")
 
 
 class Block(nnx.Module):
-  """Pre-norm attention and MLP, each with a post-norm, both residual."""
+  """Pre-norm attention and MLP, both residual, each with a post-norm in Gemma (`post_norms`)."""
 
   def __init__(self, config: GemmaConfig, layer_type: str, *, rngs: nnx.Rngs):
     dtypes = dict(param_dtype=jnp.dtype(config.param_dtype), dtype=jnp.dtype(config.dtype))
-    norm = lambda dim: RMSNorm(dim, eps=config.rms_norm_eps, param_dtype=dtypes["param_dtype"])
+    norm = lambda dim: RMSNorm(dim, eps=config.rms_norm_eps, param_dtype=dtypes["param_dtype"],
+                               offset=config.norm_offset)
     is_global = layer_type == "global"
     self.is_global = is_global
     self.pre_attn_norm = norm(config.embed_dim)
@@ -36,18 +37,21 @@ class Block(nnx.Module):
         use_qk_norm=config.use_qk_norm, softcap=config.attn_logit_softcap,
         rope_base=config.global_rope_base if is_global else config.local_rope_base,
         rope_scale=config.global_rope_scale if is_global else 1.0,
-        eps=config.rms_norm_eps, rngs=rngs, query_block=config.attention_query_block, **dtypes)
-    self.post_attn_norm = norm(config.embed_dim)
+        eps=config.rms_norm_eps, rngs=rngs, query_block=config.attention_query_block,
+        llama3_rope=config.llama3_rope if is_global else None, norm_offset=config.norm_offset, **dtypes)
+    self.post_attn_norm = norm(config.embed_dim) if config.post_norms else None
     self.pre_ffw_norm = norm(config.embed_dim)
-    self.mlp = FeedForward(config.embed_dim, config.mlp_dim, rngs=rngs, **dtypes)
-    self.post_ffw_norm = norm(config.embed_dim)
+    self.mlp = FeedForward(config.embed_dim, config.mlp_dim, rngs=rngs, activation=config.mlp_activation,
+                           **dtypes)
+    self.post_ffw_norm = norm(config.embed_dim) if config.post_norms else None
 
   def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS=None, cache=None, access: CacheAccess | None = None,
                layer=None):
     h, cache = self.attn(self.pre_attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, cache, access, layer)
-    x_BxLxD = x_BxLxD + self.post_attn_norm(h)
+    x_BxLxD = x_BxLxD + (self.post_attn_norm(h) if self.post_attn_norm is not None else h)
     h = self.mlp(self.pre_ffw_norm(x_BxLxD))
-    return partitioning.constrain(x_BxLxD + self.post_ffw_norm(h), _ACT), cache
+    h = self.post_ffw_norm(h) if self.post_ffw_norm is not None else h
+    return partitioning.constrain(x_BxLxD + h, _ACT), cache
 
 
 _REMAT_POLICIES = {
@@ -138,20 +142,24 @@ class KVCache:
 
 
 class Transformer(nnx.Module):
-  """Gemma decoder. Tokens in, final hidden states or logits out."""
+  """The decoder. Tokens in, final hidden states or logits out."""
 
   def __init__(self, config: GemmaConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.embedder = Embedder(
         config.vocab_size, config.embed_dim, param_dtype=jnp.dtype(config.param_dtype),
-        dtype=jnp.dtype(config.dtype), rngs=rngs)
+        dtype=jnp.dtype(config.dtype), rngs=rngs, scale_inputs=config.scale_embeddings)
     period, repeats = config.scan_layout()
     self.scanned = ScannedBlocks(config, period, repeats, rngs=rngs) if repeats else None
     # The layers not scanned: all of them, or those past the last whole period.
     self.blocks = nnx.List([Block(config, t, rngs=rngs)
                             for t in config.layer_types[repeats * len(period):]])
     self.final_norm = RMSNorm(config.embed_dim, eps=config.rms_norm_eps,
-                              param_dtype=jnp.dtype(config.param_dtype))
+                              param_dtype=jnp.dtype(config.param_dtype), offset=config.norm_offset)
+    # Untied embeddings (Qwen3 8B and up, Llama 3.1): the output projection's own [D, V] weights.
+    self.lm_head = (None if config.tie_embeddings else
+                    param(rngs, (config.embed_dim, config.vocab_size), ("embed", "vocab"),
+                          jnp.dtype(config.param_dtype)))
 
   def hidden_states(self, tokens_BxL: jax.Array, positions_BxL: jax.Array=None, segment_ids_BxL: jax.Array=None, branch_ids_BxL: jax.Array=None):
     """Final-normed hidden states [B, L, D].
@@ -254,7 +262,12 @@ class Transformer(nnx.Module):
 
   def logits_at(self, hidden_NxD: jax.Array):
     """Logits [..., V] of hidden states of any leading shape, soft-capped, fp32."""
-    logits = self.embedder.decode(hidden_NxD).astype(jnp.float32)
+    if self.lm_head is None:
+      logits = self.embedder.decode(hidden_NxD).astype(jnp.float32)
+    else:
+      dtype = self.embedder.dtype
+      logits = jnp.einsum("...d,dv->...v", hidden_NxD.astype(dtype), self.lm_head[...].astype(dtype))
+      logits = logits.astype(jnp.float32)
     if self.config.final_logit_softcap is not None:
       cap = self.config.final_logit_softcap
       logits = jnp.tanh(logits / cap) * cap
