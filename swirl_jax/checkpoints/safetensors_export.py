@@ -1,4 +1,4 @@
-"""Writes a model as an HF Gemma checkpoint (config.json + safetensors + tokenizer.model).
+"""Writes a model as an HF checkpoint (config.json + safetensors + tokenizer.model).
 
 The weights are written tensor by tensor with our own safetensors writer (the format is a JSON
 header and raw bytes): the `safetensors` package writes a file from tensors all held at once, which
@@ -6,7 +6,8 @@ for Gemma 3 27B is 54 GB of host memory in bf16.
 
 The inverse of `safetensors_import`: users serve and evaluate trained policies with other tools
 (vLLM, transformers), which read this layout. Gemma 3 text models become `Gemma3ForCausalLM`
-(`model_type` gemma3_text), Gemma 2 models `Gemma2ForCausalLM`; embeddings are tied.
+(`model_type` gemma3_text), Gemma 2 models `Gemma2ForCausalLM` (embeddings tied), Qwen3 models
+`Qwen3ForCausalLM` and Llama 3 models `LlamaForCausalLM` (with `lm_head.weight` where untied).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from swirl_jax import atomic_io
+from swirl_jax.checkpoints import chat_formats
 from swirl_jax.checkpoints.params import layer_rules
 from swirl_jax.checkpoints.tokenizer import SentencePieceVocabulary
 from swirl_jax.models.config import GemmaConfig
@@ -40,8 +42,54 @@ _TO_HF = {
     ("attn", "v"): lambda w: w.reshape(w.shape[0], -1).T,
     ("attn", "o"): lambda w: w.reshape(-1, w.shape[-1]).T,
     ("mlp", "gate"): lambda w: w.T, ("mlp", "up"): lambda w: w.T, ("mlp", "down"): lambda w: w.T,
+    ("lm_head",): lambda w: w.T,
 }
 DTYPES = ("float32", "bfloat16")
+
+
+def hf_model_type(config: GemmaConfig) -> str:
+  """The transformers model type a config is (gemma2, gemma3_text, qwen3, llama); a mix of the
+  families' switches that none of them is, is refused (transformers would load another model)."""
+  gemma = dict(norm_offset=1.0, post_norms=True, mlp_activation="gelu_tanh", scale_embeddings=True,
+               tie_embeddings=True, llama3_rope=None)
+  dense = dict(norm_offset=0.0, post_norms=False, mlp_activation="silu", scale_embeddings=False,
+               attn_logit_softcap=None, final_logit_softcap=None, global_rope_scale=1.0,
+               layer_types=("global",) * config.num_layers, query_pre_attn_scalar=float(config.head_dim))
+  for family, switches in (("gemma", gemma), ("dense", dense)):
+    if all(getattr(config, k) == v for k, v in switches.items()):
+      if family == "gemma":
+        return "gemma3_text" if config.use_qk_norm else "gemma2"
+      if config.use_qk_norm:
+        if config.llama3_rope is None:
+          return "qwen3"
+      else:
+        return "llama"
+  raise ValueError("export: the config's switches are none of Gemma 2, Gemma 3, Qwen3 and Llama 3 "
+                   f"({ {k: getattr(config, k) for k in list(gemma) + ['use_qk_norm']} })")
+
+
+def _dense_hf_config(config: GemmaConfig, model_type: str) -> dict[str, Any]:
+  """config.json of a Qwen3 or Llama 3 model (both rope layouts, as for Gemma)."""
+  rope = {"rope_type": "default", "rope_theta": config.global_rope_base}
+  if config.llama3_rope is not None:
+    factor, low, high, original = config.llama3_rope
+    rope = {"rope_type": "llama3", "rope_theta": config.global_rope_base, "factor": factor,
+            "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": original}
+  out = {
+      "architectures": ["Qwen3ForCausalLM" if model_type == "qwen3" else "LlamaForCausalLM"],
+      "model_type": model_type, "vocab_size": config.vocab_size, "hidden_size": config.embed_dim,
+      "intermediate_size": config.mlp_dim, "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+      "head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps, "hidden_act": "silu",
+      "attention_bias": False, "tie_word_embeddings": config.tie_embeddings,
+      "rope_parameters": rope, "rope_theta": config.global_rope_base,
+      "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"} if config.llama3_rope else None,
+  }
+  if model_type == "qwen3":
+    out["use_sliding_window"] = False
+  else:
+    out["mlp_bias"] = False
+  return out
 
 
 def hf_config(config: GemmaConfig, dtype: str = "float32", bos_id: int | None = None,
@@ -49,6 +97,13 @@ def hf_config(config: GemmaConfig, dtype: str = "float32", bos_id: int | None = 
   """config.json for transformers: the v5 `rope_parameters` layout, and the older one (`rope_theta`,
   `rope_local_base_freq`, `rope_scaling`) that other readers take. `eos_id` may list several ids (the
   turn end among them)."""
+  model_type = hf_model_type(config)
+  if model_type in ("qwen3", "llama"):
+    out = {**_dense_hf_config(config, model_type), "dtype": dtype, "torch_dtype": dtype}
+    for name, value in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id)):
+      if value is not None:
+        out[name] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+    return out
   gemma3 = config.use_qk_norm
   full = {"rope_type": "default", "rope_theta": config.global_rope_base}
   if config.global_rope_scale != 1.0:
@@ -79,15 +134,27 @@ def hf_config(config: GemmaConfig, dtype: str = "float32", bos_id: int | None = 
   return out
 
 
-def turn_end_ids(vocab: SentencePieceVocabulary) -> list[int]:
-  """EOS and, where the vocabulary has it as one piece, <end_of_turn>: where a policy's turn ends."""
-  end_of_turn = list(vocab.encode("<end_of_turn>"))
-  return [int(vocab.eos_id)] + ([int(end_of_turn[0])] if len(end_of_turn) == 1 else [])
+def turn_end_ids(vocab) -> list[int]:
+  """Where a policy's turn ends: EOS, its chat format's turn end where the vocabulary has it as one
+  piece (Gemma's <end_of_turn>, ChatML's <|im_end|>, Llama 3's <|eot_id|>), and the stop ids of the
+  tokenizer's own generation config."""
+  fmt = getattr(vocab, "chat_format", None) or chat_formats.GEMMA
+  end_of_turn = list(vocab.encode(fmt.end_turn))
+  ids = [int(vocab.eos_id)] + ([int(end_of_turn[0])] if len(end_of_turn) == 1 else [])
+  return list(dict.fromkeys(ids + [int(i) for i in getattr(vocab, "stop_ids", ())]))
 
 
-def generation_config(vocab: SentencePieceVocabulary) -> dict[str, Any]:
+def tokenizer_ids(vocab) -> dict[str, Any]:
+  """bos / eos / pad ids as config.json takes them (a tokenizer without BOS, or pad, gives None)."""
+  pad = vocab.pad_token_id if hasattr(vocab, "pad_token_id") else vocab.pad_id
+  return {"bos_id": vocab.bos_id, "eos_id": turn_end_ids(vocab), "pad_id": pad}
+
+
+def generation_config(vocab) -> dict[str, Any]:
   """generation_config.json: transformers and vLLM stop at any of these ids."""
-  return {"bos_token_id": int(vocab.bos_id), "eos_token_id": turn_end_ids(vocab), "pad_token_id": int(vocab.pad_id)}
+  ids = tokenizer_ids(vocab)
+  out = {"bos_token_id": ids["bos_id"], "eos_token_id": ids["eos_id"], "pad_token_id": ids["pad_id"]}
+  return {k: int(v) if isinstance(v, (int, np.integer)) else v for k, v in out.items() if v is not None}
 
 
 def _number(x: float) -> int | float:
@@ -140,6 +207,8 @@ def hf_plan(model: Transformer) -> list[HFTensor]:
 
   plan = [planned("model.embed_tokens.weight", ("embedder", "table")),
           planned("model.norm.weight", ("final_norm", "scale"))]
+  if not config.tie_embeddings:
+    plan.append(planned("lm_head.weight", ("lm_head",)))
   names = [(pattern.replace("\\.", "."), path) for pattern, path, _ in layer_rules(config)]
   for layer in range(config.num_layers):
     for name, path in names:
@@ -251,11 +320,17 @@ def export_hf(model: Transformer, directory: str, vocab: SentencePieceVocabulary
              "weight_map": {t.name: name for name, tensors in zip(names, files) for t in tensors}}
     with atomic_io.atomic_open(os.path.join(directory, "model.safetensors.index.json")) as f:
       json.dump(index, f, indent=1)
-  ids = {} if vocab is None else {"bos_id": vocab.bos_id, "eos_id": turn_end_ids(vocab), "pad_id": vocab.pad_id}
+  ids = {} if vocab is None else tokenizer_ids(vocab)
   with atomic_io.atomic_open(os.path.join(directory, "config.json")) as f:
     json.dump(hf_config(model.config, dtype, **ids), f, indent=1)
   if vocab is not None:
-    atomic_io.write_bytes(os.path.join(directory, "tokenizer.model"), vocab.sp_model)
+    if hasattr(vocab, "files"):  # a tokenizer.json vocabulary: its files as they are (Qwen3, Llama 3)
+      for name, path in vocab.files().items():
+        if name != "generation_config.json":
+          with open(path, "rb") as f:
+            atomic_io.write_bytes(os.path.join(directory, name), f.read())
+    else:
+      atomic_io.write_bytes(os.path.join(directory, "tokenizer.model"), vocab.sp_model)
     with atomic_io.atomic_open(os.path.join(directory, "generation_config.json")) as f:
       json.dump(generation_config(vocab), f, indent=1)
   return directory

@@ -70,6 +70,7 @@ class EpisodeRunner:
     self.vocab = vocab
     self.tools = {t.tag: t for t in tools}
     self.template = template
+    self.chat = protocol.chat_format(vocab)  # the policy family's turn markers
     self.config = config
     self.seed = seed
     self.sampling = SamplingConfig(
@@ -78,7 +79,8 @@ class EpisodeRunner:
         stop_ids=protocol.turn_end_ids(vocab))
 
   def _encode(self, text: str, bos: bool = False) -> list[int]:
-    return ([self.vocab.bos_id] if bos else []) + list(self.vocab.encode(text))
+    # (Qwen's tokenizer has no BOS: bos_id None.)
+    return ([self.vocab.bos_id] if bos and self.vocab.bos_id is not None else []) + list(self.vocab.encode(text))
 
   def run(self, jobs: Iterable[tuple[Question, int]],
           on_step: Callable[[int], None] | None = None) -> Iterator[Trajectory]:
@@ -101,7 +103,7 @@ class EpisodeRunner:
           question, sample_index = job
           row = free.pop()
           self.sampler.reset([row])
-          text = self.template.prompt(question.question)
+          text = self.template.prompt(question.question, self.chat)
           episodes[row] = _Episode(question, sample_index, [], self._encode(text, bos=True), text)
         ended_at_capacity = False
         for row, episode in list(episodes.items()):
@@ -155,7 +157,7 @@ class EpisodeRunner:
         return self._finish(episode, "step_cap", None)
       message += "\n\n" + protocol.FORCE_ANSWER
       episode.forced = True
-    episode.pending_text = protocol.user_turn(message, closed)
+    episode.pending_text = protocol.user_turn(message, closed, self.chat)
     episode.pending_tokens = self._encode(episode.pending_text)
     return None
 

@@ -1,4 +1,4 @@
-"""The multi-step protocol: Gemma chat turns, the three tags, and action parsing.
+"""The multi-step protocol: chat turns (each family's markers), the three tags, and action parsing.
 
 Each model turn is one *action*: optional reasoning, then exactly one of
 `<search_query>…</search_query>`, `<math_exp>…</math_exp>` or
@@ -16,12 +16,17 @@ from typing import Sequence
 
 import gin
 
+from swirl_jax.checkpoints.chat_formats import CHAT_FORMATS, CHATML, GEMMA, LLAMA3, ChatFormat  # noqa: F401
 from swirl_jax.sampling.interfaces import Vocabulary
 
-START_USER = "<start_of_turn>user\n"
-START_MODEL = "<start_of_turn>model\n"
-END_TURN = "<end_of_turn>"
+# Gemma's markers, as the SentencePiece vocabularies (the embedded model, the miniature's) use them.
+START_USER, START_MODEL, END_TURN = GEMMA.start_user, GEMMA.start_model, GEMMA.end_turn
 ANSWER_TAG = "answer"
+
+
+def chat_format(vocab: Vocabulary | None) -> ChatFormat:
+  """The chat format of a vocabulary's model family (its `chat_format`; Gemma's by default)."""
+  return getattr(vocab, "chat_format", None) or GEMMA
 
 _TAG_RE = re.compile(r"<(search_query|math_exp|answer)>(.*?)</\1>", re.DOTALL)
 _OPEN_RE = re.compile(r"<(search_query|math_exp|answer)>")
@@ -56,7 +61,9 @@ class Action:
 
 def parse_action(text: str, allowed_tags: Sequence[str]) -> Action:
   """Exactly one complete tool call or answer; anything else is malformed, with its reason."""
-  body = text.replace(END_TURN, "")
+  body = text
+  for fmt in CHAT_FORMATS.values():  # a turn's end marker, whichever family wrote it
+    body = body.replace(fmt.end_turn, "")
   found = list(_TAG_RE.finditer(body))
   if not found:
     opened = _OPEN_RE.search(body)
@@ -83,12 +90,12 @@ class WorkedExample:
   answer_reasoning: str
   answer: str
 
-  def turns(self) -> str:
-    text = f"Question: {self.question}{END_TURN}\n{START_MODEL}"
+  def turns(self, fmt: ChatFormat = GEMMA) -> str:
+    text = fmt.closed(f"Question: {self.question}") + fmt.start_model
     for reasoning, tag, query, result in self.steps:
-      text += (f"{reasoning} {tagged(tag, query)}{END_TURN}\n{START_USER}{tool_result(query, result)}{END_TURN}\n"
-               f"{START_MODEL}")
-    return text + f"{self.answer_reasoning} {tagged(ANSWER_TAG, self.answer)}{END_TURN}\n{START_USER}"
+      text += (fmt.closed(f"{reasoning} {tagged(tag, query)}") + fmt.start_user +
+               fmt.closed(tool_result(query, result)) + fmt.start_model)
+    return text + fmt.closed(f"{self.answer_reasoning} {tagged(ANSWER_TAG, self.answer)}") + fmt.start_user
 
 
 @gin.configurable
@@ -107,14 +114,15 @@ class PromptTemplate:
     return PromptTemplate(instructions if self.instructions is None else self.instructions,
                           examples if self.examples is None else tuple(self.examples))
 
-  def prompt(self, question: str) -> str:
+  def prompt(self, question: str, fmt: ChatFormat = GEMMA) -> str:
+    """The opening turns in the policy's chat format (`chat_format(vocab)`)."""
     if self.instructions is None or self.examples is None:
       raise ValueError("PromptTemplate: instructions or examples are unset; fill them with with_defaults() "
                        "(build_task does)")
-    text = START_USER + self.instructions + "\n\n"
+    text = fmt.start_user + self.instructions + "\n\n"
     for example in self.examples:
-      text += example.turns()
-    return text + f"Question: {question.strip()}{END_TURN}\n{START_MODEL}"
+      text += example.turns(fmt)
+    return text + fmt.closed(f"Question: {question.strip()}") + fmt.start_model
 
 
 def tagged(tag: str, text: str) -> str:
@@ -127,16 +135,18 @@ def tool_result(query: str, output: str) -> str:
   return f"{query.strip()} -> {output}"
 
 
-def user_turn(text: str, model_turn_closed: bool) -> str:
+def user_turn(text: str, model_turn_closed: bool, fmt: ChatFormat = GEMMA) -> str:
   """What follows a model action: close its turn, a user turn (a tool result `QUERY -> RESULT`,
   or feedback), then reopen the model's turn."""
-  close = "" if model_turn_closed else END_TURN
-  return f"{close}\n{START_USER}{text}{END_TURN}\n{START_MODEL}"
+  close = fmt.between if model_turn_closed else fmt.closed()
+  return close + fmt.start_user + fmt.closed(text) + fmt.start_model
 
 
 def turn_end_ids(vocab: Vocabulary) -> tuple[int, ...]:
-  """Token ids that end a model turn: EOS and <end_of_turn>."""
-  return (vocab.eos_id, *vocab.encode(END_TURN))
+  """Token ids that end a model turn: EOS, the chat format's turn end, and any the tokenizer's own
+  config names (`stop_ids`: generation_config.json's eos_token_id)."""
+  ids = (vocab.eos_id, *vocab.encode(chat_format(vocab).end_turn), *getattr(vocab, "stop_ids", ()))
+  return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def stop_strings(tags: Sequence[str]) -> tuple[str, ...]:

@@ -44,8 +44,9 @@ class ModelJudge(PromptJudge):
     self._sampler = None
 
   def _chat(self, prompt: str, prefill: str = "") -> list[int]:
-    text = f"{protocol.START_USER}{prompt}{protocol.END_TURN}\n{protocol.START_MODEL}{prefill}"
-    return [self.vocab.bos_id] + list(self.vocab.encode(text))
+    fmt = protocol.chat_format(self.vocab)
+    text = fmt.start_user + fmt.closed(prompt) + fmt.start_model + prefill
+    return ([self.vocab.bos_id] if self.vocab.bos_id is not None else []) + list(self.vocab.encode(text))
 
   def _label_ids(self, labels: tuple[str, str]) -> tuple[int, int]:
     ids = tuple(self.vocab.encode(" " + label)[0] for label in labels)
