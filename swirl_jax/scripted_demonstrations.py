@@ -43,7 +43,11 @@ from swirl_jax.sampling.interfaces import TurnOutput
 from swirl_jax.tasks import Task
 
 _OTHER_OPERATIONS = {"+": ("-", "*"), "-": ("+",), "*": ("+",), "/": ("*", "-")}
-_QUESTION_RE = re.compile(r"Question: (.*?)" + re.escape(protocol.END_TURN), re.DOTALL)
+
+
+def _question_pattern(vocab: Vocabulary) -> re.Pattern:
+  """A prompt's questions, each ended by the policy's chat format's turn end."""
+  return re.compile(r"Question: (.*?)" + re.escape(protocol.chat_format(vocab).end_turn), re.DOTALL)
 
 
 @gin.configurable
@@ -163,7 +167,7 @@ class PlanSampler:
     out = {}
     for row in rows:
       if self._script[row] is None:
-        found = _QUESTION_RE.findall(self.vocab.decode(self._tokens[row]))
+        found = _question_pattern(self.vocab).findall(self.vocab.decode(self._tokens[row]))
         if not found or not self._plans.get(found[-1]):
           raise ValueError(f"PlanSampler: no plan left for the question of row {row}: {found[-1:]}")
         self._script[row] = collections.deque(self._plans[found[-1]].popleft())

@@ -94,3 +94,15 @@ def test_misconception_is_systematic(small_tasks):
   titles = encyclopedia.titles
   plan = demonstrations.plan_search(three_hops, rng, noise, 5, titles)
   assert len(plan) == 3 and plan[-1].startswith("<answer>") and plan[-1] != f"<answer>{three_hops.answers[0]}</answer>"
+
+
+def test_demonstrations_run_in_a_qwen3_vocabulary_s_chat_format(small_tasks, tmp_path):
+  """The scripted sampler finds each prompt's question by the policy's own turn end (ChatML's here)."""
+  from swirl_jax.checkpoints.hf_tokenizer import HFTokenizerVocabulary
+  from swirl_jax.testing.tiny_hf_tokenizer import write_tiny_hf_tokenizer
+  qwen = HFTokenizerVocabulary(write_tiny_hf_tokenizer(str(tmp_path), "qwen3"))
+  task = small_tasks[0]
+  made, _ = demonstrations.demonstrations(task, qwen, demonstrations.NoiseConfig(step_noise=0.0))
+  assert len(made) == len(task.questions)
+  assert all(t.finish == "answered" and answer_correct(t.final_answer, t.gold_answers) for t in made)
+  assert "<|im_start|>assistant\n" in made[0].steps[0].context_text and "<start_of_turn>" not in made[0].steps[0].context_text

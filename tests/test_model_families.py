@@ -99,7 +99,10 @@ def test_the_pipeline_trains_offline_and_exports_each_family(tmp_path, family):
   vocab = HFTokenizerVocabulary(model_dir)
   first_context = vocab.decode(trajectories[0][1][0][0])
   assert first_context.endswith(MARKERS[family]) and "<start_of_turn>" not in first_context
-  assert (vocab.bos_id is None) == (family == "qwen3")
+  # Llama's prompts open with its BOS; Qwen's tokenizer has none, and no other id stands in for it.
+  opening = trajectories[0][1][0][0][0]
+  assert (opening == vocab.tokenizer.token_to_id("<|begin_of_text|>")) == (family == "llama3")
+  assert vocab.decode([opening]).startswith("<|im_start|>" if family == "qwen3" else "<|begin_of_text|>")
   step, online = _params(run / "checkpoints", FAMILIES[family])
   assert step == 3
   # Offline training on the judged steps (the other Stage 2 mode), from the same checkpoint.

@@ -197,3 +197,19 @@ def test_evaluating_a_checkpoint_on_questions_it_was_trained_on_is_refused(tmp_p
         main.run_evaluate(rt)
     finally:
       gin.clear_config()
+
+
+def test_the_family_switches_count_in_a_policy_identity_only_where_they_are_not_gemma_s():
+  """A Gemma policy's identity is what it was before Qwen3 and Llama 3 came (so its checkpoints and
+  outputs are still its own); a Qwen3 policy's names its switches."""
+  import gin
+  try:
+    gin.bind_parameter("model_config.name", "tiny")
+    gemma = policy.policy_identity()["model_config"]
+    gin.bind_parameter("model_config.name", "tiny_qwen3")
+    qwen = policy.policy_identity()["model_config"]
+  finally:
+    gin.clear_config()
+  assert not set(policy.FAMILY_FIELDS) & set(gemma)
+  assert {"norm_offset", "post_norms", "mlp_activation", "scale_embeddings"} <= set(qwen)
+  assert provenance.digest(gemma) != provenance.digest(qwen)

@@ -31,7 +31,8 @@ from tests import hf_reference
 
 # Gemma 3's pattern (5 local, 1 global) twice, then 2 local layers that run unscanned.
 GEMMA3_PATTERN = model_config("tiny", layer_types=gemma3_layer_types(14))
-CONFIGS = {"gemma3_pattern": GEMMA3_PATTERN, "tiny_gemma2": model_config("tiny_gemma2")}
+CONFIGS = {"gemma3_pattern": GEMMA3_PATTERN, "tiny_gemma2": model_config("tiny_gemma2"),
+           "tiny_llama3": model_config("tiny_llama3")}  # every layer global, untied, Llama's RoPE scaling
 
 
 def test_blocked_attention_equals_whole_attention():
@@ -109,6 +110,7 @@ def _at_scanned_paths(state: nnx.State, cfg) -> dict:
     pytest.param("gemma3_pattern", "full", objectives.PolicyGradient(kl_coef=0.05, clip_epsilon=0.2),
                  marks=pytest.mark.slow),
     ("tiny_gemma2", "none", objectives.RewardWeightedLikelihood()),
+    ("tiny_llama3", "dots", objectives.PolicyGradient(clip_epsilon=0.2)),
 ])
 def test_a_train_step_with_scanned_layers_and_blocked_attention_equals_the_default_step(name, remat, objective):
   results = []

@@ -27,7 +27,8 @@ import tokenizers
 
 from swirl_jax.checkpoints import chat_formats
 
-FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json")
+FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+         "chat_template.jinja")
 
 
 def _read_json(path: str) -> dict:

@@ -49,6 +49,8 @@ def load_policy(source: str = "embedded", path: str | None = None, config_name: 
 
 # GemmaConfig fields that say how a model runs, not what it is: a checkpoint file takes them from gin.
 RUN_FIELDS = ("param_dtype", "dtype", "remat", "scan_layers", "attention_query_block")
+# The switches that tell the families apart (Gemma's values are their defaults).
+FAMILY_FIELDS = ("llama3_rope", "norm_offset", "post_norms", "mlp_activation", "scale_embeddings", "tie_embeddings")
 
 
 def model_settings(config_name: str | None = None, config_overrides: dict | None = None
@@ -121,7 +123,11 @@ def _model_identity(arguments: dict) -> dict:
   fields = {f.name for f in dataclasses.fields(GemmaConfig)}
   name, overrides = model_settings(arguments.get("config_name"), {k: v for k, v in arguments.items() if k in fields})
   if name is not None:
-    return {"name": name, **{k: str(v) for k, v in dataclasses.asdict(model_config(name, **overrides)).items()}}
+    config = dataclasses.asdict(model_config(name, **overrides))
+    # The family switches added with Qwen3 and Llama 3 count only where they differ from Gemma's, so
+    # a Gemma run checkpointed before them keeps its identity (and resumes).
+    defaults = {f.name: f.default for f in dataclasses.fields(GemmaConfig) if f.name in FAMILY_FIELDS}
+    return {"name": name, **{k: str(v) for k, v in config.items() if k not in defaults or v != defaults[k]}}
   return {"name": None, **{k: str(v) for k, v in sorted(overrides.items())}}
 
 

@@ -82,6 +82,9 @@ def _dense_hf_config(config: GemmaConfig, model_type: str) -> dict[str, Any]:
       "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
       "head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps, "hidden_act": "silu",
       "attention_bias": False, "tie_word_embeddings": config.tie_embeddings,
+      # The context the family's released models declare (vLLM takes its length limit from here;
+      # transformers' default would be 2,048 for Llama).
+      "max_position_embeddings": 40_960 if model_type == "qwen3" else 131_072,
       "rope_parameters": rope, "rope_theta": config.global_rope_base,
       "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"} if config.llama3_rope else None,
   }

@@ -45,14 +45,17 @@ def _rope_settings(hf: dict[str, Any]) -> dict[str, float]:
 MODEL_TYPES = ("gemma2", "gemma3_text", "gemma3", "qwen3", "llama")
 
 
-def _llama3_rope(hf: dict[str, Any], source: str) -> tuple[float, float, float, int] | None:
-  """Llama 3's RoPE scaling from `rope_parameters` (transformers 5) or `rope_scaling` (older)."""
+def _llama3_rope(hf: dict[str, Any], source: str, model_type: str) -> tuple[float, float, float, int] | None:
+  """Llama 3's RoPE scaling from `rope_parameters` (transformers 5) or `rope_scaling` (older); any
+  other scaling (Qwen's YaRN) is refused, not dropped."""
   params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   kind = params.get("rope_type", params.get("type", "default"))
   if kind in (None, "default"):
     return None
-  if kind != "llama3":
-    raise ValueError(f"{source}: rope type {kind!r}; swirl_jax loads Llama's 'default' and 'llama3'")
+  allowed = ("default", "llama3") if model_type == "llama" else ("default",)
+  if kind not in allowed:
+    raise ValueError(f"{source}: rope type {kind!r}; swirl_jax loads {model_type} with rope type "
+                     f"{' or '.join(map(repr, allowed))}")
   try:
     return (float(params["factor"]), float(params["low_freq_factor"]), float(params["high_freq_factor"]),
             int(params["original_max_position_embeddings"]))
@@ -77,7 +80,7 @@ def _dense_config(hf: dict[str, Any], source: str, model_type: str) -> dict[str,
       layer_types=("global",) * int(hf["num_hidden_layers"]), sliding_window=1 << 30,
       query_pre_attn_scalar=float(head_dim), use_qk_norm=model_type == "qwen3",
       rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), global_rope_base=theta, local_rope_base=theta,
-      llama3_rope=_llama3_rope(hf, source) if model_type == "llama" else None, norm_offset=0.0,
+      llama3_rope=_llama3_rope(hf, source, model_type), norm_offset=0.0,
       post_norms=False, mlp_activation="silu", scale_embeddings=False,
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
