@@ -30,3 +30,18 @@ CHATML = ChatFormat("chatml", "<|im_start|>user\n", "<|im_start|>assistant\n", "
 LLAMA3 = ChatFormat("llama3", "<|start_header_id|>user<|end_header_id|>\n\n",
                     "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", between="")
 CHAT_FORMATS = {f.name: f for f in (GEMMA, CHATML, LLAMA3)}
+
+
+def chat_format(vocab) -> ChatFormat:
+  """The chat format of a vocabulary's model family (its `chat_format`; Gemma's by default)."""
+  return getattr(vocab, "chat_format", None) or GEMMA
+
+
+def turn_end_ids(vocab) -> tuple[int, ...]:
+  """Token ids that end a model turn: EOS, the chat format's turn end where the vocabulary has it as
+  one piece (Gemma's <end_of_turn>, ChatML's <|im_end|>, Llama 3's <|eot_id|>), and any the
+  tokenizer's own config names (`stop_ids`: generation_config.json's eos_token_id). The sampler
+  stops at these; an export lists them as the eos ids."""
+  end_of_turn = list(vocab.encode(chat_format(vocab).end_turn))
+  ids = [vocab.eos_id] + end_of_turn[:1] * (len(end_of_turn) == 1) + list(getattr(vocab, "stop_ids", ()))
+  return tuple(dict.fromkeys(int(i) for i in ids if i is not None))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -61,6 +62,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
       self.tokenizer = tokenizers.Tokenizer.from_file(path)
     except Exception as error:  # noqa: BLE001 - the library's own parse error, named with the file
       raise ValueError(f"{path}: not a tokenizers file ({error})") from None
+    self._serialized = self.tokenizer.to_str()  # what equality and hashing compare (seqio hashes vocabularies)
     config_path = os.path.join(directory, "tokenizer_config.json")
     config = _read_json(config_path)
     generation = _read_json(os.path.join(directory, "generation_config.json"))
@@ -81,10 +83,10 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     else:
       raise ValueError(f"{directory}: the chat template uses neither ChatML (<|im_start|>) nor Llama 3's "
                        "header tokens (<|start_header_id|>); swirl_jax knows those and Gemma's")
-    for marker in (self.chat_format.start_user, self.chat_format.end_turn):
-      special = marker.split("\n")[0].split("user")[0]
+    fmt = self.chat_format
+    for special in re.findall(r"<\|[a-z_]+\|>", fmt.start_user + fmt.start_model + fmt.end_turn):
       if special not in vocab:
-        raise ValueError(f"{path}: the {self.chat_format.name} marker {special!r} is not a token")
+        raise ValueError(f"{path}: the {fmt.name} marker {special!r} is not a token")
 
   def _id_of(self, token: str | None, source: str, field: str) -> int | None:
     if token is None:
@@ -148,10 +150,10 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     return tf.ensure_shape(text, [])
 
   def __eq__(self, other) -> bool:
-    return isinstance(other, HFTokenizerVocabulary) and self.tokenizer.to_str() == other.tokenizer.to_str()
+    return isinstance(other, HFTokenizerVocabulary) and self._serialized == other._serialized
 
   def __hash__(self) -> int:
-    return hash(self.tokenizer.to_str())
+    return hash(self._serialized)
 
   def files(self) -> dict[str, str]:
     """The tokenizer's files in its directory (an export copies them beside the weights)."""

@@ -101,12 +101,16 @@ def hf_config(config: GemmaConfig, dtype: str = "float32", bos_id: int | None = 
   `rope_local_base_freq`, `rope_scaling`) that other readers take. `eos_id` may list several ids (the
   turn end among them)."""
   model_type = hf_model_type(config)
-  if model_type in ("qwen3", "llama"):
-    out = {**_dense_hf_config(config, model_type), "dtype": dtype, "torch_dtype": dtype}
-    for name, value in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id)):
-      if value is not None:
-        out[name] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
-    return out
+  out = (_dense_hf_config(config, model_type) if model_type in ("qwen3", "llama") else _gemma_hf_config(config))
+  out.update(dtype=dtype, torch_dtype=dtype)
+  for name, value in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id)):
+    if value is not None:
+      out[name] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+  return out
+
+
+def _gemma_hf_config(config: GemmaConfig) -> dict[str, Any]:
+  """config.json of a Gemma 2 or Gemma 3 text model (both rope layouts)."""
   gemma3 = config.use_qk_norm
   full = {"rope_type": "default", "rope_theta": config.global_rope_base}
   if config.global_rope_scale != 1.0:
@@ -121,7 +125,7 @@ def hf_config(config: GemmaConfig, dtype: str = "float32", bos_id: int | None = 
       "sliding_window": config.sliding_window, "query_pre_attn_scalar": _number(config.query_pre_attn_scalar),
       "attn_logit_softcapping": config.attn_logit_softcap, "final_logit_softcapping": config.final_logit_softcap,
       "rms_norm_eps": config.rms_norm_eps, "hidden_activation": "gelu_pytorch_tanh",
-      "tie_word_embeddings": True, "dtype": dtype, "torch_dtype": dtype,
+      "tie_word_embeddings": True,
       "rope_parameters": ({"full_attention": full, "sliding_attention": {
           "rope_type": "default", "rope_theta": config.local_rope_base}} if gemma3 else full),
       "rope_theta": config.global_rope_base,
@@ -131,26 +135,13 @@ def hf_config(config: GemmaConfig, dtype: str = "float32", bos_id: int | None = 
   # The older layout: the global layers' RoPE scaling (Gemma 3 4B, 12B, 27B: linear, 8).
   out["rope_scaling"] = ({"rope_type": "linear", "factor": config.global_rope_scale}
                          if config.global_rope_scale != 1.0 else None)
-  for name, value in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id)):
-    if value is not None:
-      out[name] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
   return out
-
-
-def turn_end_ids(vocab) -> list[int]:
-  """Where a policy's turn ends: EOS, its chat format's turn end where the vocabulary has it as one
-  piece (Gemma's <end_of_turn>, ChatML's <|im_end|>, Llama 3's <|eot_id|>), and the stop ids of the
-  tokenizer's own generation config."""
-  fmt = getattr(vocab, "chat_format", None) or chat_formats.GEMMA
-  end_of_turn = list(vocab.encode(fmt.end_turn))
-  ids = [int(vocab.eos_id)] + ([int(end_of_turn[0])] if len(end_of_turn) == 1 else [])
-  return list(dict.fromkeys(ids + [int(i) for i in getattr(vocab, "stop_ids", ())]))
 
 
 def tokenizer_ids(vocab) -> dict[str, Any]:
   """bos / eos / pad ids as config.json takes them (a tokenizer without BOS, or pad, gives None)."""
   pad = vocab.pad_token_id if hasattr(vocab, "pad_token_id") else vocab.pad_id
-  return {"bos_id": vocab.bos_id, "eos_id": turn_end_ids(vocab), "pad_id": pad}
+  return {"bos_id": vocab.bos_id, "eos_id": list(chat_formats.turn_end_ids(vocab)), "pad_id": pad}
 
 
 def generation_config(vocab) -> dict[str, Any]:

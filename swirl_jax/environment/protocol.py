@@ -16,17 +16,12 @@ from typing import Sequence
 
 import gin
 
-from swirl_jax.checkpoints.chat_formats import CHAT_FORMATS, CHATML, GEMMA, LLAMA3, ChatFormat  # noqa: F401
-from swirl_jax.sampling.interfaces import Vocabulary
+from swirl_jax.checkpoints.chat_formats import (CHAT_FORMATS, CHATML, GEMMA, LLAMA3, ChatFormat,  # noqa: F401
+                                                chat_format, turn_end_ids)
 
 # Gemma's markers, as the SentencePiece vocabularies (the embedded model, the miniature's) use them.
 START_USER, START_MODEL, END_TURN = GEMMA.start_user, GEMMA.start_model, GEMMA.end_turn
 ANSWER_TAG = "answer"
-
-
-def chat_format(vocab: Vocabulary | None) -> ChatFormat:
-  """The chat format of a vocabulary's model family (its `chat_format`; Gemma's by default)."""
-  return getattr(vocab, "chat_format", None) or GEMMA
 
 _TAG_RE = re.compile(r"<(search_query|math_exp|answer)>(.*?)</\1>", re.DOTALL)
 _OPEN_RE = re.compile(r"<(search_query|math_exp|answer)>")
@@ -140,13 +135,6 @@ def user_turn(text: str, model_turn_closed: bool, fmt: ChatFormat = GEMMA) -> st
   or feedback), then reopen the model's turn."""
   close = fmt.between if model_turn_closed else fmt.closed()
   return close + fmt.start_user + fmt.closed(text) + fmt.start_model
-
-
-def turn_end_ids(vocab: Vocabulary) -> tuple[int, ...]:
-  """Token ids that end a model turn: EOS, the chat format's turn end, and any the tokenizer's own
-  config names (`stop_ids`: generation_config.json's eos_token_id)."""
-  ids = (vocab.eos_id, *vocab.encode(chat_format(vocab).end_turn), *getattr(vocab, "stop_ids", ()))
-  return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def stop_strings(tags: Sequence[str]) -> tuple[str, ...]:

@@ -443,8 +443,6 @@ class Sampler:
       return mesh
     if training_owners is not None:
       return self.training_mesh
-    if sampling_owners is not None:
-      return mesh
     blocks = multihost.process_blocks(devices)
     if rows % blocks.shape[0]:
       raise ValueError(f"Sampler: {rows} rows cannot be split into one block for each of {blocks.shape[0]} "

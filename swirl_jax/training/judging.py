@@ -53,9 +53,6 @@ class PendingVerdicts:
     self.submitted, self.timeout_seconds = submitted, timeout_seconds
     self._result: Verdicts | None = None
 
-  def done(self) -> bool:
-    return self._result is not None or all(f.done() for f in self.futures)
-
   def wait(self) -> Verdicts:
     if self._result is not None:
       return self._result._replace(wait_seconds=0.0)  # (waited for already: by a checkpoint's save)

@@ -346,12 +346,12 @@ class Trainer:
     # deals out to processes by example: the i-th state read here is item i * P + p of that share.
     p, count = jax.process_index(), jax.process_count()
     start = time.perf_counter()
-    slots, states, sampled = online.sample_batch(
-        self.sampler, dict(zip(slots, local_states)), g, self.sampling, key_ids=("online", self.config.seed, index),
-        sample_ids={slot: i * count + p for i, slot in enumerate(slots)})
+    sampled = online.sample_actions(
+        self.sampler, {slot: state.context for slot, state in zip(slots, local_states)}, g, self.sampling,
+        key_ids=("online", self.config.seed, index), sample_ids={slot: i * count + p for i, slot in enumerate(slots)})
     self.sampler.release()  # the sampling layout's copy of the params is not kept through the update
-    batch = online.SampledBatch(index, self.step, slots, [states[slot] for slot in slots],
-                                [a for slot in slots for a in sampled[slot]], time.perf_counter() - start)
+    batch = online.SampledBatch(index, self.step, slots, local_states, [a for slot in slots for a in sampled[slot]],
+                                time.perf_counter() - start)
     return batch, self.verdicts.submit(batch.states, batch.actions, g)
 
   def _online_batch(self, step: int):
@@ -373,24 +373,27 @@ class Trainer:
                                  self.online.layout, collective=self.sampler.collective)
     rewards = verdicts.rewards
     scored = ~np.isnan(rewards)
-    per_process = multihost.allgather_json(
-        [float(rewards[scored].sum()), int(scored.sum()), int((~scored).sum()),
-         int(sum(len(a.tokens) for a in sampled.actions)), float(sum(s.reward for s in sampled.states)),
-         verdicts.timeouts, verdicts.errors, verdicts.late, sampled.sampling_seconds, verdicts.judge_seconds,
-         verdicts.wait_seconds, verdicts.latencies])
-    counts = np.asarray([r[:8] for r in per_process], np.float64).sum(axis=0)
-    reward_sum, scored_count, failures, sampled_tokens, logged_sum, timeouts, errors, late = counts
-    # The update starts when the slowest process has its verdicts: the mesh waits for the longest.
-    sampling_seconds, judge_seconds, wait_seconds = np.asarray([r[8:11] for r in per_process], np.float64).max(axis=0)
-    latencies = np.asarray([x for r in per_process for x in r[11]], np.float64)
+    # Counts add up over processes; times are the slowest process's (the update starts when the
+    # slowest has its verdicts: the mesh waits for the longest); latencies are pooled.
+    gathered = multihost.allgather_json({
+        "sum": {"reward": float(rewards[scored].sum()), "scored": int(scored.sum()), "failures": int((~scored).sum()),
+                "tokens": int(sum(len(a.tokens) for a in sampled.actions)),
+                "logged": float(sum(s.reward for s in sampled.states)), "timeouts": verdicts.timeouts,
+                "errors": verdicts.errors, "late": verdicts.late},
+        "max": {"sampling": sampled.sampling_seconds, "judge": verdicts.judge_seconds, "wait": verdicts.wait_seconds},
+        "latencies": verdicts.latencies})
+    total = {k: sum(r["sum"][k] for r in gathered) for k in gathered[0]["sum"]}
+    longest = {k: max(r["max"][k] for r in gathered) for k in gathered[0]["max"]}
+    latencies = np.asarray([x for r in gathered for x in r["latencies"]], np.float64)
     rows = np.array(sampled.slots if self.tree_rows else
                     [slot * g + i for slot in sampled.slots for i in range(g)], np.int64)
     staleness = step - sampled.policy_step
-    extra = {"mean_reward": float(reward_sum / max(scored_count, 1)), "judge_failures": int(failures),
-             "judge_timeouts": int(timeouts), "judge_errors": int(errors), "late_verdicts": int(late),
-             "logged_reward": float(logged_sum / states_per_step), "sampled_tokens": int(sampled_tokens),
-             "sampling_seconds": float(sampling_seconds), "judge_seconds": float(judge_seconds),
-             "judge_wait_seconds": float(wait_seconds), "staleness": staleness}
+    extra = {"mean_reward": float(total["reward"] / max(total["scored"], 1)), "judge_failures": int(total["failures"]),
+             "judge_timeouts": int(total["timeouts"]), "judge_errors": int(total["errors"]),
+             "late_verdicts": int(total["late"]), "logged_reward": float(total["logged"] / states_per_step),
+             "sampled_tokens": int(total["tokens"]), "sampling_seconds": float(longest["sampling"]),
+             "judge_seconds": float(longest["judge"]), "judge_wait_seconds": float(longest["wait"]),
+             "staleness": staleness}
     if latencies.size:  # seconds a state's G verdicts took, over every process's states
       for q in (50, 90, 99):
         extra[f"judge_latency_p{q}"] = float(np.percentile(latencies, q))
