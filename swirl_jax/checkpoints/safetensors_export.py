@@ -233,6 +233,10 @@ def _tensor_on_host(model_variables: dict, tensor: HFTensor, dtype: str, writer:
   layer = None if tensor.layer is None else np.int32(tensor.layer)
   out = _hf_layout(x, layer, layout_key=key, dtype=dtype, replicated=replicated)
   if not writer:
+    # Wait as the writer waits: a process that runs tensors ahead queues programs whose collectives
+    # the other has not reached, and on XLA's CPU backend they can hold the threads that those
+    # collectives need (two processes on one core hung so; tests/test_multihost_export.py).
+    out.block_until_ready()
     return None
   return np.asarray(out.addressable_shards[0].data)
 
