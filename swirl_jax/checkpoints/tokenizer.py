@@ -1,4 +1,5 @@
-"""Rebuilds Gemma's SentencePiece tokenizer from GGUF metadata, as a seqio vocabulary.
+"""Rebuilds Gemma's SentencePiece tokenizer from GGUF metadata, as a seqio vocabulary (and hands a
+byte-level BPE tokenizer, Qwen3's or Llama 3's, to gguf_bpe.py).
 
 GGUF carries the pieces, scores and types of the original model. We write a
 SentencePiece ModelProto: BPE with byte fallback, no dummy prefix, whitespace
@@ -22,6 +23,8 @@ import seqio
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
 from swirl_jax import atomic_io
+from swirl_jax.checkpoints import gguf_bpe
+from swirl_jax.checkpoints.hf_tokenizer import HFTokenizerVocabulary
 
 _TYPE_NORMAL, _TYPE_UNKNOWN, _TYPE_CONTROL, _TYPE_USER, _TYPE_UNUSED, _TYPE_BYTE = 1, 2, 3, 4, 5, 6
 CHAT_MARKERS = ("<start_of_turn>", "<end_of_turn>")
@@ -36,7 +39,8 @@ def sentencepiece_proto_from_gguf(reader: gguf.GGUFReader, source: str) -> bytes
       raise ValueError(f"{source}: metadata field {key!r} is missing")
   model_kind = fields["tokenizer.ggml.model"].contents() if "tokenizer.ggml.model" in fields else None
   if model_kind != "llama":
-    raise ValueError(f"{source}: tokenizer.ggml.model={model_kind!r}; expected 'llama' (SentencePiece)")
+    raise ValueError(f"{source}: tokenizer.ggml.model={model_kind!r}; expected 'llama' (SentencePiece) or "
+                     "'gpt2' (byte-level BPE)")
   pieces = fields["tokenizer.ggml.tokens"].contents()
   scores = fields["tokenizer.ggml.scores"].contents()
   types = fields["tokenizer.ggml.token_type"].contents()
@@ -91,14 +95,18 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
     return self.tokenizer.get_piece_size()
 
 
-def vocabulary_from_gguf(path: str, cache_dir: str | None = None,
-                         reader: gguf.GGUFReader | None = None) -> SentencePieceVocabulary:
-  """A seqio vocabulary for the tokenizer inside a GGUF file.
+def vocabulary_from_gguf(path: str, cache_dir: str | None = None, reader: gguf.GGUFReader | None = None
+                         ) -> SentencePieceVocabulary | HFTokenizerVocabulary:
+  """A seqio vocabulary for the tokenizer inside a GGUF file: Gemma's SentencePiece
+  (`tokenizer.ggml.model` "llama"), or Qwen3's and Llama 3's byte-level BPE ("gpt2", gguf_bpe.py).
 
-  The SentencePiece model is written once to `cache_dir` (default: beside the
-  GGUF file), named by the hash of its content. `reader` reuses a parsed file.
+  The tokenizer's files are written once to `cache_dir` (default: beside the
+  GGUF file), named by the hash of their content. `reader` reuses a parsed file.
   """
-  proto = sentencepiece_proto_from_gguf(reader or gguf.GGUFReader(path), path)
+  reader = reader or gguf.GGUFReader(path)
+  if "tokenizer.ggml.model" in reader.fields and reader.fields["tokenizer.ggml.model"].contents() == "gpt2":
+    return gguf_bpe.bpe_vocabulary_from_gguf(path, cache_dir, reader)
+  proto = sentencepiece_proto_from_gguf(reader, path)
   digest = hashlib.sha256(proto).hexdigest()[:16]
   cache_dir = cache_dir or os.path.dirname(os.path.abspath(path))
   model_path = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.spm.model")

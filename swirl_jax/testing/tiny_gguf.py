@@ -1,10 +1,17 @@
-"""A tiny GGUF file (weights from an HF model, a byte-fallback vocabulary), for tests."""
+"""Tiny GGUF files for tests: Gemma's (weights from an HF model, a byte-fallback vocabulary), and
+Qwen3's and Llama 3's (weights from an HF model, the tokenizer of an HF directory) written as
+llama.cpp's converter writes them, with the `gguf` package's own vocabulary readers."""
+
+import pathlib
 
 import gguf
+import gguf.vocab
+import numpy as np
 
-from swirl_jax.checkpoints.gguf_import import BLOCK_NAMES
+from swirl_jax.checkpoints.gguf_import import BLOCK_NAMES, DENSE_BLOCK_NAMES
 
 _HF_TO_GGUF = {hf: ours for ours, hf in BLOCK_NAMES.items()}  # the importer's table, inverted
+_DENSE_HF_TO_GGUF = {hf: ours for ours, hf in DENSE_BLOCK_NAMES.items()}
 
 
 def _vocabulary(size):
@@ -20,8 +27,9 @@ def _vocabulary(size):
   return pieces, scores, types
 
 
-def write_tiny_gguf(path, hf_model, cfg, quantize_mlp=False):
-  writer = gguf.GGUFWriter(str(path), "gemma3")
+def _open_writer(path, arch, cfg):
+  """A GGUF writer with the shape metadata every family carries."""
+  writer = gguf.GGUFWriter(str(path), arch)
   writer.add_block_count(cfg.num_layers)
   writer.add_context_length(4096)
   writer.add_embedding_length(cfg.embed_dim)
@@ -31,9 +39,41 @@ def write_tiny_gguf(path, hf_model, cfg, quantize_mlp=False):
   writer.add_key_length(cfg.head_dim)
   writer.add_value_length(cfg.head_dim)
   writer.add_rope_freq_base(cfg.global_rope_base)
+  writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+  return writer
+
+
+def _add_tensor(writer, gguf_name, array, quantize_mlp):
+  """fp32, or Q8_0 for the MLP's matrices where asked."""
+  if quantize_mlp and "ffn_" in gguf_name and not gguf_name.endswith("norm.weight"):
+    quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+  else:
+    writer.add_tensor(gguf_name, np.ascontiguousarray(array))
+
+
+def _gguf_name(hf_name, block_table):
+  """(GGUF tensor name, block kind or None) of an HF tensor name."""
+  whole = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+  if hf_name in whole:
+    return whole[hf_name], None
+  layer, rest = hf_name[len("model.layers."):].split(".", 1)
+  kind = block_table[rest[:-len(".weight")]]
+  return f"blk.{layer}.{kind}.weight", kind
+
+
+def _close(writer):
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def write_tiny_gguf(path, hf_model, cfg, quantize_mlp=False):
+  writer = _open_writer(path, "gemma3", cfg)
   writer.add_sliding_window(cfg.sliding_window)
   writer.add_sliding_window_pattern([t == "local" for t in cfg.layer_types])
-  writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
   writer.add_tokenizer_model("llama")
   pieces, scores, types = _vocabulary(cfg.vocab_size)
   writer.add_token_list(pieces)
@@ -45,22 +85,61 @@ def write_tiny_gguf(path, hf_model, cfg, quantize_mlp=False):
       continue
     if name.endswith("norm.weight"):
       array = array + 1.0  # llama.cpp's convention for Gemma norms
-    if name == "model.embed_tokens.weight":
-      gguf_name = "token_embd.weight"
-    elif name == "model.norm.weight":
-      gguf_name = "output_norm.weight"
-    else:
-      layer, rest = name[len("model.layers."):].split(".", 1)
-      gguf_name = f"blk.{layer}.{_HF_TO_GGUF[rest[:-len('.weight')]]}.weight"
-    if quantize_mlp and "ffn_" in gguf_name and not gguf_name.endswith("norm.weight"):
-      quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-      writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape,
-                        raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    else:
-      writer.add_tensor(gguf_name, array)
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+    _add_tensor(writer, _gguf_name(name, _HF_TO_GGUF)[0], array, quantize_mlp)
+  _close(writer)
 
 
+def _llama_cpp_rows(rows_OxI, heads):
+  """llama.cpp's converter's reordering of a Llama q or k projection (it rotates adjacent pairs)."""
+  return rows_OxI.reshape(heads, 2, rows_OxI.shape[0] // heads // 2, *rows_OxI.shape[1:]).swapaxes(1, 2).reshape(
+      rows_OxI.shape)
+
+
+def _llama3_divisors(cfg):
+  """llama.cpp's `rope_freqs.weight`: each frequency's divisor under Llama 3's scaling (transformers'
+  rule: kept under the high-frequency wavelength, divided by the factor over the low one, blended)."""
+  factor, low, high, original = cfg.llama3_rope
+  divisors = []
+  for i in range(0, cfg.head_dim, 2):
+    wavelength = 2 * np.pi * cfg.global_rope_base ** (i / cfg.head_dim)
+    if wavelength < original / high:
+      divisors.append(1.0)
+    elif wavelength > original / low:
+      divisors.append(factor)
+    else:
+      blend = (original / wavelength - low) / (high - low)
+      divisors.append(1.0 / ((1 - blend) / factor + blend))
+  return np.asarray(divisors, np.float32)
+
+
+def write_tiny_dense_gguf(path, hf_model, cfg, tokenizer_dir, quantize_mlp=False):
+  """A Qwen3 (arch qwen3) or Llama 3 (arch llama) GGUF of `hf_model` with the tokenizer in
+  `tokenizer_dir` (tokenizer.json and its configs), padded to the embedding's rows as llama.cpp pads."""
+  arch = "qwen3" if cfg.use_qk_norm else "llama"
+  writer = _open_writer(path, arch, cfg)
+  writer.add_rope_dimension_count(cfg.head_dim)
+  vocab = gguf.vocab.BpeVocab(pathlib.Path(tokenizer_dir))
+  pieces, types = [], []
+  for piece, _, kind in vocab.all_tokens():
+    pieces.append(piece.decode("utf-8") if isinstance(piece, bytes) else piece)
+    types.append(int(kind))
+  for i in range(len(pieces), cfg.vocab_size):
+    pieces.append(f"[PAD{i}]")
+    types.append(int(gguf.TokenType.UNUSED))
+  writer.add_tokenizer_model("gpt2")
+  writer.add_tokenizer_pre("qwen2" if arch == "qwen3" else "llama-bpe")
+  writer.add_token_list(pieces)
+  writer.add_token_types(types)
+  gguf.vocab.SpecialVocab(pathlib.Path(tokenizer_dir), load_merges=True, n_vocab=len(pieces)).add_to_gguf(
+      writer, quiet=True)
+  if cfg.llama3_rope is not None:
+    writer.add_tensor("rope_freqs.weight", _llama3_divisors(cfg))
+  for name, tensor in hf_model.state_dict().items():
+    array = tensor.float().numpy()
+    if name == "lm_head.weight" and cfg.tie_embeddings:
+      continue
+    gguf_name, kind = _gguf_name(name, _DENSE_HF_TO_GGUF)
+    if arch == "llama" and kind in ("attn_q", "attn_k"):
+      array = _llama_cpp_rows(array, cfg.num_heads if kind == "attn_q" else cfg.num_kv_heads)
+    _add_tensor(writer, gguf_name, array, quantize_mlp)
+  _close(writer)
