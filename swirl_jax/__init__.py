@@ -20,6 +20,7 @@ _EXPORTS = {
     "load_gguf": ("swirl_jax.checkpoints.gguf_import", "load_gguf"),
     "load_hf_checkpoint": ("swirl_jax.checkpoints.safetensors_import", "load_hf_checkpoint"),
     "export_hf": ("swirl_jax.checkpoints.safetensors_export", "export_hf"),
+    "export_gguf": ("swirl_jax.checkpoints.gguf_export", "export_gguf"),
     "vocabulary_from_gguf": ("swirl_jax.checkpoints.tokenizer", "vocabulary_from_gguf"),
     "train_vocabulary": ("swirl_jax.checkpoints.vocabulary_training", "train_vocabulary"),
     "save_params": ("swirl_jax.checkpoints.orbax_io", "save_params"),

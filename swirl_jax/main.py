@@ -20,7 +20,7 @@ from absl import app, flags, logging
 # Everything gin can bind must be imported before the config is parsed.
 from swirl_jax import (evaluation, generation, gin_flags, judging, multihost, partitioning, pipeline,  # noqa: F401
                        provenance, runtime, tasks)
-from swirl_jax.checkpoints import policy, safetensors_export, train_state
+from swirl_jax.checkpoints import gguf_export, policy, safetensors_export, train_state
 from swirl_jax.data import filters, seqio_tasks
 from swirl_jax.environment import calculator, episode, protocol, search  # noqa: F401
 from swirl_jax.models import config  # noqa: F401
@@ -132,17 +132,27 @@ def run_evaluate(rt: runtime.Runtime, name: str = "model", checkpoint_dir: str |
 
 @gin.configurable
 def run_export(rt: runtime.Runtime, output_dir: str | None = None, dtype: str = "float32",
-               max_shard_bytes: int = safetensors_export.MAX_SHARD_BYTES):
-  """The gin-configured policy (a trainer checkpoint's params with `load_policy.checkpoint_dir`) as an
-  HF Gemma checkpoint in `output_dir`: config.json, the weights in files of at most
-  `max_shard_bytes` (with HF's index where there are several), tokenizer.model."""
+               max_shard_bytes: int = safetensors_export.MAX_SHARD_BYTES, format: str = "hf"):
+  """The gin-configured policy (a trainer checkpoint's params with `load_policy.checkpoint_dir`) in
+  `output_dir`: with format='hf', an HF checkpoint (config.json, the weights in files of at most
+  `max_shard_bytes` with HF's index where there are several, the tokenizer's files); with
+  format='gguf', one GGUF file, `output_dir`/model.gguf, that llama.cpp runs (dtype float32, float16,
+  bfloat16 or q8_0)."""
   if not output_dir:
-    raise ValueError("run_export.output_dir is not set: where to write the HF checkpoint")
-  if dtype not in safetensors_export.DTYPES:  # before the model loads
-    raise ValueError(f"run_export.dtype={dtype!r}; use one of {safetensors_export.DTYPES}")
+    raise ValueError("run_export.output_dir is not set: where to write the checkpoint")
+  formats = {"hf": safetensors_export.DTYPES, "gguf": gguf_export.DTYPES}
+  if format not in formats:
+    raise ValueError(f"run_export.format={format!r}; use one of {sorted(formats)}")
+  if dtype not in formats[format]:  # before the model loads
+    raise ValueError(f"run_export.dtype={dtype!r}; format {format!r} takes one of {formats[format]}")
   model, vocab = policy.load_policy(mesh=rt.mesh, rules=rt.rules)
-  safetensors_export.export_hf(model, output_dir, vocab, dtype, max_shard_bytes)
-  summary = {"exported": output_dir, "policy": policy.policy_identity()}
+  if format == "gguf":
+    if jax.process_index() == 0:
+      os.makedirs(output_dir, exist_ok=True)
+    exported = gguf_export.export_gguf(model, os.path.join(output_dir, "model.gguf"), vocab, dtype)
+  else:
+    exported = safetensors_export.export_hf(model, output_dir, vocab, dtype, max_shard_bytes)
+  summary = {"exported": exported, "format": format, "policy": policy.policy_identity()}
   _print_json(summary)
   return summary
 

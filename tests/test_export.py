@@ -84,6 +84,19 @@ def test_export_mode_writes_a_trainer_checkpoint_that_loads_back(tmp_path, token
   for path, value in _flat(model).items():
     np.testing.assert_array_equal(_flat(loaded)[path], value)
   assert vocab.encode("12 + 7") and vocab.eos_id == 1
+  # The same checkpoint as one GGUF file (format='gguf'), read back by the GGUF importer.
+  gguf_dir = tmp_path / "exported_gguf"
+  done = subprocess.run(
+      [sys.executable, "-m", "swirl_jax.main", "--mode=export", "--gin.load_policy.source='init'",
+       "--gin.model_config.name='tiny'", f"--gin.load_policy.tokenizer_gguf='{tokenizer_gguf}'",
+       f"--gin.load_policy.checkpoint_dir='{tmp_path / 'ckpt'}'", f"--gin.run_export.output_dir='{gguf_dir}'",
+       "--gin.run_export.format='gguf'"], cwd=REPO, env=cpu_env(tmp_path), capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads(done.stdout[done.stdout.index("{"):])["exported"] == str(gguf_dir / "model.gguf")
+  loaded, gguf_vocab = load_policy(source="gguf", path=str(gguf_dir / "model.gguf"))
+  for path, value in _flat(model).items():
+    np.testing.assert_allclose(_flat(loaded)[path], value, rtol=0, atol=1e-6)
+  assert gguf_vocab.encode("12 + 7") == vocab.encode("12 + 7")
 
 
 def test_export_refuses_an_unknown_dtype(tmp_path):
@@ -172,3 +185,13 @@ def test_a_sharded_export_keeps_files_under_the_limit_with_an_index_and_reads_ba
   np.testing.assert_allclose(theirs, _our_logits(again, tokens), atol=1e-4, rtol=1e-4)
   safetensors_export.export_hf(model, directory)
   assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors"]
+
+
+def test_run_export_refuses_a_format_or_dtype_before_the_model_loads(tmp_path):
+  from swirl_jax import main
+  with pytest.raises(ValueError, match="run_export.format='onnx'"):
+    main.run_export(None, output_dir=str(tmp_path), format="onnx")
+  with pytest.raises(ValueError, match="run_export.dtype='q8_0'; format 'hf'"):
+    main.run_export(None, output_dir=str(tmp_path), dtype="q8_0")
+  with pytest.raises(ValueError, match="run_export.dtype='int8'; format 'gguf'"):
+    main.run_export(None, output_dir=str(tmp_path), dtype="int8", format="gguf")

@@ -223,7 +223,7 @@ def _hf_layout(x, layer, *, layout_key: tuple, dtype: str, replicated):
   return out if replicated is None else jax.lax.with_sharding_constraint(out, replicated)
 
 
-def _tensor_on_host(model_variables: dict, tensor: HFTensor, dtype: str, writer: bool) -> np.ndarray | None:
+def gather_tensor(model_variables: dict, tensor: HFTensor, dtype: str, writer: bool) -> np.ndarray | None:
   """Collective: `tensor` whole, on the writing process's host (None on the others)."""
   x = model_variables[tensor.path].get_value()
   sharding = getattr(x, "sharding", None)
@@ -301,7 +301,7 @@ def export_hf(model: Transformer, directory: str, vocab: SentencePieceVocabulary
         if f is not None:
           f.write(header)
         for tensor in tensors:
-          array = _tensor_on_host(variables, tensor, dtype, writer)
+          array = gather_tensor(variables, tensor, dtype, writer)
           if f is not None:
             f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
             del array

@@ -8,6 +8,7 @@ import gguf
 import gguf.vocab
 import numpy as np
 
+from swirl_jax.checkpoints.gguf_export import add_model_metadata
 from swirl_jax.checkpoints.gguf_import import BLOCK_NAMES, DENSE_BLOCK_NAMES
 
 _HF_TO_GGUF = {hf: ours for ours, hf in BLOCK_NAMES.items()}  # the importer's table, inverted
@@ -28,18 +29,9 @@ def _vocabulary(size):
 
 
 def _open_writer(path, arch, cfg):
-  """A GGUF writer with the shape metadata every family carries."""
+  """A GGUF writer with the architecture's metadata (the exporter's)."""
   writer = gguf.GGUFWriter(str(path), arch)
-  writer.add_block_count(cfg.num_layers)
-  writer.add_context_length(4096)
-  writer.add_embedding_length(cfg.embed_dim)
-  writer.add_feed_forward_length(cfg.mlp_dim)
-  writer.add_head_count(cfg.num_heads)
-  writer.add_head_count_kv(cfg.num_kv_heads)
-  writer.add_key_length(cfg.head_dim)
-  writer.add_value_length(cfg.head_dim)
-  writer.add_rope_freq_base(cfg.global_rope_base)
-  writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+  add_model_metadata(writer, cfg, arch, "float32")
   return writer
 
 
@@ -72,8 +64,6 @@ def _close(writer):
 
 def write_tiny_gguf(path, hf_model, cfg, quantize_mlp=False):
   writer = _open_writer(path, "gemma3", cfg)
-  writer.add_sliding_window(cfg.sliding_window)
-  writer.add_sliding_window_pattern([t == "local" for t in cfg.layer_types])
   writer.add_tokenizer_model("llama")
   pieces, scores, types = _vocabulary(cfg.vocab_size)
   writer.add_token_list(pieces)
@@ -117,7 +107,6 @@ def write_tiny_dense_gguf(path, hf_model, cfg, tokenizer_dir, quantize_mlp=False
   `tokenizer_dir` (tokenizer.json and its configs), padded to the embedding's rows as llama.cpp pads."""
   arch = "qwen3" if cfg.use_qk_norm else "llama"
   writer = _open_writer(path, arch, cfg)
-  writer.add_rope_dimension_count(cfg.head_dim)
   vocab = gguf.vocab.BpeVocab(pathlib.Path(tokenizer_dir))
   pieces, types = [], []
   for piece, _, kind in vocab.all_tokens():
