@@ -84,19 +84,6 @@ def test_export_mode_writes_a_trainer_checkpoint_that_loads_back(tmp_path, token
   for path, value in _flat(model).items():
     np.testing.assert_array_equal(_flat(loaded)[path], value)
   assert vocab.encode("12 + 7") and vocab.eos_id == 1
-  # The same checkpoint as one GGUF file (format='gguf'), read back by the GGUF importer.
-  gguf_dir = tmp_path / "exported_gguf"
-  done = subprocess.run(
-      [sys.executable, "-m", "swirl_jax.main", "--mode=export", "--gin.load_policy.source='init'",
-       "--gin.model_config.name='tiny'", f"--gin.load_policy.tokenizer_gguf='{tokenizer_gguf}'",
-       f"--gin.load_policy.checkpoint_dir='{tmp_path / 'ckpt'}'", f"--gin.run_export.output_dir='{gguf_dir}'",
-       "--gin.run_export.format='gguf'"], cwd=REPO, env=cpu_env(tmp_path), capture_output=True, text=True)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert json.loads(done.stdout[done.stdout.index("{"):])["exported"] == str(gguf_dir / "model.gguf")
-  loaded, gguf_vocab = load_policy(source="gguf", path=str(gguf_dir / "model.gguf"))
-  for path, value in _flat(model).items():
-    np.testing.assert_allclose(_flat(loaded)[path], value, rtol=0, atol=1e-6)
-  assert gguf_vocab.encode("12 + 7") == vocab.encode("12 + 7")
 
 
 def test_export_refuses_an_unknown_dtype(tmp_path):

@@ -36,13 +36,19 @@ def _vocab(name, directory):
   return HFTokenizerVocabulary(write_tiny_hf_tokenizer(str(directory / "tokenizer"), family))
 
 
+def _exportable(name):
+  """The family's tiny config with the window pattern llama.cpp fixes (Gemma 3: every 6th layer global)."""
+  cfg = model_config(name)
+  return dataclasses.replace(cfg, layer_types=gemma3_layer_types(6)) if name == "tiny" else cfg
+
+
 def _flat(model):
   return {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model))}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_an_f32_export_reads_back_as_the_same_model_and_tokenizer(tmp_path, name):
-  model = init_model(model_config(name), seed=1)
+  model = init_model(_exportable(name), seed=1)
   vocab = _vocab(name, tmp_path)
   path = export_gguf(model, str(tmp_path / "model.gguf"), vocab, dtype="float32")
   back = load_gguf(path)
@@ -61,28 +67,32 @@ def test_an_f32_export_reads_back_as_the_same_model_and_tokenizer(tmp_path, name
                                                               "qwen3": "qwen3", "llama3": "llama"}[FAMILIES[name]]
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_gemma2", "tiny_llama3"])
-def test_transformers_reads_the_export_as_the_same_model(tmp_path, name):
-  """transformers' GGUF reader (written from llama.cpp's conventions, not ours) gives our logits.
-  Where that reader takes a default for what the file holds, the model here has the default: it
-  drops Llama 3's stored RoPE divisors (none here); it takes Gemma 3's window pattern as every sixth
-  layer global, and Gemma's query scale as 1/sqrt(256) (6 layers, heads of 256 here). It reads no head
-  size for Qwen3 (it assumes 128), so Qwen3 is checked by the round trip and the importer's tests."""
-  cfg = model_config(name)
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_transformers_reads_the_export_as_the_same_model_and_tokenizer(tmp_path, name):
+  """transformers' GGUF reader (written from llama.cpp's conventions, not ours) gives our logits and,
+  for the BPE tokenizers, our tokens. Where that reader takes a default for what the file holds, the
+  model here has the default: it drops Llama 3's stored RoPE divisors (none here); it takes Gemma's
+  query scale as 1/sqrt(256) and Qwen3's head size as 128 (heads of that size here)."""
+  cfg = _exportable(name)
   if cfg.llama3_rope is not None:
     cfg = dataclasses.replace(cfg, llama3_rope=None)
-  if name == "tiny":
-    cfg = dataclasses.replace(cfg, layer_types=gemma3_layer_types(6))
-  if name in ("tiny", "tiny_gemma2"):
+  if FAMILIES[name].startswith("gemma"):
     cfg = dataclasses.replace(cfg, num_heads=2, num_kv_heads=1, head_dim=256, query_pre_attn_scalar=256.0)
+  if FAMILIES[name] == "qwen3":
+    cfg = dataclasses.replace(cfg, head_dim=128, query_pre_attn_scalar=128.0)
   model = init_model(cfg, seed=2)
-  export_gguf(model, str(tmp_path / "model.gguf"), _vocab(name, tmp_path), dtype="float32")
+  vocab = _vocab(name, tmp_path)
+  export_gguf(model, str(tmp_path / "model.gguf"), vocab, dtype="float32")
   reference = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path), gguf_file="model.gguf", torch_dtype=torch.float32).eval()
+      str(tmp_path), gguf_file="model.gguf", dtype=torch.float32).eval()
   tokens = np.random.default_rng(0).integers(1, cfg.vocab_size, (2, 21))
   with torch.no_grad():
     expected = reference(torch.from_numpy(tokens).long()).logits.numpy()
   np.testing.assert_allclose(np.asarray(model(tokens.astype(np.int32))), expected, atol=1e-4, rtol=1e-4)
+  if not FAMILIES[name].startswith("gemma"):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="model.gguf")
+    text = TEXT + vocab.chat_format.start_user + "hi" + vocab.chat_format.end_turn
+    assert tokenizer(text, add_special_tokens=False).input_ids == list(vocab.encode(text))
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float16", 0.01), ("bfloat16", 0.05), ("q8_0", 0.05)])
@@ -100,9 +110,11 @@ def test_lower_precision_exports_stay_close(tmp_path, dtype, tolerance):
 
 def test_what_llama_cpp_cannot_hold_is_refused(tmp_path):
   vocab = _vocab("tiny_qwen3", tmp_path)
-  odd = init_model(dataclasses.replace(model_config("tiny"), query_pre_attn_scalar=7.0), seed=0)
+  odd = init_model(dataclasses.replace(_exportable("tiny"), query_pre_attn_scalar=7.0), seed=0)
   with pytest.raises(ValueError, match="query_pre_attn_scalar=7.0"):
     export_gguf(odd, str(tmp_path / "odd.gguf"), vocab)
+  with pytest.raises(ValueError, match="llama.cpp's gemma3 runs"):  # it fixes the window pattern
+    export_gguf(init_model(model_config("tiny"), seed=0), str(tmp_path / "alternating.gguf"), vocab)
   with pytest.raises(ValueError, match="dtype='int4'"):
     export_gguf(init_model(model_config("tiny_qwen3"), seed=0), str(tmp_path / "x.gguf"), vocab, dtype="int4")
   # A tokenizer whose pre-tokenizer llama.cpp does not name would tokenize differently there.
@@ -113,7 +125,7 @@ def test_what_llama_cpp_cannot_hold_is_refused(tmp_path):
   with pytest.raises(ValueError, match="none that llama.cpp names"):
     export_gguf(init_model(model_config("tiny_qwen3"), seed=0), str(tmp_path / "y.gguf"),
                 HFTokenizerVocabulary(str(tmp_path / "tokenizer")))
-  assert not list(tmp_path.glob("*.gguf"))  # nothing half-written is left
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer"]  # nothing, half-written or not, is left
 
 
 @pytest.mark.slow
@@ -126,6 +138,14 @@ def test_the_embedded_gemma3_270m_exported_reads_back_as_itself(gemma3_270m, tmp
   reader = gguf.GGUFReader(path)
   back = load_gguf(path, reader=reader)
   assert back.config == model.config
+  # The tokenizer's metadata is the embedded file's own, piece for piece (llama.cpp reads it alike).
+  from swirl_jax.checkpoints import embedded
+  original = gguf.GGUFReader(embedded.gemma3_270m_gguf_path())
+  for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+              "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
+              "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+              "tokenizer.ggml.add_space_prefix", "gemma3.context_length"):
+    assert reader.fields[key].contents() == original.fields[key].contents(), key
   again = vocabulary_from_gguf(path, cache_dir=str(tmp_path), reader=reader)
   text = "<start_of_turn>user\nWhat is 12 * 7?  Think, then answer.<end_of_turn>\n<start_of_turn>model\n"
   assert again.encode(text) == vocab.encode(text) and again.decode(vocab.encode(text)) == text

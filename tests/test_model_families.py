@@ -130,6 +130,19 @@ def test_the_pipeline_trains_offline_and_exports_each_family(tmp_path, family):
   flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(again))}
   for name, value in online.items():
     np.testing.assert_array_equal(flat[name], value, err_msg=name)
+  # The same checkpoint as one GGUF file: the GGUF importer reads back its params and its tokenizer.
+  gguf_dir = tmp_path / "exported_gguf"
+  cli("export", bindings(model_dir, run) + [f"load_policy.checkpoint_dir='{run}/checkpoints'",
+                                            f"run_export.output_dir='{gguf_dir}'", "run_export.format='gguf'"], tmp_path)
+  from swirl_jax.checkpoints.gguf_import import load_gguf
+  from swirl_jax.checkpoints.tokenizer import vocabulary_from_gguf
+  loaded = load_gguf(str(gguf_dir / "model.gguf"))
+  flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(loaded))}
+  for name, value in online.items():
+    np.testing.assert_allclose(flat[name], value, rtol=0, atol=1e-6, err_msg=name)
+  gguf_vocab = vocabulary_from_gguf(str(gguf_dir / "model.gguf"), cache_dir=str(tmp_path / "cache"))
+  assert gguf_vocab.encode(first_context) == vocab.encode(first_context)
+  assert sorted(gguf_vocab.stop_ids) == sorted(vocab.stop_ids)
 
 
 @pytest.mark.multiprocess

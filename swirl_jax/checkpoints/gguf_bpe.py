@@ -86,14 +86,16 @@ def hf_tokenizer_files(reader: gguf.GGUFReader, source: str) -> dict[str, dict]:
 
   def token_id(role: str) -> int | None:
     found = _field(reader, f"tokenizer.ggml.{role}_token_id", source)
-    if found is not None and not 0 <= int(found) < len(pieces):
-      raise ValueError(f"{source}: tokenizer.ggml.{role}_token_id={found} is not one of the {len(pieces)} tokens")
+    if found is not None and (not 0 <= int(found) < len(pieces) or types[int(found)] == _TYPE_UNUSED):
+      raise ValueError(f"{source}: tokenizer.ggml.{role}_token_id={found} is not one of the {len(pieces)} tokens"
+                       " (or is an unused row)")
     return None if found is None else int(found)
 
   bos, eos, pad = token_id("bos"), token_id("eos"), token_id("padding")
   if eos is None:
     raise ValueError(f"{source}: metadata field 'tokenizer.ggml.eos_token_id' is missing (a turn would never end)")
-  adds_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", source, bos is not None))
+  # Without the field, llama.cpp puts a BOS first for Llama 3's tokenizer and not for Qwen's.
+  adds_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", source, pre == "llama-bpe"))
   stops = {i for i in (eos, token_id("eot"), token_id("eom")) if i is not None}
   stops |= {a["id"] for a in added if a["special"] and a["content"] in END_OF_GENERATION}
   tokenizer = {

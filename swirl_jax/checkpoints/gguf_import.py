@@ -231,6 +231,9 @@ def read_gguf_tensors(reader: gguf.GGUFReader, source: str) -> dict[str, np.ndar
       if kind.endswith("norm"):
         array = array - norm_offset
       if arch == "llama" and kind in heads:
+        if array.shape[0] % (2 * heads[kind]):
+          raise ValueError(f"{source}: tensor {name!r} has {array.shape[0]} rows, not pairs for each of "
+                           f"{heads[kind]} heads")
         array = llama_unpermutation(array, heads[kind])
       tensors[f"model.layers.{layer}.{names[kind]}.weight"] = array
   return tensors
