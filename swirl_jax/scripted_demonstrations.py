@@ -45,11 +45,6 @@ from swirl_jax.tasks import Task
 _OTHER_OPERATIONS = {"+": ("-", "*"), "-": ("+",), "*": ("+",), "/": ("*", "-")}
 
 
-def _question_pattern(vocab: Vocabulary) -> re.Pattern:
-  """A prompt's questions, each ended by the policy's chat format's turn end."""
-  return re.compile(r"Question: (.*?)" + re.escape(protocol.chat_format(vocab).end_turn), re.DOTALL)
-
-
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class NoiseConfig:
@@ -146,6 +141,8 @@ class PlanSampler:
     self.local_rows = tuple(range(rows))  # one host: every row is this process's
     self.collective = False
     self._plans = {q: collections.deque(p) for q, p in plans.items()}
+    # A prompt's questions, each ended by the policy's chat format's turn end.
+    self._questions = re.compile(r"Question: (.*?)" + re.escape(protocol.chat_format(vocab).end_turn), re.DOTALL)
     self._tokens: list[list[int]] = [[] for _ in range(rows)]
     self._script: list[collections.deque | None] = [None] * rows
 
@@ -167,7 +164,7 @@ class PlanSampler:
     out = {}
     for row in rows:
       if self._script[row] is None:
-        found = _question_pattern(self.vocab).findall(self.vocab.decode(self._tokens[row]))
+        found = self._questions.findall(self.vocab.decode(self._tokens[row]))
         if not found or not self._plans.get(found[-1]):
           raise ValueError(f"PlanSampler: no plan left for the question of row {row}: {found[-1:]}")
         self._script[row] = collections.deque(self._plans[found[-1]].popleft())

@@ -106,9 +106,9 @@ def _rotate(x_LxNxH, positions_L, base, pairs):
 
 
 def test_the_llama_file_s_q_and_k_rows_are_llama_cpp_s(dense):
-  """The writer's row order is llama.cpp's: its weights, rotated llama.cpp's way (adjacent pairs),
-  give the attention scores HF's weights give rotated HF's way. (The importer undoes that order; the
-  logits test above checks it.)"""
+  """The stored row order (the exporter's, which the writer uses) is llama.cpp's: those weights,
+  rotated llama.cpp's way (adjacent pairs), give the attention scores HF's weights give rotated HF's
+  way. (The importer undoes that order; the logits test above checks it.)"""
   cfg, hf_model, _, path = dense
   reader = gguf.GGUFReader(str(path))
   stored = {t.name: np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float64) for t in reader.tensors}

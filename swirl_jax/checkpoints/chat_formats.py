@@ -1,7 +1,8 @@
 """How each model family's chat template marks turns (Gemma, ChatML for Qwen, Llama 3's headers).
 
 A tokenizer knows its family's format (`HFTokenizerVocabulary.chat_format`); the environment's
-protocol writes prompts and tool results in it (`environment.protocol.chat_format(vocab)`).
+protocol writes prompts and tool results in it (`chat_format(vocab)` here, re-exported by
+`environment.protocol`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def chat_format(vocab) -> ChatFormat:
 def turn_end_ids(vocab) -> tuple[int, ...]:
   """Token ids that end a model turn: EOS, the chat format's turn end where the vocabulary has it as
   one piece (Gemma's <end_of_turn>, ChatML's <|im_end|>, Llama 3's <|eot_id|>), and any the
-  tokenizer's own config names (`stop_ids`: generation_config.json's eos_token_id). The sampler
-  stops at these; an export lists them as the eos ids."""
+  tokenizer's own config names (`stop_ids`: generation_config.json's eos_token_id). A turn end that
+  the vocabulary splits into several pieces adds none of them (each alone is ordinary text). The
+  sampler stops at these; an export lists them as the eos ids."""
   end_of_turn = list(vocab.encode(chat_format(vocab).end_turn))
-  ids = [vocab.eos_id] + end_of_turn[:1] * (len(end_of_turn) == 1) + list(getattr(vocab, "stop_ids", ()))
+  one_piece = end_of_turn if len(end_of_turn) == 1 else []
+  ids = [vocab.eos_id] + one_piece + list(getattr(vocab, "stop_ids", ()))
   return tuple(dict.fromkeys(int(i) for i in ids if i is not None))

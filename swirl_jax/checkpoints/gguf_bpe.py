@@ -24,6 +24,7 @@ import tempfile
 import gguf
 import tokenizers
 
+from swirl_jax.checkpoints.gguf_import import metadata_field
 from swirl_jax.checkpoints.hf_tokenizer import HFTokenizerVocabulary
 
 _TYPE_CONTROL, _TYPE_USER, _TYPE_UNUSED = 3, 4, 5
@@ -37,15 +38,6 @@ SPLIT_PATTERNS = {
 END_OF_GENERATION = ("<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|eom_id|>")
 
 
-def _field(reader: gguf.GGUFReader, key: str, source: str, default=None, required: bool = False):
-  field = reader.fields.get(key)
-  if field is None:
-    if required:
-      raise ValueError(f"{source}: metadata field {key!r} is missing")
-    return default
-  return field.contents()
-
-
 def split_pre_tokenizer(pattern: str) -> dict:
   """tokenizer.json's pre-tokenizer: the pattern's pieces kept whole, then bytes mapped to printables."""
   return {"type": "Sequence", "pretokenizers": [
@@ -56,16 +48,16 @@ def split_pre_tokenizer(pattern: str) -> dict:
 def hf_tokenizer_files(reader: gguf.GGUFReader, source: str) -> dict[str, dict]:
   """{file name: JSON content} of the HF tokenizer a GGUF file with `tokenizer.ggml.model` "gpt2"
   describes."""
-  model_kind = _field(reader, "tokenizer.ggml.model", source)
+  model_kind = metadata_field(reader, "tokenizer.ggml.model", source, None)
   if model_kind != "gpt2":
     raise ValueError(f"{source}: tokenizer.ggml.model={model_kind!r}; expected 'gpt2' (byte-level BPE)")
-  pre = _field(reader, "tokenizer.ggml.pre", source, "default")
+  pre = metadata_field(reader, "tokenizer.ggml.pre", source, "default")
   if pre not in SPLIT_PATTERNS:
     raise ValueError(f"{source}: tokenizer.ggml.pre={pre!r}; swirl_jax reads {' and '.join(SPLIT_PATTERNS)} "
                      "(Qwen3's and Llama 3's)")
-  pieces = _field(reader, "tokenizer.ggml.tokens", source, required=True)
-  types = _field(reader, "tokenizer.ggml.token_type", source, required=True)
-  merges = _field(reader, "tokenizer.ggml.merges", source, required=True)
+  pieces = metadata_field(reader, "tokenizer.ggml.tokens", source)
+  types = metadata_field(reader, "tokenizer.ggml.token_type", source)
+  merges = metadata_field(reader, "tokenizer.ggml.merges", source)
   if len(pieces) != len(types):
     raise ValueError(f"{source}: {len(pieces)} tokens but {len(types)} token types")
   pairs = []
@@ -85,7 +77,7 @@ def hf_tokenizer_files(reader: gguf.GGUFReader, source: str) -> dict[str, dict]:
       raise ValueError(f"{source}: tokenizer.ggml.tokens[{i}]={piece!r} repeats token {vocab[piece]}")
 
   def token_id(role: str) -> int | None:
-    found = _field(reader, f"tokenizer.ggml.{role}_token_id", source)
+    found = metadata_field(reader, f"tokenizer.ggml.{role}_token_id", source, None)
     if found is not None and (not 0 <= int(found) < len(pieces) or types[int(found)] == _TYPE_UNUSED):
       raise ValueError(f"{source}: tokenizer.ggml.{role}_token_id={found} is not one of the {len(pieces)} tokens"
                        " (or is an unused row)")
@@ -95,7 +87,7 @@ def hf_tokenizer_files(reader: gguf.GGUFReader, source: str) -> dict[str, dict]:
   if eos is None:
     raise ValueError(f"{source}: metadata field 'tokenizer.ggml.eos_token_id' is missing (a turn would never end)")
   # Without the field, llama.cpp puts a BOS first for Llama 3's tokenizer and not for Qwen's.
-  adds_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", source, pre == "llama-bpe"))
+  adds_bos = bool(metadata_field(reader, "tokenizer.ggml.add_bos_token", source, pre == "llama-bpe"))
   stops = {i for i in (eos, token_id("eot"), token_id("eom")) if i is not None}
   stops |= {a["id"] for a in added if a["special"] and a["content"] in END_OF_GENERATION}
   tokenizer = {
@@ -115,7 +107,7 @@ def hf_tokenizer_files(reader: gguf.GGUFReader, source: str) -> dict[str, dict]:
         "special_tokens": {pieces[bos]: {"id": pieces[bos], "ids": [bos], "tokens": [pieces[bos]]}}}
   config = {"bos_token": pieces[bos] if adds_bos and bos is not None else None, "eos_token": pieces[eos],
             "pad_token": None if pad is None else pieces[pad], "add_bos_token": adds_bos,
-            "chat_template": _field(reader, "tokenizer.chat_template", source),
+            "chat_template": metadata_field(reader, "tokenizer.chat_template", source, None),
             "tokenizer_class": "PreTrainedTokenizerFast"}
   return {"tokenizer.json": tokenizer, "tokenizer_config.json": config,
           "generation_config.json": {"eos_token_id": sorted(stops)}}

@@ -27,9 +27,9 @@ from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
 from swirl_jax import atomic_io
 from swirl_jax.checkpoints import gguf_bpe
-from swirl_jax.checkpoints.gguf_import import block_names, llama3_rope_divisors
+from swirl_jax.checkpoints.gguf_import import block_names, gemma_query_scale, llama3_rope_divisors
 from swirl_jax.checkpoints.hf_tokenizer import HFTokenizerVocabulary
-from swirl_jax.checkpoints.safetensors_export import HFTensor, gather_tensor, hf_model_type, hf_plan
+from swirl_jax.checkpoints.safetensors_export import gather_tensor, hf_model_type, hf_plan
 from swirl_jax.checkpoints.tokenizer import CHAT_MARKERS, SentencePieceVocabulary
 from swirl_jax.models.config import GemmaConfig, gemma2_layer_types, gemma3_layer_types
 from swirl_jax.models.transformer import Transformer
@@ -47,8 +47,7 @@ def gguf_arch(config: GemmaConfig) -> str:
   arch = _ARCH[hf_model_type(config)]
   if arch.startswith("gemma"):
     # llama.cpp fixes Gemma 3's local RoPE base at 10k and derives the query scale from the layer count.
-    is_27b = config.num_layers == (62 if arch == "gemma3" else 46)
-    expected = float(config.embed_dim // config.num_heads if is_27b else config.head_dim)
+    expected = gemma_query_scale(arch, config.num_layers, config.embed_dim, config.num_heads, config.head_dim)
     if config.query_pre_attn_scalar != expected:
       raise ValueError(f"export_gguf: query_pre_attn_scalar={config.query_pre_attn_scalar}; llama.cpp's {arch} "
                        f"uses {expected} for {config.num_layers} layers")
@@ -96,20 +95,20 @@ def _stored(array: np.ndarray, kind: gguf.GGMLQuantizationType) -> np.ndarray:
   return gguf.quants.quantize(np.ascontiguousarray(array, np.float32), kind)
 
 
-def _gguf_name(tensor: HFTensor, arch: str) -> tuple[str, str | None]:
-  """(llama.cpp's name of an HF tensor, its block kind or None)."""
+def gguf_name(hf_name: str, arch: str) -> tuple[str, str | None]:
+  """(llama.cpp's name of an HF tensor name, its block kind or None)."""
   whole = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": "output.weight"}
-  if tensor.name in whole:
-    return whole[tensor.name], None
+  if hf_name in whole:
+    return whole[hf_name], None
   to_gguf = {hf: kind for kind, hf in block_names(arch).items()}
-  layer, rest = tensor.name[len("model.layers."):].split(".", 1)
+  layer, rest = hf_name[len("model.layers."):].split(".", 1)
   kind = to_gguf[rest[:-len(".weight")]]
   return f"blk.{layer}.{kind}.weight", kind
 
 
-def _to_llama_cpp(array: np.ndarray, name: str, kind: str | None, arch: str, config: GemmaConfig) -> np.ndarray:
-  """An HF-layout tensor as llama.cpp stores it."""
+def to_llama_cpp(array: np.ndarray, name: str, kind: str | None, arch: str, config: GemmaConfig) -> np.ndarray:
+  """An HF-layout tensor (GGUF `name`, block `kind`) as llama.cpp stores it."""
   if arch.startswith("gemma") and name.endswith("norm.weight"):
     return array + 1.0
   if arch == "llama" and kind in ("attn_q", "attn_k"):
@@ -197,18 +196,6 @@ def _pre_tokenizer_name(tokenizer_json: dict, source: str) -> str:
                    f"({', '.join(gguf_bpe.SPLIT_PATTERNS)}); llama.cpp would tokenize differently")
 
 
-def _chat_template(vocab: HFTokenizerVocabulary) -> str | None:
-  files = vocab.files()
-  if "chat_template.jinja" in files:
-    with open(files["chat_template.jinja"], encoding="utf-8") as f:
-      return f.read()
-  if "tokenizer_config.json" in files:
-    with open(files["tokenizer_config.json"], encoding="utf-8") as f:
-      template = json.load(f).get("chat_template")
-    return template if isinstance(template, str) else None
-  return None
-
-
 def bpe_metadata(vocab: HFTokenizerVocabulary, rows: int) -> list[WriterCall]:
   """A tokenizer.json's byte-level BPE as llama.cpp's converter writes it (special added tokens
   typed control, the others user-defined, ids with no token "[PAD<id>]")."""
@@ -237,8 +224,7 @@ def bpe_metadata(vocab: HFTokenizerVocabulary, rows: int) -> list[WriterCall]:
     calls.append(("add_bos_token_id", (vocab.bos_id,)))
   if vocab.pad_token_id is not None:
     calls.append(("add_pad_token_id", (vocab.pad_token_id,)))
-  template = _chat_template(vocab)
-  return calls + ([("add_chat_template", (template,))] if template else [])
+  return calls + ([("add_chat_template", (vocab.chat_template,))] if vocab.chat_template else [])
 
 
 def export_gguf(model: Transformer, path: str, vocab: SentencePieceVocabulary | HFTokenizerVocabulary,
@@ -253,7 +239,9 @@ def export_gguf(model: Transformer, path: str, vocab: SentencePieceVocabulary | 
   arch = gguf_arch(config)
   tokenizer = (bpe_metadata(vocab, config.vocab_size) if isinstance(vocab, HFTokenizerVocabulary)
                else sentencepiece_metadata(vocab, config.vocab_size))
-  named = [(tensor, *_gguf_name(tensor, arch)) for tensor in hf_plan(model)]
+  # (tensor, its GGUF name, block kind, stored type) in the order they are written
+  named = [(tensor, name, block_kind, _tensor_type(tensor.shape, dtype, name))
+           for tensor in hf_plan(model) for name, block_kind in [gguf_name(tensor.name, arch)]]
   writer_process = jax.process_index() == 0
   variables = dict(nnx.to_flat_state(nnx.state(model)))
   divisors = (llama3_rope_divisors(config.global_rope_base, config.head_dim, config.llama3_rope).astype(np.float32)
@@ -267,8 +255,7 @@ def export_gguf(model: Transformer, path: str, vocab: SentencePieceVocabulary | 
           getattr(writer, method)(*arguments)
         if divisors is not None:
           writer.add_tensor_info("rope_freqs.weight", divisors.shape, np.float32, divisors.nbytes)
-        for tensor, name, _ in named:
-          kind = _tensor_type(tensor.shape, dtype, name)
+        for tensor, name, _, kind in named:
           byte_shape, nbytes = _stored_bytes(tensor.shape, kind)
           plain = {_Q.F32: np.float32, _Q.F16: np.float16}
           writer.add_tensor_info(name, byte_shape, plain.get(kind, np.uint8), nbytes,
@@ -278,11 +265,10 @@ def export_gguf(model: Transformer, path: str, vocab: SentencePieceVocabulary | 
         writer.write_ti_data_to_file()
         if divisors is not None:
           writer.write_tensor_data(divisors)
-      for number, (tensor, name, block_kind) in enumerate(named):
+      for number, (tensor, name, block_kind, kind) in enumerate(named):
         array = gather_tensor(variables, tensor, "float32", writer_process)
         if writer is not None:
-          kind = _tensor_type(tensor.shape, dtype, name)
-          writer.write_tensor_data(_stored(_to_llama_cpp(array, name, block_kind, arch, config), kind))
+          writer.write_tensor_data(_stored(to_llama_cpp(array, name, block_kind, arch, config), kind))
           del array
         if (number + 1) % 50 == 0:
           logging.info("export_gguf: %d of %d tensors", number + 1, len(named))

@@ -97,13 +97,24 @@ def llama3_rope_from_divisors(divisors_K: np.ndarray, base: float, head_dim: int
   return rope
 
 
-def _field(reader: gguf.GGUFReader, key: str, source: str, default=None):
+REQUIRED = object()  # `metadata_field`'s default: a missing field is an error
+
+
+def metadata_field(reader: gguf.GGUFReader, key: str, source: str, default=REQUIRED):
+  """A metadata field's value; `default` where it is missing, or an error naming the file and field."""
   field = reader.fields.get(key)
   if field is None:
-    if default is not None:
-      return default
-    raise ValueError(f"{source}: metadata field {key!r} is missing")
+    if default is REQUIRED:
+      raise ValueError(f"{source}: metadata field {key!r} is missing")
+    return default
   return field.contents()
+
+
+def gemma_query_scale(arch: str, num_layers: int, embed_dim: int, num_heads: int, head_dim: int) -> float:
+  """llama.cpp's (and the reference's) query scale for Gemma: embed_dim / heads for the 27B models
+  (62 layers in Gemma 3, 46 in Gemma 2), head_dim otherwise. The file does not store it."""
+  is_27b = num_layers == (62 if arch == "gemma3" else 46)
+  return float(embed_dim // num_heads if is_27b else head_dim)
 
 
 def _layer_types(reader: gguf.GGUFReader, arch: str, num_layers: int, source: str):
@@ -112,7 +123,7 @@ def _layer_types(reader: gguf.GGUFReader, arch: str, num_layers: int, source: st
   The field is either a period n (every n-th layer global) or one bool per
   layer (true = sliding window).
   """
-  pattern = _field(reader, f"{arch}.attention.sliding_window_pattern", source, default=False)
+  pattern = metadata_field(reader, f"{arch}.attention.sliding_window_pattern", source, default=False)
   if pattern is False:
     return gemma3_layer_types(num_layers) if arch == "gemma3" else gemma2_layer_types(num_layers)
   if isinstance(pattern, list):
@@ -130,14 +141,14 @@ def _tensor(reader: gguf.GGUFReader, name: str) -> gguf.ReaderTensor | None:
 
 def _dense_config(reader: gguf.GGUFReader, arch: str, source: str) -> dict:
   """The fields of a Qwen3 (arch qwen3) or Llama 3 (arch llama) config from GGUF metadata."""
-  get = lambda key, default=None: _field(reader, f"{arch}.{key}", source, default)
+  get = lambda key, default=REQUIRED: metadata_field(reader, f"{arch}.{key}", source, default)
   d, heads = int(get("embedding_length")), int(get("attention.head_count"))
   head_dim = int(get("attention.key_length", d // heads))
   if int(get("attention.value_length", head_dim)) != head_dim:
     raise ValueError(f"{source}: {arch}.attention.value_length differs from key_length ({head_dim})")
-  if _field(reader, f"{arch}.rope.scaling.type", source, "none") not in ("none", "llama3"):
+  if metadata_field(reader, f"{arch}.rope.scaling.type", source, "none") not in ("none", "llama3"):
     raise ValueError(f"{source}: {arch}.rope.scaling.type="
-                     f"{_field(reader, f'{arch}.rope.scaling.type', source)!r}; swirl_jax loads {arch} "
+                     f"{metadata_field(reader, f'{arch}.rope.scaling.type', source)!r}; swirl_jax loads {arch} "
                      "without RoPE scaling" + (" or with Llama 3's" if arch == "llama" else ""))
   embedding = _tensor(reader, "token_embd.weight")
   if embedding is None:
@@ -162,20 +173,17 @@ def _dense_config(reader: gguf.GGUFReader, arch: str, source: str) -> dict:
 
 def config_from_gguf(reader: gguf.GGUFReader, source: str, **overrides) -> GemmaConfig:
   """Our config from GGUF metadata (architecture gemma2, gemma3, qwen3 or llama)."""
-  arch = _field(reader, "general.architecture", source)
+  arch = metadata_field(reader, "general.architecture", source)
   if arch not in ARCHITECTURES:
     raise ValueError(f"{source}: general.architecture={arch!r}; swirl_jax loads {', '.join(ARCHITECTURES)}")
   if arch in ("qwen3", "llama"):
     return GemmaConfig(**{**_dense_config(reader, arch, source), **overrides})
-  get = lambda key, default=None: _field(reader, f"{arch}.{key}", source, default)
+  get = lambda key, default=REQUIRED: metadata_field(reader, f"{arch}.{key}", source, default)
   num_layers = int(get("block_count"))
   heads = int(get("attention.head_count"))
   head_dim = int(get("attention.key_length", int(get("embedding_length")) // heads))
   vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-  # llama.cpp, like the reference, scales queries by embed_dim / heads for the
-  # 27B models (62 layers in Gemma 3, 46 in Gemma 2) and by head_dim otherwise.
-  is_27b = num_layers == (62 if arch == "gemma3" else 46)
-  query_pre_attn_scalar = float(int(get("embedding_length")) // heads if is_27b else head_dim)
+  query_pre_attn_scalar = gemma_query_scale(arch, num_layers, int(get("embedding_length")), heads, head_dim)
   fields = dict(
       vocab_size=vocab, embed_dim=int(get("embedding_length")),
       mlp_dim=int(get("feed_forward_length")), num_heads=heads,
@@ -186,8 +194,8 @@ def config_from_gguf(reader: gguf.GGUFReader, source: str, **overrides) -> Gemma
   if arch == "gemma3":
     # llama.cpp fixes the local RoPE base at 10k; the file has the global one.
     scale = 1.0
-    if _field(reader, "gemma3.rope.scaling.type", source, "none") == "linear":
-      scale = float(_field(reader, "gemma3.rope.scaling.factor", source))
+    if metadata_field(reader, "gemma3.rope.scaling.type", source, "none") == "linear":
+      scale = float(metadata_field(reader, "gemma3.rope.scaling.factor", source))
     fields.update(
         layer_types=_layer_types(reader, arch, num_layers, source), use_qk_norm=True,
         query_pre_attn_scalar=query_pre_attn_scalar,
@@ -205,11 +213,11 @@ def config_from_gguf(reader: gguf.GGUFReader, source: str, **overrides) -> Gemma
 
 def read_gguf_tensors(reader: gguf.GGUFReader, source: str) -> dict[str, np.ndarray]:
   """Every tensor dequantized to fp32, under its HF name and in HF's layout."""
-  arch = _field(reader, "general.architecture", source)
+  arch = metadata_field(reader, "general.architecture", source)
   names = block_names(arch)
   norm_offset = 1.0 if arch.startswith("gemma") else 0.0
-  heads = {"attn_q": int(_field(reader, f"{arch}.attention.head_count", source))}
-  heads["attn_k"] = int(_field(reader, f"{arch}.attention.head_count_kv", source, heads["attn_q"]))
+  heads = {"attn_q": int(metadata_field(reader, f"{arch}.attention.head_count", source))}
+  heads["attn_k"] = int(metadata_field(reader, f"{arch}.attention.head_count_kv", source, heads["attn_q"]))
   tensors = {}
   for tensor in tqdm(reader.tensors, desc=f"dequantizing {os.path.basename(source)}",
                      unit="tensor", leave=False, disable=None):

@@ -16,6 +16,7 @@ not let seqio pad text features of this vocabulary (the library's tasks carry to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -49,6 +50,19 @@ def _token_text(value) -> str | None:
   return value
 
 
+def chat_template(directory: str, config: dict) -> str | None:
+  """The chat template: chat_template.jinja where there is one (newer HF checkpoints), else
+  tokenizer_config.json's `chat_template` (of a list of named templates, the one named "default")."""
+  path = os.path.join(directory, "chat_template.jinja")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  template = config.get("chat_template")
+  if isinstance(template, list):
+    template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+  return template if isinstance(template, str) else None
+
+
 class HFTokenizerVocabulary(seqio.Vocabulary):
   """`tokenizer.json` and its configs in `directory` (an HF checkpoint directory)."""
 
@@ -62,7 +76,8 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
       self.tokenizer = tokenizers.Tokenizer.from_file(path)
     except Exception as error:  # noqa: BLE001 - the library's own parse error, named with the file
       raise ValueError(f"{path}: not a tokenizers file ({error})") from None
-    self._serialized = self.tokenizer.to_str()  # what equality and hashing compare (seqio hashes vocabularies)
+    # What equality and hashing compare (seqio hashes vocabularies): a digest, not a second copy.
+    self._digest = hashlib.sha256(self.tokenizer.to_str().encode("utf-8")).hexdigest()
     config_path = os.path.join(directory, "tokenizer_config.json")
     config = _read_json(config_path)
     generation = _read_json(os.path.join(directory, "generation_config.json"))
@@ -73,8 +88,8 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
       raise ValueError(f"{config_path}: eos_token is missing (a turn would never end)")
     stops = generation.get("eos_token_id", [])
     self.stop_ids = tuple(int(i) for i in (stops if isinstance(stops, list) else [stops]))
-    template = config.get("chat_template") or ""
-    template = template if isinstance(template, str) else json.dumps(template)
+    self.chat_template = chat_template(directory, config)
+    template = self.chat_template or ""
     vocab = self.tokenizer.get_vocab(with_added_tokens=True)
     if "<|im_start|>" in template or ("<|im_start|>" in vocab and "<|start_header_id|>" not in vocab):
       self.chat_format = chat_formats.CHATML
@@ -150,10 +165,10 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     return tf.ensure_shape(text, [])
 
   def __eq__(self, other) -> bool:
-    return isinstance(other, HFTokenizerVocabulary) and self._serialized == other._serialized
+    return isinstance(other, HFTokenizerVocabulary) and self._digest == other._digest
 
   def __hash__(self) -> int:
-    return hash(self._serialized)
+    return hash(self._digest)
 
   def files(self) -> dict[str, str]:
     """The tokenizer's files in its directory (an export copies them beside the weights)."""

@@ -1,6 +1,8 @@
 """Tiny GGUF files for tests: Gemma's (weights from an HF model, a byte-fallback vocabulary), and
-Qwen3's and Llama 3's (weights from an HF model, the tokenizer of an HF directory) written as
-llama.cpp's converter writes them, with the `gguf` package's own vocabulary readers."""
+Qwen3's and Llama 3's (weights from an HF model, the tokenizer of an HF directory read by the `gguf`
+package's own vocabulary readers). Names and layouts are the exporter's (`gguf_export`), which
+transformers' GGUF reader checks (tests/test_gguf_export.py); the Llama RoPE divisors are computed
+here from transformers' rule, apart from the importer's."""
 
 import pathlib
 
@@ -8,11 +10,7 @@ import gguf
 import gguf.vocab
 import numpy as np
 
-from swirl_jax.checkpoints.gguf_export import add_model_metadata
-from swirl_jax.checkpoints.gguf_import import BLOCK_NAMES, DENSE_BLOCK_NAMES
-
-_HF_TO_GGUF = {hf: ours for ours, hf in BLOCK_NAMES.items()}  # the importer's table, inverted
-_DENSE_HF_TO_GGUF = {hf: ours for ours, hf in DENSE_BLOCK_NAMES.items()}
+from swirl_jax.checkpoints.gguf_export import add_model_metadata, gguf_name, to_llama_cpp
 
 
 def _vocabulary(size):
@@ -35,24 +33,13 @@ def _open_writer(path, arch, cfg):
   return writer
 
 
-def _add_tensor(writer, gguf_name, array, quantize_mlp):
+def _add_tensor(writer, stored_name, array, quantize_mlp):
   """fp32, or Q8_0 for the MLP's matrices where asked."""
-  if quantize_mlp and "ffn_" in gguf_name and not gguf_name.endswith("norm.weight"):
+  if quantize_mlp and "ffn_" in stored_name and not stored_name.endswith("norm.weight"):
     quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-    writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor(stored_name, quantized, raw_shape=quantized.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
   else:
-    writer.add_tensor(gguf_name, np.ascontiguousarray(array))
-
-
-def _gguf_name(hf_name, block_table):
-  """(GGUF tensor name, block kind or None) of an HF tensor name."""
-  whole = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-           "lm_head.weight": "output.weight"}
-  if hf_name in whole:
-    return whole[hf_name], None
-  layer, rest = hf_name[len("model.layers."):].split(".", 1)
-  kind = block_table[rest[:-len(".weight")]]
-  return f"blk.{layer}.{kind}.weight", kind
+    writer.add_tensor(stored_name, np.ascontiguousarray(array))
 
 
 def _close(writer):
@@ -73,16 +60,9 @@ def write_tiny_gguf(path, hf_model, cfg, quantize_mlp=False):
     array = tensor.float().numpy()
     if name == "lm_head.weight":
       continue
-    if name.endswith("norm.weight"):
-      array = array + 1.0  # llama.cpp's convention for Gemma norms
-    _add_tensor(writer, _gguf_name(name, _HF_TO_GGUF)[0], array, quantize_mlp)
+    stored_name, kind = gguf_name(name, "gemma3")
+    _add_tensor(writer, stored_name, to_llama_cpp(array, stored_name, kind, "gemma3", cfg), quantize_mlp)
   _close(writer)
-
-
-def _llama_cpp_rows(rows_OxI, heads):
-  """llama.cpp's converter's reordering of a Llama q or k projection (it rotates adjacent pairs)."""
-  return rows_OxI.reshape(heads, 2, rows_OxI.shape[0] // heads // 2, *rows_OxI.shape[1:]).swapaxes(1, 2).reshape(
-      rows_OxI.shape)
 
 
 def _llama3_divisors(cfg):
@@ -127,8 +107,6 @@ def write_tiny_dense_gguf(path, hf_model, cfg, tokenizer_dir, quantize_mlp=False
     array = tensor.float().numpy()
     if name == "lm_head.weight" and cfg.tie_embeddings:
       continue
-    gguf_name, kind = _gguf_name(name, _DENSE_HF_TO_GGUF)
-    if arch == "llama" and kind in ("attn_q", "attn_k"):
-      array = _llama_cpp_rows(array, cfg.num_heads if kind == "attn_q" else cfg.num_kv_heads)
-    _add_tensor(writer, gguf_name, array, quantize_mlp)
+    stored_name, kind = gguf_name(name, arch)
+    _add_tensor(writer, stored_name, to_llama_cpp(array, stored_name, kind, arch, cfg), quantize_mlp)
   _close(writer)
